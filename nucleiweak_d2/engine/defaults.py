@@ -1,0 +1,34 @@
+"""Config setup shared by the command-line tools and the tests."""
+
+from detectron2.config import get_cfg
+
+from ..config import add_nucleiweak_config
+
+
+def setup_cfg(config_file=None, opts=None, freeze=True):
+    """Build a config: Detectron2 defaults + nucleiweak keys + a YAML file + overrides.
+
+    Parameters
+    ----------
+    config_file : str or None
+        YAML file to merge (may use ``_BASE_``); None keeps the defaults.
+    opts : list of str or None
+        ``["KEY", "VALUE", ...]`` overrides, as on the command line.
+    freeze : bool
+        Freeze the returned config.
+
+    Returns
+    -------
+    detectron2.config.CfgNode
+    """
+    import nucleiweak_d2.modeling  # noqa: F401  (registers our components)
+
+    cfg = get_cfg()
+    add_nucleiweak_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    if freeze:
+        cfg.freeze()
+    return cfg
