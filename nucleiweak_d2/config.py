@@ -28,6 +28,15 @@ def add_nucleiweak_config(cfg):
     _C.NUCLEIWEAK.PIPELINE = ""
     # Add COCOEvaluator (bbox/segm AP) beside NucleiEvaluator when the dataset has masks.
     _C.NUCLEIWEAK.COCO_EVAL = True
+    # COCO files to register before training: every <COCO_DIR>/<split>.json becomes the dataset
+    # "<PREFIX>_<split>" (e.g. nuclei_train), file names relative to IMAGE_ROOT. "" = register nothing.
+    _C.NUCLEIWEAK.DATASETS = CN()
+    # Folder of the COCO JSON files written by tools/prepare_dataset.py.
+    _C.NUCLEIWEAK.DATASETS.COCO_DIR = ""
+    # Folder the JSON's file_name / label_file_name are relative to (the dataset folder).
+    _C.NUCLEIWEAK.DATASETS.IMAGE_ROOT = ""
+    # Prefix of the registered names.
+    _C.NUCLEIWEAK.DATASETS.PREFIX = "nuclei"
     # Seed of everything random in data preparation and training (-1: Detectron2 picks one).
     _C.SEED = 0
     # Optimiser: "SGD" (Detectron2's default) or "ADAM" (the UNet methods use Adam).

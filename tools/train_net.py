@@ -20,12 +20,18 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
-from nucleiweak_d2.engine import NUCLEIWEAK_PIPELINE_REGISTRY, Trainer, setup_cfg
+from nucleiweak_d2.engine import (
+    NUCLEIWEAK_PIPELINE_REGISTRY,
+    Trainer,
+    register_datasets_from_cfg,
+    setup_cfg,
+)
 
 
 def setup(args):
     cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
+    register_datasets_from_cfg(cfg)
     return cfg
 
 

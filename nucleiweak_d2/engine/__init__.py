@@ -1,7 +1,7 @@
 """Training glue: config setup, the Trainer and the pipeline registry."""
 
-from .defaults import setup_cfg
+from .defaults import register_datasets_from_cfg, setup_cfg
 from .pipelines import NUCLEIWEAK_PIPELINE_REGISTRY
 from .trainer import Trainer
 
-__all__ = ["setup_cfg", "Trainer", "NUCLEIWEAK_PIPELINE_REGISTRY"]
+__all__ = ["setup_cfg", "register_datasets_from_cfg", "Trainer", "NUCLEIWEAK_PIPELINE_REGISTRY"]

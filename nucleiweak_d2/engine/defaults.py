@@ -32,3 +32,19 @@ def setup_cfg(config_file=None, opts=None, freeze=True):
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def register_datasets_from_cfg(cfg):
+    """Register the COCO files named by ``cfg.NUCLEIWEAK.DATASETS`` (no-op when COCO_DIR is "").
+
+    Returns
+    -------
+    list of str
+        The registered dataset names.
+    """
+    node = cfg.NUCLEIWEAK.DATASETS
+    if not node.COCO_DIR:
+        return []
+    from ..data.datasets import register_nuclei_splits
+
+    return register_nuclei_splits(node.PREFIX, node.COCO_DIR, node.IMAGE_ROOT or node.COCO_DIR)
