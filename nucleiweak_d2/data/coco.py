@@ -1,0 +1,379 @@
+"""COCO export of folder datasets with point annotations, and the reader for such files.
+
+The JSON layout is fixed by docs/CONTRACTS.md. This module needs neither detectron2 nor
+pycocotools (RLE is written by :mod:`nucleiweak_d2.data.rle`); pycocotools reads its output.
+
+Reproducibility: the partial-sampling and the shift streams of an image are seeded with
+``(seed, crc32(name), 0)`` and ``(seed, crc32(name), 1)``, so an image gets the same points
+whatever split or file it is exported in, the shifts do not depend on the ratio, and the
+labelled sets are nested across ratios for one seed.
+"""
+
+import json
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .folder import list_splits, load_folder_dataset
+from .io import read_label
+from .points import POINT_MODES, parse_shift, points_and_boxes, sample_partial, shift_points
+from .rle import label_to_rles
+
+__all__ = [
+    "ANNOTATION_MODES",
+    "BOX_MODE_XYWH_ABS",
+    "build_coco",
+    "export_coco_splits",
+    "load_nuclei_coco",
+    "read_points_csv",
+    "image_seeds",
+]
+
+ANNOTATION_MODES = ("points", "partial_mask", "points_only")
+#: Value of ``detectron2.structures.BoxMode.XYWH_ABS`` (kept as an int so that this module
+#: imports without detectron2; :mod:`.datasets` turns it into the enum).
+BOX_MODE_XYWH_ABS = 1
+
+
+def image_seeds(seed, name):
+    """Seeds ``(partial, shift)`` of one image: independent streams derived from its name."""
+    key = zlib.crc32(str(name).encode("utf-8"))
+    return (int(seed), key, 0), (int(seed), key, 1)
+
+
+def read_points_csv(path, shape=None):
+    """Read clicked points ``x,y`` (one per line, optional header) as ``(N, 2)`` int64.
+
+    Raises ValueError naming the file when it is unreadable, holds no point, holds
+    non-integer or negative coordinates, or (with ``shape=(H, W)``) points outside the image.
+    """
+    path = Path(path)
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read points file {path}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.replace(";", ",").split(",")]
+        try:
+            values = [float(p) for p in parts[:2]]
+        except ValueError:
+            if number == 1:  # header such as "x,y"
+                continue
+            raise ValueError(f"points file {path} line {number}: cannot parse {line!r}") from None
+        if len(values) != 2 or any(v != int(v) or v < 0 for v in values):
+            raise ValueError(
+                f"points file {path} line {number}: expected non-negative integer "
+                f"'x,y', got {line!r}"
+            )
+        rows.append(values)
+    if not rows:
+        raise ValueError(f"no points in points file {path}")
+    points = np.asarray(rows, dtype=np.int64)
+    if shape is not None and (np.any(points[:, 0] >= shape[1]) or np.any(points[:, 1] >= shape[0])):
+        raise ValueError(f"points file {path} has points outside the {shape[0]}x{shape[1]} image")
+    return points
+
+
+def _relative(path, image_root):
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path(image_root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _settings(ratio, shift, seed, point_mode, annotation, split):
+    return {
+        "ratio": float(ratio),
+        "shift": [float(shift[0]), float(shift[1])],
+        "seed": int(seed),
+        "point_mode": point_mode,
+        "annotation": annotation,
+        "split": split,
+    }
+
+
+def build_coco(
+    samples,
+    image_root,
+    *,
+    ratio=1.0,
+    shift=(0.0, 0.0),
+    seed=0,
+    point_mode="bbox_center",
+    annotation="points",
+    split=None,
+):
+    """Build a COCO dict with point annotations for folder samples.
+
+    Parameters
+    ----------
+    samples : list of dict
+        From :func:`load_folder_dataset` (``name``, ``image_path``, ``label_path``,
+        ``points_path``, ``height``, ``width``; optional ``image_id``).
+    image_root : str or Path
+        ``file_name`` and ``label_file_name`` are written relative to it (absolute when the
+        file lies outside).
+    ratio : float
+        Fraction of points labelled per image, in (0, 1]; see :func:`sample_partial`.
+    shift : tuple or str
+        Shift range ``(min, max)`` px or a preset name; see :func:`shift_points`.
+    seed : int
+        Seed of sampling and shifts.
+    point_mode : {"bbox_center", "centroid"}
+        How points are placed on masks (ignored for ``points_only``).
+    annotation : {"points", "partial_mask", "points_only"}
+        ``points``: every instance keeps its mask (for evaluation), ``point_labeled`` marks the
+        points given to the method. ``partial_mask``: same file, but ``point_labeled`` marks the
+        instances whose *masks* are annotated (Feng et al.'s DH25 setting). ``points_only``:
+        points from the samples' ``points_path`` CSV files, no masks, boxes or areas.
+    split : str, optional
+        Split name, stored with the settings.
+
+    Returns
+    -------
+    dict
+        COCO dict as in docs/CONTRACTS.md.
+    """
+    if annotation not in ANNOTATION_MODES:
+        raise ValueError(f"annotation must be one of {ANNOTATION_MODES}, got {annotation!r}")
+    if point_mode not in POINT_MODES:
+        raise ValueError(f"point_mode must be one of {POINT_MODES}, got {point_mode!r}")
+    shift = parse_shift(shift)
+    sample_partial(1, ratio, 0)  # validates ratio before any file is read
+    if not samples:
+        raise ValueError("build_coco got no samples (empty dataset)")
+    images, annotations = [], []
+    for index, sample in enumerate(samples):
+        image_id = int(sample.get("image_id", index + 1))
+        height, width = int(sample["height"]), int(sample["width"])
+        record = {
+            "id": image_id,
+            "file_name": _relative(sample["image_path"], image_root),
+            "height": height,
+            "width": width,
+        }
+        partial_seed, shift_seed = image_seeds(seed, sample["name"])
+        if annotation == "points_only":
+            if sample.get("points_path") is None:
+                raise ValueError(
+                    f"points_only export needs points/{sample['name']}.csv for image "
+                    f"{sample['image_path']}"
+                )
+            points = read_points_csv(sample["points_path"], (height, width))
+            rles = boxes = areas = None
+        else:
+            if sample.get("label_path") is None:
+                raise ValueError(
+                    f"annotation={annotation!r} needs a label map for image "
+                    f"{sample['image_path']} (use 'points_only' for clicked points)"
+                )
+            label = read_label(sample["label_path"])
+            if label.shape != (height, width):
+                raise ValueError(
+                    f"size mismatch: image {sample['image_path']} is {height}x{width} "
+                    f"but label {sample['label_path']} is {label.shape[0]}x{label.shape[1]}"
+                )
+            record["label_file_name"] = _relative(sample["label_path"], image_root)
+            ids, points, slices, areas = points_and_boxes(label, point_mode)
+            rles = label_to_rles(label, ids)
+            boxes = [
+                [s[1].start, s[0].start, s[1].stop - s[1].start, s[0].stop - s[0].start]
+                for s in slices
+            ]
+        labeled = sample_partial(len(points), ratio, partial_seed)
+        new_points, shifts = shift_points(points, (height, width), shift, shift_seed)
+        images.append(record)
+        for k in range(len(points)):
+            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1}
+            if rles is not None:
+                ann.update(
+                    {
+                        "segmentation": rles[k],
+                        "bbox": [int(v) for v in boxes[k]],
+                        "area": float(areas[k]),
+                        "iscrowd": 0,
+                    }
+                )
+            ann.update(
+                {
+                    "point": [int(new_points[k, 0]), int(new_points[k, 1])],
+                    "point_labeled": int(labeled[k]),
+                    "point_shift": [int(shifts[k, 0]), int(shifts[k, 1])],
+                }
+            )
+            annotations.append(ann)
+    info = {
+        "description": "nucleiweak_d2 point annotations",
+        "nucleiweak": _settings(ratio, shift, seed, point_mode, annotation, split),
+    }
+    return {
+        "info": info,
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "nucleus"}],
+    }
+
+
+def export_coco_splits(
+    root,
+    out_dir,
+    ratio=1.0,
+    shift=(0.0, 0.0),
+    seed=0,
+    point_mode="bbox_center",
+    annotation="points",
+    *,
+    splits=None,
+    weak_splits=None,
+    overwrite=False,
+):
+    """Write one COCO JSON per split of a folder dataset.
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder dataset (see :mod:`.folder`); it is the ``image_root`` of the written files.
+    out_dir : str or Path
+        Output folder; files are ``<out_dir>/<split>.json``.
+    ratio, shift, seed, point_mode, annotation
+        See :func:`build_coco`.
+    splits : list of str, optional
+        Splits to export (default: every split of ``split.json``, or ``"all"`` without one).
+    weak_splits : list of str, optional
+        When given, ``ratio`` and ``shift`` apply only to these splits; the others get every
+        point, unshifted (e.g. ``["train"]`` keeps val/test points exact for detection
+        metrics). Default: they apply to every split. Each file records its own settings.
+    overwrite : bool
+        Replace existing files; without it, an existing output raises FileExistsError.
+
+    Returns
+    -------
+    dict
+        ``{split: Path}`` of the written files.
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    splits = list(splits) if splits else list_splits(root)
+    targets = {s: out_dir / f"{s}.json" for s in splits}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"refusing to overwrite {existing} (pass overwrite=True / --overwrite)"
+        )
+    all_names = {s["name"]: i + 1 for i, s in enumerate(load_folder_dataset(root))}
+    payloads = {}
+    for split in splits:
+        samples = load_folder_dataset(root, split)
+        for sample in samples:
+            sample["image_id"] = all_names[sample["name"]]
+        weak = weak_splits is None or split in weak_splits
+        payloads[split] = build_coco(
+            samples,
+            root,
+            ratio=ratio if weak else 1.0,
+            shift=shift if weak else (0.0, 0.0),
+            seed=seed,
+            point_mode=point_mode,
+            annotation=annotation,
+            split=split,
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, payload in payloads.items():
+        tmp = targets[split].with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, separators=(",", ":")))
+        os.replace(tmp, targets[split])
+    return targets
+
+
+def load_nuclei_coco(json_file, image_root):
+    """Read a nuclei COCO JSON into Detectron2-style dataset dicts (docs/CONTRACTS.md).
+
+    Parameters
+    ----------
+    json_file : str or Path
+        File written by :func:`export_coco_splits`, a points-only file, or any COCO instance
+        file. Annotations without ``point`` get the centre of their bbox
+        (``x + (w - 1) // 2, y + (h - 1) // 2``), ``point_labeled`` defaults to 1 and
+        ``point_shift`` to ``[0, 0]``. Every category is mapped to class 0 (nucleus).
+    image_root : str or Path
+        Folder that relative ``file_name`` / ``label_file_name`` are joined to.
+
+    Returns
+    -------
+    list of dict
+        Records with ``file_name`` (absolute), ``height``, ``width``, ``image_id``,
+        ``label_file_name`` (when known), ``nucleiweak`` (settings) and ``annotations``
+        (``bbox`` + ``bbox_mode`` = XYWH_ABS as int 1, ``segmentation``, ``area`` when present;
+        ``category_id`` 0, ``iscrowd``, ``point``, ``point_labeled`` (bool), ``point_shift``).
+    """
+    json_file, image_root = Path(json_file), Path(image_root)
+    try:
+        content = json.loads(json_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read COCO file {json_file}: {exc}") from exc
+    if not isinstance(content, dict) or "images" not in content:
+        raise ValueError(f"COCO file {json_file} has no 'images' list")
+    settings = dict(content.get("info", {}).get("nucleiweak", {}))
+    settings.setdefault(
+        "annotation",
+        (
+            "points"
+            if any("segmentation" in a for a in content.get("annotations", []))
+            else "points_only"
+        ),
+    )
+    by_image = {}
+    for ann in content.get("annotations", []):
+        by_image.setdefault(ann.get("image_id"), []).append(ann)
+    records = []
+    for image in content["images"]:
+        try:
+            record = {
+                "file_name": str(image_root / image["file_name"]),
+                "height": int(image["height"]),
+                "width": int(image["width"]),
+                "image_id": image["id"],
+                "nucleiweak": settings,
+            }
+        except KeyError as exc:
+            raise ValueError(f"COCO file {json_file}: image entry {image} lacks {exc}") from None
+        if image.get("label_file_name"):
+            record["label_file_name"] = str(image_root / image["label_file_name"])
+        record["annotations"] = [
+            _convert_annotation(a, json_file) for a in by_image.get(image["id"], [])
+        ]
+        records.append(record)
+    return records
+
+
+def _convert_annotation(ann, json_file):
+    out = {"category_id": 0, "iscrowd": int(ann.get("iscrowd", 0))}
+    if "bbox" in ann:
+        out["bbox"] = [float(v) for v in ann["bbox"]]
+        out["bbox_mode"] = BOX_MODE_XYWH_ABS
+    if "segmentation" in ann:
+        out["segmentation"] = ann["segmentation"]
+    if "area" in ann:
+        out["area"] = float(ann["area"])
+    point = ann.get("point")
+    if point is None:
+        if "bbox" not in ann:
+            raise ValueError(
+                f"COCO file {json_file}: annotation {ann.get('id')} has neither "
+                f"'point' nor 'bbox'"
+            )
+        x, y, w, h = ann["bbox"]
+        point = [
+            int(x) + (max(int(round(w)), 1) - 1) // 2,
+            int(y) + (max(int(round(h)), 1) - 1) // 2,
+        ]
+    out["point"] = [int(point[0]), int(point[1])]
+    out["point_labeled"] = bool(ann.get("point_labeled", 1))
+    out["point_shift"] = [int(v) for v in ann.get("point_shift", (0, 0))]
+    return out

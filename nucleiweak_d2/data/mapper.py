@@ -1,0 +1,184 @@
+"""Dataset mapper that carries point annotations (and optionally masks) through augmentation."""
+
+import copy
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Boxes, Instances
+
+from .io import read_image
+from .registry import NUCLEIWEAK_MAPPER_REGISTRY
+from .rle import paint_rles
+from .transforms import build_nuclei_augmentation
+
+__all__ = ["NucleiDatasetMapper"]
+
+_USE_MASKS = {"auto": "auto", "always": True, "never": False}
+
+
+@NUCLEIWEAK_MAPPER_REGISTRY.register()
+class NucleiDatasetMapper:
+    """Map a nuclei dataset dict (docs/CONTRACTS.md) to model input with points on Instances.
+
+    Training output: ``image`` (CHW uint8 tensor in ``image_format``) and ``instances`` with
+    ``gt_points`` ((N, 2) float32, augmented continuous coordinates, pixel centre at +0.5),
+    ``gt_point_labeled`` ((N,) bool), ``gt_classes`` (zeros), and
+
+    * with masks: ``gt_masks`` (BitMasks) and ``gt_boxes`` recomputed from the augmented masks;
+    * without: ``gt_boxes`` = squares of side ``point_box_size`` centred on the points and
+      clipped to the image (point-derived, documented in the config), or no ``gt_boxes`` when
+      ``point_box_size`` is 0.
+
+    The same transforms move image, masks and points (masks are painted into one label map,
+    transformed once with nearest-neighbour resampling, then split again). An instance whose
+    point leaves the image is dropped; with masks, an instance whose mask becomes empty is
+    dropped too. Points-only records (no ``segmentation``/``bbox``) work without masks.
+
+    At test time (``is_train=False``) the image is transformed by the test augmentations
+    (none by default) and ``annotations`` are kept untouched, in original coordinates, so
+    the evaluator can read the ground truth from them.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train=True,
+        *,
+        augmentations,
+        image_format="RGB",
+        use_masks="auto",
+        labeled_only=True,
+        point_box_size=16,
+    ):
+        """
+        Parameters
+        ----------
+        is_train : bool
+            Training (build instances) or inference mode.
+        augmentations : list
+            Detectron2 ``Augmentation`` or ``Transform`` objects.
+        image_format : {"RGB", "BGR"}
+            Channel order of the output image.
+        use_masks : {"auto", True, False}
+            Put ``gt_masks`` on the instances: ``"auto"`` only when the record's settings say
+            ``annotation == "partial_mask"``.
+        labeled_only : bool
+            Keep only annotations with ``point_labeled`` in training.
+        point_box_size : int
+            Side of the point-centred boxes used when masks are not used (0 = no boxes).
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if use_masks not in ("auto", True, False):
+            raise ValueError(f"use_masks must be 'auto', True or False, got {use_masks!r}")
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.use_masks = use_masks
+        self.labeled_only = labeled_only
+        self.point_box_size = float(point_box_size)
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        data = cfg.NUCLEIWEAK.DATA
+        if data.USE_MASKS not in _USE_MASKS:
+            raise ValueError(
+                f"cfg.NUCLEIWEAK.DATA.USE_MASKS must be one of {sorted(_USE_MASKS)}, "
+                f"got {data.USE_MASKS!r}"
+            )
+        return {
+            "is_train": is_train,
+            "augmentations": build_nuclei_augmentation(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+            "use_masks": _USE_MASKS[data.USE_MASKS],
+            "labeled_only": data.LABELED_ONLY,
+            "point_box_size": data.POINT_BOX_SIZE,
+        }
+
+    def _wants_masks(self, dataset_dict, annos):
+        if self.use_masks == "auto":
+            wanted = dataset_dict.get("nucleiweak", {}).get("annotation") == "partial_mask"
+        else:
+            wanted = self.use_masks
+        if wanted and any("segmentation" not in a for a in annos):
+            raise ValueError(
+                f"masks requested for {dataset_dict['file_name']} but some "
+                f"annotations have no 'segmentation' (points-only file?)"
+            )
+        return wanted
+
+    def __call__(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image(dataset_dict["file_name"])
+        expected = (dataset_dict.get("height"), dataset_dict.get("width"))
+        if None not in expected and image.shape[:2] != tuple(expected):
+            raise ValueError(
+                f"image {dataset_dict['file_name']} is {image.shape[:2]} but its record "
+                f"says {expected}"
+            )
+        if not self.is_train:
+            aug_input = T.AugInput(image)
+            self.augmentations(aug_input)
+            dataset_dict["image"] = self._to_tensor(aug_input.image)
+            return dataset_dict
+
+        annos = [
+            a
+            for a in dataset_dict.pop("annotations", [])
+            if not a.get("iscrowd", 0) and (a.get("point_labeled", True) or not self.labeled_only)
+        ]
+        use_masks = self._wants_masks(dataset_dict, annos)
+        label_map = None
+        if use_masks:
+            label_map = paint_rles(
+                [a["segmentation"] for a in annos], range(1, len(annos) + 1), image.shape[:2]
+            ).astype(np.float32)
+        aug_input = T.AugInput(image, sem_seg=label_map)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        height, width = image.shape[:2]
+        dataset_dict["image"] = self._to_tensor(image)
+
+        points = np.asarray([a["point"] for a in annos], dtype=np.float64).reshape(-1, 2) + 0.5
+        points = transforms.apply_coords(points) if len(points) else points
+        keep = (
+            (points[:, 0] >= 0)
+            & (points[:, 0] < width)
+            & (points[:, 1] >= 0)
+            & (points[:, 1] < height)
+        )
+        masks = None
+        if use_masks:
+            index = np.rint(aug_input.sem_seg).astype(np.int64)
+            ids = np.arange(1, len(annos) + 1)
+            masks = index[None, :, :] == ids[:, None, None]
+            keep &= masks.reshape(len(annos), -1).any(axis=1)
+            masks = masks[keep]
+        points = points[keep]
+        labeled = np.asarray([bool(a.get("point_labeled", True)) for a in annos], dtype=bool)[keep]
+
+        instances = Instances((height, width))
+        instances.gt_classes = torch.zeros(len(points), dtype=torch.int64)
+        instances.gt_points = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
+        instances.gt_point_labeled = torch.as_tensor(labeled, dtype=torch.bool)
+        if masks is not None:
+            instances.gt_masks = BitMasks(
+                torch.from_numpy(np.ascontiguousarray(masks)).reshape(-1, height, width)
+            )
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        elif self.point_box_size > 0:
+            half = self.point_box_size / 2.0
+            boxes = Boxes(
+                torch.cat([instances.gt_points - half, instances.gt_points + half], dim=1)
+            )
+            boxes.clip((height, width))
+            instances.gt_boxes = boxes
+        dataset_dict["instances"] = instances
+        return dataset_dict
+
+    def _to_tensor(self, image):
+        if self.image_format == "BGR":
+            image = image[:, :, ::-1]
+        return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
