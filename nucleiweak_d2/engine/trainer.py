@@ -32,11 +32,11 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         """NucleiEvaluator, plus COCOEvaluator (bbox/segm AP) when the dataset has masks
         and ``cfg.NUCLEIWEAK.COCO_EVAL`` is set."""
-        from ..evaluation.evaluator import NucleiEvaluator
+        from ..evaluation.evaluator import build_nuclei_evaluator
 
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        evaluators = [NucleiEvaluator(dataset_name, output_dir=output_folder)]
+        evaluators = [build_nuclei_evaluator(cfg, dataset_name, output_folder)]
         meta = MetadataCatalog.get(dataset_name)
         has_masks = meta.get("point_settings", {}).get("annotation", "points") != "points_only"
         if cfg.NUCLEIWEAK.COCO_EVAL and has_masks:
