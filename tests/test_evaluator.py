@@ -182,7 +182,7 @@ def test_bad_inputs_name_the_file(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="integer"):
         ev.process(_inputs(records[:1]), [{"instance_map": torch.zeros(SIZE, SIZE)}])
     points_only = [{"file_name": "c.png", "image_id": 5, "height": SIZE, "width": SIZE,
-                    "annotations": [{"point": [3, 3], "category_id": 0}]}]
+                    "annotations": _annotations(label)[:1] + [{"point": [3, 3], "category_id": 0}]}]
     ev2 = NucleiEvaluator("unregistered", distributed=False, dataset_dicts=points_only)
     with pytest.raises(ValueError, match="c.png.*no segmentation"):
         ev2.process(_inputs(points_only), [{"instance_map": _merged(label)}])

@@ -6,6 +6,15 @@ processes and reports the means over images (detection counts summed over images
 combines with Detectron2's ``COCOEvaluator`` through ``DatasetEvaluators``::
 
     DatasetEvaluators([COCOEvaluator(name, output_dir=out), NucleiEvaluator(name, out)])
+
+Points-only ground truth (records without ``label_file_name`` whose annotations carry a
+``point`` but no mask, see :func:`~nucleiweak_d2.evaluation.ground_truth.is_points_only`)
+is scored for detection only: the ground-truth points are the ``point`` of every annotation,
+labelled or not (integer pixel indices, like the nuclei centres of masked ground truth).
+The segmentation metrics (AJI, Dice, PQ, pixel scores, ...) need masks: they are averaged
+over the images that have masks, and left out of the result when no image has any, with a
+warning logged once per evaluator. Detection metrics always cover every image. In a mixed
+dataset the summary also holds ``num_images_seg``, the number of images with masks.
 """
 
 import itertools
@@ -19,7 +28,8 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from .aggregate import aggregate
-from .ground_truth import gt_label_map, gt_points, record_name
+from .detection import detection_metrics
+from .ground_truth import annotation_points, gt_label_map, gt_points, is_points_only, record_name
 from .metrics import image_metrics
 from .outputs import output_instance_map, output_points
 from .report import format_table, summary_from_aggregate, write_per_image_csv, write_summary_json
@@ -91,6 +101,7 @@ class NucleiEvaluator(DatasetEvaluator):
         self._by_file = {r["file_name"]: r for r in records if "file_name" in r}
         self._by_id = {r["image_id"]: r for r in records if "image_id" in r}
         self._records = []
+        self._warned_points_only = False
 
     def reset(self):
         self._records = []
@@ -108,6 +119,9 @@ class NucleiEvaluator(DatasetEvaluator):
         for inp, out in zip(inputs, outputs):
             record = self._lookup(inp)
             where = record.get("file_name", record_name(record))
+            if is_points_only(record):
+                self._records.append(self._detection_row(record, out, where))
+                continue
             gt = gt_label_map(record)
             pred = output_instance_map(out, **self._output_args)
             if pred.shape != gt.shape:
@@ -123,6 +137,41 @@ class NucleiEvaluator(DatasetEvaluator):
                                      **self._metric_args))
             self._records.append(row)
 
+    def _detection_row(self, record, out, where):
+        """Per-image detection record of points-only ground truth (no segmentation keys)."""
+        pred_points = output_points(out)
+        if pred_points is None:
+            pred = output_instance_map(out, **self._output_args)
+            if "height" in record and "width" in record:
+                expected = (int(record["height"]), int(record["width"]))
+                if pred.shape != expected:
+                    raise ValueError(f"{where}: prediction is {pred.shape[0]}x{pred.shape[1]} "
+                                     f"but the image is {expected[0]}x{expected[1]}")
+            pred_points = gt_points(pred, self._point_mode)
+        else:
+            pred_points = pred_points - self._points_offset
+        det = detection_metrics(annotation_points(record), pred_points,
+                                self._metric_args["radius"], self._metric_args["method"])
+        row = {"name": record_name(record)}
+        for key in ("tp", "fp", "fn", "precision", "recall", "f1", "dist_mean", "dist_std",
+                    "distances"):
+            row[f"det_{key}"] = det[key]
+        return row
+
+    def _warn_points_only(self, records):
+        """Log once per evaluator how many images lack masks; returns that number."""
+        n_points_only = sum("aji" not in r for r in records)
+        if n_points_only and not self._warned_points_only:
+            self._warned_points_only = True
+            n_seg = len(records) - n_points_only
+            self._logger.warning(
+                f"[NucleiEvaluator] {n_points_only} of {len(records)} images of "
+                f"{self._dataset_name} have points-only ground truth: segmentation metrics "
+                f"need masks, so they cover the {n_seg} images with masks"
+                f"{' (none: left out)' if n_seg == 0 else ''}; detection metrics cover all "
+                f"{len(records)} images.")
+        return n_points_only
+
     def evaluate(self):
         """Aggregate over images; returns ``OrderedDict(nuclei={...})`` on the main process."""
         if self._distributed:
@@ -137,6 +186,9 @@ class NucleiEvaluator(DatasetEvaluator):
             return {}
         records = sorted(records, key=lambda r: r["name"])
         summary = summary_from_aggregate(aggregate(records))
+        n_points_only = self._warn_points_only(records)
+        if 0 < n_points_only < len(records):
+            summary["num_images_seg"] = float(len(records) - n_points_only)
         if self._output_dir:
             csv_path = per_image_csv_path(self._output_dir, self._dataset_name)
             write_per_image_csv(csv_path, records)

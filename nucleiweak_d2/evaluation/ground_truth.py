@@ -3,13 +3,18 @@
 A record is a Detectron2 dataset dict (``file_name``, ``height``, ``width``, optional
 ``label_file_name``, ``annotations`` with COCO ``segmentation``) or a folder-dataset sample
 of :func:`nucleiweak_d2.data.folder.load_folder_dataset` (``name``, ``label_path``).
+
+Records of points-only COCO files (docs/CONTRACTS.md: annotations with ``point`` and no
+``segmentation``) have no instance map; :func:`is_points_only` tells them apart and
+:func:`annotation_points` gives their ground-truth points, for detection-only evaluation.
 """
 
 import os
 
 import numpy as np
 
-__all__ = ["record_name", "gt_label_map", "gt_points", "masks_to_label_map"]
+__all__ = ["record_name", "gt_label_map", "gt_points", "masks_to_label_map",
+           "is_points_only", "annotation_points"]
 
 
 def record_name(record):
@@ -73,8 +78,10 @@ def masks_to_label_map(record):
     for k in range(len(annotations) - 1, -1, -1):  # reverse: the first annotation wins
         ann = annotations[k]
         if "segmentation" not in ann:
-            raise ValueError(f"{where}: annotation {k} has no segmentation (points-only file?); "
-                             f"the evaluator needs label_file_name or masks")
+            raise ValueError(f"{where}: annotation {k} has no segmentation; an instance map "
+                             f"needs label_file_name or a mask on every annotation "
+                             f"(NucleiEvaluator scores records without any mask for "
+                             f"detection only)")
         mask = mask_util.decode(_annotation_rle(ann["segmentation"], height, width, where))
         label[mask.astype(bool)] = k + 1
     return label
@@ -134,3 +141,82 @@ def gt_points(label, mode="bbox_center"):
 
     _, points = points_from_labels(label, mode=mode)
     return np.asarray(points, dtype=np.float64).reshape(-1, 2)
+
+
+def is_points_only(record):
+    """Whether a record's ground truth is points without masks (detection-only evaluation).
+
+    A record is points-only when it has no ``label_file_name`` / ``label_path`` and either
+    its settings say so (``record["nucleiweak"]["annotation"] == "points_only"``, as
+    :func:`nucleiweak_d2.data.coco.load_nuclei_coco` sets for files without any
+    ``segmentation``; this also covers an image of such a file without any point), or it has
+    at least one annotation and none of its annotations has a ``segmentation``. A record
+    whose annotations are only partly masked is not points-only: :func:`gt_label_map` raises
+    for it, naming the annotation without mask. An empty annotation list of any other record
+    is an image without nuclei (an empty instance map).
+
+    Parameters
+    ----------
+    record : dict
+
+    Returns
+    -------
+    bool
+    """
+    if record.get("label_file_name") or record.get("label_path"):
+        return False
+    settings = record.get("nucleiweak")
+    if isinstance(settings, dict) and settings.get("annotation") == "points_only":
+        return True
+    annotations = record.get("annotations") or []
+    return bool(annotations) and not any("segmentation" in a for a in annotations)
+
+
+def annotation_points(record):
+    """Ground-truth points (x, y) of a record: the ``point`` of every annotation.
+
+    Every annotation counts, whether its point is labelled (``point_labeled``) or not, since
+    the unlabelled points are the evaluation ground truth (docs/CONTRACTS.md). Points are
+    integer pixel indices (column, row), the convention of :func:`gt_points`, taken as
+    stored (after any simulated ``point_shift``).
+
+    Parameters
+    ----------
+    record : dict
+        With ``annotations`` holding ``point`` [x, y]; with ``height``/``width``, points
+        outside the image are rejected.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 2)`` float64, in annotation order.
+
+    Raises
+    ------
+    ValueError
+        Naming the image, when an annotation has no valid ``point`` or a point lies outside
+        the image.
+    """
+    where = record.get("file_name", record_name(record))
+    points = []
+    for k, ann in enumerate(record.get("annotations") or []):
+        point = ann.get("point")
+        try:
+            x, y = (float(v) for v in point)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: annotation {k} has no valid 'point' [x, y] "
+                             f"(got {point!r}); points-only ground truth needs one per "
+                             f"annotation") from None
+        points.append((x, y))
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if not np.isfinite(points).all():
+        raise ValueError(f"{where}: annotation points must be finite")
+    if "height" in record and "width" in record and len(points):
+        height, width = int(record["height"]), int(record["width"])
+        outside = ((points[:, 0] < 0) | (points[:, 0] > width - 1)
+                   | (points[:, 1] < 0) | (points[:, 1] > height - 1))
+        if outside.any():
+            k = int(np.flatnonzero(outside)[0])
+            raise ValueError(f"{where}: annotation {k} has point {points[k].tolist()} outside "
+                             f"the {height}x{width} image")
+    return points
