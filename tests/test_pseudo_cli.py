@@ -68,3 +68,25 @@ def test_make_labels_without_points_is_all_ignore():
         np.zeros((6, 7, 3), np.uint8), np.zeros((0, 2), int), ["voronoi", "geo_cluster"]
     )
     assert all(np.all(v == IGNORE) and v.shape == (6, 7) for v in labels.values())
+
+
+def test_cli_refuses_images_sharing_a_stem(tmp_path):
+    import json
+
+    from nucleiweak_d2.data.io import write_image
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        write_image(tmp_path / sub / "x.png", np.full((16, 16, 3), 200, np.uint8))
+    coco = {
+        "images": [{"id": i, "file_name": f"{sub}/x.png", "height": 16, "width": 16}
+                   for i, sub in enumerate(("a", "b"), 1)],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "point": [8, 8], "point_labeled": 1}
+                        for i in (1, 2)],
+        "categories": [{"id": 1, "name": "nucleus"}],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    rc = _tool().main([str(tmp_path / "c.json"), "--image-root", str(tmp_path), "--out", str(out)])
+    assert rc == 1
+    assert not out.exists() or not any(out.rglob("*.png"))

@@ -60,6 +60,12 @@ def main(argv=None):
         for pair in output_paths(r, kinds, out_dir).values()
         for p in pair[: 1 if args.no_overlay else 2]
     ]
+    stems = [Path(r["file_name"]).stem for r in records]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        print(f"error: several images share the file stem(s) {clashes}; their outputs would "
+              "overwrite each other", file=sys.stderr)
+        return 1
     existing = [str(p) for p in paths if p.exists()]
     if existing and not args.overwrite:
         print(
