@@ -14,7 +14,7 @@ Each model trains for ``--budget-minutes`` of wall time (constant learning rate,
 on this machine's CPU, from scratch (no pretrained weights can be downloaded here), with the
 CPU-sized overrides ``CPU_OPTS`` (R-18, 64-channel FPN, 256x256 crops, batch 2), then is
 evaluated on full 1000x1000 test images. Printed per model: precision and recall at IoU 0.5
-(object matching, counts summed over images), AJI, Kaggle mAP, NCS (per-image means, from
+(NucleiEvaluator's obj_P / obj_R: unique IoU > 0.5 matches, counts summed over images), AJI, Kaggle mAP, NCS (per-image means, from
 NucleiEvaluator), COCO segm and bbox AP (COCOEvaluator), and the point-detection P/R of
 NucleiEvaluator (radius 11 px). Results go to ``<out>/results.json``.
 
@@ -87,34 +87,6 @@ def median_box_size(dataset_name):
     return [float(v) for v in np.median(np.asarray(wh, dtype=np.float64), axis=0)]
 
 
-class IoU50Evaluator:
-    """Object precision/recall at IoU > 0.5 (counts summed over images)."""
-
-    def __init__(self, dataset_name):
-        from detectron2.data import DatasetCatalog
-
-        self._records = {r["file_name"]: r for r in DatasetCatalog.get(dataset_name)}
-        self.reset()
-
-    def reset(self):
-        self._tp = self._n_gt = self._n_pred = 0
-
-    def process(self, inputs, outputs):
-        from nucleiweak_d2.evaluation.contingency import contingency_table
-        from nucleiweak_d2.evaluation.ground_truth import gt_label_map
-        from nucleiweak_d2.evaluation.outputs import output_instance_map
-
-        for inp, out in zip(inputs, outputs):
-            table = contingency_table(gt_label_map(self._records[inp["file_name"]]), output_instance_map(out))
-            self._tp += int((np.asarray(table.iou) > 0.5).sum())
-            self._n_gt += int(table.n_gt)
-            self._n_pred += int(table.n_pred)
-
-    def evaluate(self):
-        return OrderedDict(iou50={"P": self._tp / max(self._n_pred, 1), "R": self._tp / max(self._n_gt, 1),
-                                  "TP": self._tp, "n_gt": self._n_gt, "n_pred": self._n_pred})
-
-
 def train_for(cfg, budget_s, logger):
     """Plain training loop stopped by wall time (or ``SOLVER.MAX_ITER``); returns (model, iters)."""
     from detectron2.utils.events import EventStorage
@@ -146,7 +118,7 @@ def train_for(cfg, budget_s, logger):
 
 
 def run_model(kind, args, names_partial, names_full, anchor, logger):
-    from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
+    from detectron2.evaluation import inference_on_dataset
 
     from nucleiweak_d2.engine.defaults import setup_cfg
     from nucleiweak_d2.engine.trainer import Trainer
@@ -161,16 +133,16 @@ def run_model(kind, args, names_partial, names_full, anchor, logger):
     model, iters, train_s = train_for(cfg, args.budget_minutes * 60, logger)
     model.eval()
     name = names[args.eval_split]
-    evaluator = DatasetEvaluators([Trainer.build_evaluator(cfg, name, str(out_dir / "inference")), IoU50Evaluator(name)])
+    evaluator = Trainer.build_evaluator(cfg, name, str(out_dir / "inference"))
     start = time.perf_counter()
     res = inference_on_dataset(model, Trainer.build_test_loader(cfg, name), evaluator)
     nuclei, coco = res.get("nuclei", {}), res
     return {
         "config": str(CONFIGS[kind].relative_to(REPO)), "iters": iters, "train_min": train_s / 60,
-        "eval_min": (time.perf_counter() - start) / 60, "P_iou50": res["iou50"]["P"], "R_iou50": res["iou50"]["R"],
+        "eval_min": (time.perf_counter() - start) / 60, "P_iou50": nuclei.get("obj_P"), "R_iou50": nuclei.get("obj_R"),
         "AJI": nuclei.get("AJI"), "mAP_kaggle": nuclei.get("mAP_kaggle"), "NCS": nuclei.get("NCS"),
         "segm_AP": coco.get("segm", {}).get("AP"), "bbox_AP": coco.get("bbox", {}).get("AP"),
-        "det_P_r11": nuclei.get("det_P"), "det_R_r11": nuclei.get("det_R"), "iou50": res["iou50"],
+        "det_P_r11": nuclei.get("det_P"), "det_R_r11": nuclei.get("det_R"),
     }
 
 

@@ -186,3 +186,27 @@ def test_symmetric_metrics_are_symmetric():
 def test_bad_label_maps_raise(gt, pred, match):
     with pytest.raises(ValueError, match=match):
         M.segmentation_metrics(gt, pred)
+
+
+def test_object_precision_recall_at_iou50_summed_over_images():
+    from nucleiweak_d2.evaluation.aggregate import aggregate
+    from nucleiweak_d2.evaluation.report import summary_from_aggregate
+
+    gt = np.zeros((40, 40), np.int32)
+    gt[0:10, 0:10] = 3
+    gt[20:30, 20:30] = 8
+    pred = np.zeros_like(gt)
+    pred[0:10, 0:10] = 1          # exact match of 3
+    pred[20:30, 0:10] = 2         # false positive; 8 is missed
+    pred[20:30, 20:24] = 5        # IoU 0.4 with 8: not a match
+    first = M.segmentation_metrics(gt, pred)
+    assert (first["obj_tp"], first["obj_fp"], first["obj_fn"]) == (1, 2, 1)
+    second = M.segmentation_metrics(gt, gt)
+    assert (second["obj_tp"], second["obj_fp"], second["obj_fn"]) == (2, 0, 0)
+    agg = aggregate([first, second])
+    assert (agg["obj_tp"], agg["obj_fp"], agg["obj_fn"]) == (3, 2, 1)
+    assert agg["obj_precision"] == pytest.approx(3 / 5)
+    assert agg["obj_recall"] == pytest.approx(3 / 4)
+    summary = summary_from_aggregate(agg)
+    assert summary["obj_P"] == pytest.approx(0.6) and summary["obj_R"] == pytest.approx(0.75)
+    assert "obj_tp_mean" not in agg

@@ -11,12 +11,15 @@ import numpy as np
 
 from .detection import scores_from_counts
 
-__all__ = ["aggregate", "DETECTION_COUNT_KEYS"]
+__all__ = ["aggregate", "DETECTION_COUNT_KEYS", "OBJECT_COUNT_KEYS"]
 
 # Keys of a per-image record holding detection counts: summed over images, never averaged.
 DETECTION_COUNT_KEYS = ("det_tp", "det_fp", "det_fn")
+# Keys holding object counts of the IoU > 0.5 matching: summed over images too.
+OBJECT_COUNT_KEYS = ("obj_tp", "obj_fp", "obj_fn")
 # Keys that are not averaged over images (counts, pooled distances and their per-image stats).
-_NOT_AVERAGED = DETECTION_COUNT_KEYS + ("det_distances", "det_dist_mean", "det_dist_std")
+_NOT_AVERAGED = DETECTION_COUNT_KEYS + OBJECT_COUNT_KEYS + (
+    "det_distances", "det_dist_mean", "det_dist_std")
 
 
 def aggregate(records):
@@ -38,7 +41,9 @@ def aggregate(records):
         ``num_images``; and, when detection counts are present, their sums ``det_tp``,
         ``det_fp``, ``det_fn``, the micro scores ``det_precision``, ``det_recall``,
         ``det_f1`` from the sums, and ``det_dist_mean``, ``det_dist_std`` over all matched
-        distances of all images (Qu et al.'s ``mu_d``, ``sigma_d``).
+        distances of all images (Qu et al.'s ``mu_d``, ``sigma_d``). Likewise, when the
+        records hold ``obj_tp``/``obj_fp``/``obj_fn`` (IoU > 0.5 object matches), their sums
+        and ``obj_precision``, ``obj_recall``, ``obj_f1`` from the sums.
     """
     records = list(records)
     if not records:
@@ -54,6 +59,12 @@ def aggregate(records):
         values = np.array([float(rec[key]) for rec in records if key in rec])
         out[f"{key}_mean"] = float(values.mean())
         out[f"{key}_std"] = float(values.std())
+    with_obj = [rec for rec in records if "obj_tp" in rec]
+    if with_obj:
+        sums = {key: int(sum(int(rec[key]) for rec in with_obj)) for key in OBJECT_COUNT_KEYS}
+        out.update(sums)
+        scores = scores_from_counts(sums["obj_tp"], sums["obj_fp"], sums["obj_fn"])
+        out.update({f"obj_{k}": v for k, v in scores.items()})
     with_det = [rec for rec in records if "det_tp" in rec]
     if with_det:
         sums = {key: int(sum(int(rec[key]) for rec in with_det)) for key in DETECTION_COUNT_KEYS}

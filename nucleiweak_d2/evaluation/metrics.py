@@ -108,7 +108,7 @@ def _panoptic_quality(t):
     empty = _empty(t)
     dq = _ratio(tp, tp + 0.5 * fp + 0.5 * fn, empty)
     sq = _ratio(iou[matched].sum(), tp, empty)
-    return {"pq": dq * sq, "dq": dq, "sq": sq}
+    return {"pq": dq * sq, "dq": dq, "sq": sq, "tp": tp, "fp": fp, "fn": fn}
 
 
 def _kaggle_map(t):
@@ -219,7 +219,8 @@ def panoptic_quality(gt, pred):
     dict
         ``pq``, ``dq``, ``sq``.
     """
-    return _panoptic_quality(contingency_table(gt, pred))
+    pq = _panoptic_quality(contingency_table(gt, pred))
+    return {k: pq[k] for k in ("pq", "dq", "sq")}
 
 
 def kaggle_map(gt, pred):
@@ -272,8 +273,10 @@ def segmentation_metrics(gt, pred, hausdorff=False):
     -------
     dict
         ``aji``, ``aji_plus``, ``dice_obj``, ``pixel_acc``, ``pixel_f1``, ``pixel_iou``,
-        ``pq``, ``dq``, ``sq``, ``map_kaggle``, ``ncs``, ``n_gt``, ``n_pred`` and, when
-        asked, ``hausdorff_obj``.
+        ``pq``, ``dq``, ``sq``, ``map_kaggle``, ``ncs``, ``n_gt``, ``n_pred``, the object
+        counts ``obj_tp``, ``obj_fp``, ``obj_fn`` of the unique IoU > 0.5 matching (the PQ
+        matching; :func:`aggregate` sums them into object precision/recall, as Feng et al.
+        report) and, when asked, ``hausdorff_obj``.
     """
     t = contingency_table(gt, pred)
     pix = _pixel_metrics(t)
@@ -281,7 +284,8 @@ def segmentation_metrics(gt, pred, hausdorff=False):
     out = {"aji": _aji(t), "aji_plus": _aji_plus(t), "dice_obj": _object_dice(t),
            "pixel_acc": pix["acc"], "pixel_f1": pix["f1"], "pixel_iou": pix["iou"],
            "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"], "map_kaggle": _kaggle_map(t),
-           "ncs": _ncs(t), "n_gt": t.n_gt, "n_pred": t.n_pred}
+           "ncs": _ncs(t), "n_gt": t.n_gt, "n_pred": t.n_pred,
+           "obj_tp": pq["tp"], "obj_fp": pq["fp"], "obj_fn": pq["fn"]}
     if hausdorff:
         out["hausdorff_obj"] = object_hausdorff_from_table(t)
     return out

@@ -15,7 +15,8 @@ __all__ = ["PER_IMAGE_COLUMNS", "summary_from_aggregate", "write_per_image_csv",
 # Columns of the per-image CSV, in order (those absent from every record are left out).
 PER_IMAGE_COLUMNS = (
     "name", "n_gt", "n_pred", "aji", "aji_plus", "dice_obj", "hausdorff_obj", "pixel_acc",
-    "pixel_f1", "pixel_iou", "pq", "dq", "sq", "map_kaggle", "ncs", "det_tp", "det_fp",
+    "pixel_f1", "pixel_iou", "pq", "dq", "sq", "map_kaggle", "ncs", "obj_tp", "obj_fp",
+    "obj_fn", "det_tp", "det_fp",
     "det_fn", "det_precision", "det_recall", "det_f1", "det_dist_mean", "det_dist_std")
 
 # Reported name -> per-image key; the summary holds the mean over images and "<name>_std".
@@ -31,7 +32,9 @@ _DETECTION_NAMES = (
     ("det_P_img", "det_precision_mean"), ("det_R_img", "det_recall_mean"),
     ("det_F1_img", "det_f1_mean"), ("det_dist_mean", "det_dist_mean"),
     ("det_dist_std", "det_dist_std"), ("det_TP", "det_tp"), ("det_FP", "det_fp"),
-    ("det_FN", "det_fn"))
+    ("det_FN", "det_fn"),
+    # object precision / recall / F1 at IoU > 0.5 (unique matches, counts summed over images)
+    ("obj_P", "obj_precision"), ("obj_R", "obj_recall"), ("obj_F1", "obj_f1"))
 
 
 def summary_from_aggregate(agg):
@@ -47,7 +50,8 @@ def summary_from_aggregate(agg):
         ``AJI``, ``AJI_plus``, ``Dice_obj``, (``Hausdorff_obj``), ``PQ``, ``DQ``, ``SQ``,
         ``pixel_F1``, ``pixel_acc``, ``pixel_IoU``, ``mAP_kaggle``, ``NCS`` (means over
         images), the detection scores ``det_P``, ``det_R``, ``det_F1`` (counts summed over
-        images), ``det_*_img`` (per-image means), ``det_dist_mean``/``std``, the counts, the
+        images), ``det_*_img`` (per-image means), ``det_dist_mean``/``std``, the counts, ``obj_P``,
+        ``obj_R``, ``obj_F1`` (IoU > 0.5 object matches, counts summed over images), the
         ``<name>_std`` over images of each segmentation metric and ``num_images``; all float.
     """
     out = {}
