@@ -181,7 +181,8 @@ class Qu2020Runner:
     def evaluators(self, c, dataset, folder, extra=()):
         c = c.clone()
         c.defrost()
-        c.NUCLEIWEAK.COCO_EVAL = self.cfg.NUCLEIWEAK.COCO_EVAL and c.MODEL.META_ARCHITECTURE == SEG_ARCH
+        c.NUCLEIWEAK.COCO_EVAL = bool(self.cfg.NUCLEIWEAK.COCO_EVAL and self.q.OUTPUT_INSTANCES
+                                      and c.MODEL.META_ARCHITECTURE == SEG_ARCH)
         ev = Trainer.build_evaluator(c, dataset, output_folder=str(folder))
         return [ev, *extra]
 

@@ -1,0 +1,21 @@
+"""ResNet encoder + UNet decoder shared by the UNet-based methods (Qu et al., SPN+IEN, PROnet).
+
+Importing this package registers:
+
+- ``build_nucleiweak_resnet_backbone`` in Detectron2's ``BACKBONE_REGISTRY``;
+- ``NucleiWeakUNetHead`` in ``SEM_SEG_HEADS_REGISTRY``.
+"""
+
+from .config import add_unet_config
+from .resnet_encoder import NucleiWeakResNet, build_nucleiweak_resnet_backbone
+from .unet_head import NucleiWeakUNetHead, ignore_aware_cross_entropy
+from .tiling import sliding_window_apply
+
+__all__ = [
+    "add_unet_config",
+    "NucleiWeakResNet",
+    "build_nucleiweak_resnet_backbone",
+    "NucleiWeakUNetHead",
+    "ignore_aware_cross_entropy",
+    "sliding_window_apply",
+]

@@ -1,0 +1,242 @@
+"""Dataset mappers of Qu et al.: dense targets made from points on the full image, then
+augmented together with the image.
+
+- ``NucleiWeakQu2020SegMapper``: Voronoi and cluster pseudo-labels (0 background, 1 nucleus,
+  2 ignore) as a ``(2, H, W)`` long ``"sem_seg"``.
+- ``NucleiWeakQu2020DetMapper``: extended-Gaussian target and MSE weights (optionally with the
+  background of the previous self-training round) as ``"det_target"`` / ``"det_weight"``.
+
+Targets are computed once per image on the whole image (never on a crop, so Voronoi cells and
+k-means see the whole tissue), cached in memory and, when ``cache_dir`` is set, on disk.
+"""
+
+import copy
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import transforms as T
+
+from ...data.io import read_image
+from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
+from ...data.transforms import build_nuclei_augmentation
+
+__all__ = ["NucleiWeakQu2020SegMapper", "NucleiWeakQu2020DetMapper", "record_points",
+           "cache_key"]
+
+logger = logging.getLogger(__name__)
+
+
+def cache_key(record):
+    """File-system-safe key of a dataset record (its ``image_id``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(record["image_id"]))
+
+
+def record_points(record, points_by_image=None):
+    """Integer ``(N, 2)`` (x, y) points of one record, clipped into the image.
+
+    Parameters
+    ----------
+    record : dict
+        Detectron2 dataset dict (docs/CONTRACTS.md).
+    points_by_image : dict or None
+        ``{str(image_id): [[x, y], ...]}``; when given it replaces the annotations
+        (an image absent from it has no points). Otherwise the annotations with
+        ``point_labeled`` are used (never the unlabelled ones).
+    """
+    if points_by_image is not None:
+        pts = points_by_image.get(str(record["image_id"]), [])
+    else:
+        pts = [a["point"] for a in record.get("annotations", []) if a.get("point_labeled")]
+    pts = np.round(np.asarray(pts, dtype=np.float64).reshape(-1, 2)).astype(np.int64)
+    pts[:, 0] = np.clip(pts[:, 0], 0, record["width"] - 1)
+    pts[:, 1] = np.clip(pts[:, 1], 0, record["height"] - 1)
+    return pts
+
+
+def _atomic_savez(path, **arrays):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+class _Qu2020MapperBase:
+    """Shared reading, caching and augmentation; subclasses define ``_targets``/``_put``."""
+
+    @configurable
+    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir=""):
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.cache_dir = str(cache_dir)
+        self._cache = {}
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        return {
+            "is_train": is_train,
+            "augmentations": build_nuclei_augmentation(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+            "cache_dir": cfg.NUCLEIWEAK.QU2020.LABEL_CACHE_DIR,
+        }
+
+    def cached_targets(self, record, image):
+        """Targets of ``record`` (a dict of full-size arrays), from the cache or computed."""
+        key = cache_key(record)
+        if key in self._cache:
+            return self._cache[key]
+        path = Path(self.cache_dir) / f"{key}.npz" if self.cache_dir else None
+        if path is not None and path.is_file():
+            with np.load(path) as z:
+                maps = {k: z[k] for k in z.files}
+        else:
+            maps = self._targets(record, image)
+            if path is not None:
+                _atomic_savez(path, **maps)
+        self._cache[key] = maps
+        return maps
+
+    def __call__(self, dataset_dict):
+        d = copy.deepcopy(dataset_dict)
+        image = np.array(read_image(d["file_name"]))  # RGB uint8, writable
+        if image.shape[:2] != (d["height"], d["width"]):
+            raise ValueError(f"{d['file_name']}: image is {image.shape[:2]}, record says "
+                             f"{(d['height'], d['width'])}")
+        if self.is_train:
+            maps = self.cached_targets(d, image)
+            aug = T.AugInput(image)
+            transforms = self.augmentations(aug)
+            image = aug.image
+            self._put(d, {k: transforms.apply_segmentation(v) for k, v in maps.items()})
+        if self.image_format == "BGR":
+            image = image[:, :, ::-1]
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return d
+
+
+@NUCLEIWEAK_MAPPER_REGISTRY.register()
+class NucleiWeakQu2020SegMapper(_Qu2020MapperBase):
+    """Voronoi + cluster pseudo-labels of Qu et al., stacked as ``"sem_seg"`` ``(2, H, W)``.
+
+    Points come from ``points_file`` (the merged annotated + detected points written by the
+    pipeline) or, when it is empty, from the annotations with ``point_labeled``. At test time
+    only the image is produced (annotations are kept for the evaluator).
+
+    Deviation: Qu's ``LabelEncoding`` turns pure-black (padding) pixels into background; the
+    augmentations used here (scale, flips, rot90, crop) create no padding, so it is not needed.
+    """
+
+    @configurable
+    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir="",
+                 points_file=""):
+        """
+        Parameters
+        ----------
+        is_train : bool
+        augmentations : list of Augmentation
+        image_format : {"RGB", "BGR"}
+        cache_dir : str
+            Folder caching ``<image_id>.npz`` with ``voronoi`` and ``cluster``; "" = memory.
+        points_file : str
+            JSON ``{image_id: [[x, y], ...]}``; "" uses the annotated points.
+        """
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format,
+                         cache_dir=cache_dir)
+        self.points_by_image = None
+        if points_file:
+            with open(points_file) as f:
+                self.points_by_image = {str(k): v for k, v in json.load(f).items()}
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        ret = super().from_config(cfg, is_train)
+        ret["points_file"] = cfg.NUCLEIWEAK.QU2020.POINTS_FILE
+        return ret
+
+    def _targets(self, record, image):
+        from ...pseudo_labels.cluster import cluster_label
+        from ...pseudo_labels.voronoi import voronoi_label
+
+        pts = record_points(record, self.points_by_image)
+        if len(pts) == 0:
+            ignore = np.full(image.shape[:2], 2, dtype=np.uint8)
+            return {"voronoi": ignore, "cluster": ignore.copy()}
+        return {"voronoi": voronoi_label(pts, image.shape[:2]).astype(np.uint8),
+                "cluster": cluster_label(image, pts).astype(np.uint8)}
+
+    def _put(self, d, maps):
+        d["sem_seg"] = torch.as_tensor(np.stack([maps["voronoi"], maps["cluster"]]).astype(np.int64))
+
+
+@NUCLEIWEAK_MAPPER_REGISTRY.register()
+class NucleiWeakQu2020DetMapper(_Qu2020MapperBase):
+    """Extended Gaussian mask of Qu et al. (Eq. 1, 3) as ``"det_target"``/``"det_weight"``.
+
+    ``det_target`` is ``exp(-D^2 / 2 sigma^2)`` within r1 of an annotated point, 0 elsewhere;
+    ``det_weight`` is ``fg_weight`` where the target is > 0, 1 on the background annulus
+    ``r1 < D < r2``, 0 (ignored) beyond r2, except that pixels beyond r2 marked as background
+    by the previous self-training round (``background_dir/<image_id>.png``, non-zero =
+    background) get target 0 and weight 1 (Eq. 3). Only annotated points are used.
+    Both maps are ``(1, H, W)`` float32.
+    """
+
+    @configurable
+    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir="",
+                 r1=11.0, r2=22.0, sigma=2.75, fg_weight=10.0, background_dir=""):
+        """
+        Parameters
+        ----------
+        is_train, augmentations, image_format, cache_dir
+            As :class:`NucleiWeakQu2020SegMapper` (the cache holds ``target`` and ``weight``).
+        r1, r2, sigma : float
+            Extended Gaussian mask parameters (MO: 11, 22, 2.75).
+        fg_weight : float
+            Weight of target > 0 pixels (paper: 10).
+        background_dir : str
+            Background maps of the previous round; "" for the initial round.
+        """
+        super().__init__(is_train, augmentations=augmentations, image_format=image_format,
+                         cache_dir=cache_dir)
+        self.r1, self.r2, self.sigma = float(r1), float(r2), float(sigma)
+        self.fg_weight = float(fg_weight)
+        self.background_dir = str(background_dir)
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        ret = super().from_config(cfg, is_train)
+        det = cfg.NUCLEIWEAK.QU2020.DET
+        ret.update(r1=det.R1, r2=det.R2, sigma=det.SIGMA, fg_weight=det.FG_WEIGHT,
+                   background_dir=det.BACKGROUND_DIR)
+        return ret
+
+    def _targets(self, record, image):
+        from ...pseudo_labels.detection import extended_gaussian_target
+
+        shape = image.shape[:2]
+        target, weight = extended_gaussian_target(record_points(record), shape, r1=self.r1,
+                                                  r2=self.r2, sigma=self.sigma,
+                                                  positive_weight=self.fg_weight)
+        if self.background_dir:
+            from ...data.io import read_label
+
+            bg = read_label(Path(self.background_dir) / f"{cache_key(record)}.png") > 0
+            if bg.shape != shape:
+                raise ValueError(f"background map of {record['file_name']} is {bg.shape}, "
+                                 f"image is {shape}")
+            new_bg = bg & (weight == 0)
+            target[new_bg] = 0.0
+            weight[new_bg] = 1.0
+        return {"target": target, "weight": weight}
+
+    def _put(self, d, maps):
+        d["det_target"] = torch.as_tensor(np.ascontiguousarray(maps["target"])[None])
+        d["det_weight"] = torch.as_tensor(np.ascontiguousarray(maps["weight"])[None])

@@ -1,0 +1,213 @@
+"""Qu et al. building blocks: post-processing, detection loss and targets, both meta-archs."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+
+from nucleiweak_d2.engine import setup_cfg  # noqa: E402
+from nucleiweak_d2.modeling.qu2020 import (  # noqa: E402
+    NucleiWeakQu2020DetMapper,
+    NucleiWeakQu2020SegMapper,
+    instances_from_foreground,
+    merge_points,
+    points_from_probability,
+    weighted_mse_loss,
+)
+from nucleiweak_d2.modeling.qu2020.artifacts import write_mask_png  # noqa: E402
+
+TINY = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", "8", "NUCLEIWEAK.UNET.DECODER_CHANNELS", "[16,16,8,8,8]",
+        "NUCLEIWEAK.UNET.TARGET_WEIGHTS", "[0.5,0.5]"]
+
+
+def _record(tmp_path, points, labeled, size=(60, 80)):
+    from nucleiweak_d2.data.io import write_image
+
+    h, w = size
+    img = np.full((h, w, 3), 200, np.uint8)
+    for x, y in points:
+        img[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4] = (90, 40, 140)
+    path = tmp_path / "img.png"
+    write_image(path, img)
+    anns = [{"point": [int(x), int(y)], "point_labeled": bool(lab)} for (x, y), lab in
+            zip(points, labeled)]
+    return {"file_name": str(path), "height": h, "width": w, "image_id": 7, "annotations": anns}
+
+
+# ----------------------------------------------------------------- post-processing
+def test_instances_from_foreground_removes_small_and_fills_holes():
+    fg = np.zeros((40, 40), bool)
+    fg[5:15, 5:15] = True
+    fg[9:11, 9:11] = False  # a hole
+    fg[30:33, 30:33] = True  # 9 px: removed
+    lab = instances_from_foreground(fg, min_area=20)
+    assert lab.max() == 1 and (lab > 0).sum() == 100 and lab[10, 10] == 1
+
+
+def test_split_touching_separates_two_disks():
+    yy, xx = np.mgrid[:40, :60]
+    fg = ((xx - 20) ** 2 + (yy - 20) ** 2 < 81) | ((xx - 36) ** 2 + (yy - 20) ** 2 < 81)
+    assert instances_from_foreground(fg).max() == 1
+    assert instances_from_foreground(fg, split_touching=True, split_min_distance=5).max() == 2
+
+
+def test_points_from_probability_centroids_and_area_limits():
+    prob = np.zeros((50, 50))
+    prob[10:15, 20:25] = 0.9   # 25 px, centre (x=22, y=12)
+    prob[40:42, 40:42] = 0.9   # 4 px: too small
+    prob[25:40, 0:15] = 0.9    # 225 px: too large
+    pts = points_from_probability(prob, threshold=0.35, min_area=12, max_area=200)
+    np.testing.assert_allclose(pts, [[22.0, 12.0]])
+    assert len(points_from_probability(prob, 0.35, 12, 0)) == 2
+
+
+def test_merge_points_keeps_annotated_and_far_detections():
+    ann = np.array([[10, 10], [50, 50]])
+    det = np.array([[12, 12], [21, 10], [22, 10], [80.4, 5.6]])
+    merged = merge_points(ann, det, radius=11)
+    assert merged[:2].tolist() == ann.tolist()
+    assert merged[2:].tolist() == [[22, 10], [80, 6]]  # (21, 10) is at distance 11: dropped
+
+
+# ----------------------------------------------------------------- detection loss / targets
+def test_weighted_mse_ignores_zero_weight_pixels():
+    prob = torch.rand(1, 1, 4, 4, requires_grad=True)
+    target = torch.rand(1, 1, 4, 4)
+    weight = torch.zeros(1, 1, 4, 4)
+    weight[..., :2, :] = 10.0
+    weight[..., 2, :] = 1.0
+    loss = weighted_mse_loss(prob, target, weight)
+    want = (weight * (prob - target) ** 2).sum() / 12
+    assert torch.allclose(loss, want)
+    loss.backward()
+    assert (prob.grad[..., 3, :] == 0).all() and (prob.grad[..., :3, :] != 0).any()
+
+
+def test_det_mapper_targets_use_only_labeled_points_and_background(tmp_path):
+    rec = _record(tmp_path, [(20, 20), (60, 40)], [True, False])
+    mapper = NucleiWeakQu2020DetMapper(True, augmentations=[], r1=11, r2=22, sigma=2.75)
+    d = mapper(rec)
+    t, w = d["det_target"][0].numpy(), d["det_weight"][0].numpy()
+    assert t.shape == (60, 80) and t[20, 20] == pytest.approx(1.0)
+    assert w[20, 20] == 10 and w[20, 20 + 15] == 1 and w[20, 20 + 30] == 0
+    assert t[40, 60] == 0 and w[40, 60] == 0  # the unlabelled nucleus stays ignored
+    bg = np.zeros((60, 80), bool)
+    bg[:, 70:] = True
+    bg[18:23, 18:23] = True  # inside r2: must not change the Gaussian
+    write_mask_png(tmp_path / "bg" / "7.png", bg)
+    mapper = NucleiWeakQu2020DetMapper(True, augmentations=[], background_dir=str(tmp_path / "bg"))
+    d = mapper(rec)
+    t2, w2 = d["det_target"][0].numpy(), d["det_weight"][0].numpy()
+    assert (w2[:, 70:] == 1).all() and (t2[:, 70:] == 0).all()
+    np.testing.assert_array_equal(t2, t)
+    assert w2[20, 20] == 10
+
+
+def test_det_mapper_augments_image_and_targets_together(tmp_path):
+    from nucleiweak_d2.data.transforms import RandomRot90
+    from detectron2.data import transforms as T
+
+    rec = _record(tmp_path, [(20, 15)], [True])
+    augs = [T.RandomFlip(1.0, horizontal=True, vertical=False), RandomRot90(),
+            T.RandomCrop("absolute", (48, 48))]
+    mapper = NucleiWeakQu2020DetMapper(True, augmentations=augs)
+    for seed in range(5):
+        np.random.seed(seed)
+        d = mapper(rec)
+        t = d["det_target"][0].numpy()
+        if t.max() < 1:
+            continue  # the point was cropped away
+        y, x = np.unravel_index(t.argmax(), t.shape)
+        assert tuple(d["image"][:, y, x].tolist()) == (90, 40, 140)
+
+
+def test_seg_mapper_points_file_and_cache(tmp_path):
+    rec = _record(tmp_path, [(20, 20), (60, 40)], [True, False])
+    pf = tmp_path / "points.json"
+    pf.write_text(json.dumps({"7": [[20, 20], [60, 40]]}))
+    mapper = NucleiWeakQu2020SegMapper(True, augmentations=[], cache_dir=str(tmp_path / "cache"),
+                                       points_file=str(pf))
+    d = mapper(rec)
+    sem = d["sem_seg"]
+    assert sem.shape == (2, 60, 80) and sem.dtype == torch.int64
+    assert sem[0, 40, 60] == 1 and sem[0, 20, 20] == 1  # both points are nuclei in Voronoi
+    assert set(np.unique(sem.numpy())) <= {0, 1, 2}
+    assert (tmp_path / "cache" / "7.npz").is_file()
+    only_labeled = NucleiWeakQu2020SegMapper(True, augmentations=[])(rec)["sem_seg"]
+    assert only_labeled[0, 40, 60] != 1
+    test_out = NucleiWeakQu2020SegMapper(False, augmentations=[])(rec)
+    assert "sem_seg" not in test_out and test_out["image"].shape == (3, 60, 80)
+
+
+# ----------------------------------------------------------------- meta-architectures
+def test_point_detector_loss_gradients_and_inference():
+    from detectron2.modeling import build_model
+
+    cfg = setup_cfg("configs/Base-Nuclei-UNet.yaml", TINY + [
+        "MODEL.META_ARCHITECTURE", "NucleiPointDetector", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "1"])
+    model = build_model(cfg)
+    img = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
+    target = torch.zeros(1, 64, 64)
+    weight = torch.zeros(1, 64, 64)
+    weight[..., :32] = 1.0
+    losses = model([{"image": img, "det_target": target, "det_weight": weight}])
+    assert set(losses) == {"loss_det"} and torch.isfinite(losses["loss_det"])
+    losses["loss_det"].backward()
+    assert model.backbone.stem.conv1.weight.grad.abs().sum() > 0
+    model.eval()
+    out = model([{"image": img, "height": 64, "width": 64}])[0]
+    assert out["prob"].shape == (64, 64) and out["pred_points"].shape[1] == 2
+    assert out["instance_map"].shape == (64, 64)
+
+
+def test_segmentor_crf_loss_and_instances():
+    from detectron2.modeling import build_model
+
+    pytest.importorskip("nucleiweak_d2.modeling.losses.dense_crf")
+    cfg = setup_cfg("configs/Base-Nuclei-UNet.yaml", TINY + [
+        "NUCLEIWEAK.QU2020.CRF.ENABLED", "True"])
+    model = build_model(cfg)
+    assert model.crf_weight == pytest.approx(0.005)
+    img = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
+    sem = torch.randint(0, 3, (2, 64, 64))
+    losses = model([{"image": img, "sem_seg": sem}, {"image": img, "sem_seg": sem}])
+    assert set(losses) == {"loss_sem_seg_t0", "loss_sem_seg_t1", "loss_crf"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss_crf"].backward()
+    assert model.sem_seg_head.predictor.weight.grad.abs().sum() > 0
+    model.eval()
+    out = model([{"image": img, "height": 32, "width": 32}])[0]
+    assert out["sem_seg"].shape == (2, 32, 32) and out["instance_map"].shape == (32, 32)
+    inst = out["instances"]
+    assert len(inst) == int(out["instance_map"].max())
+    if len(inst):
+        assert inst.pred_masks.shape[1:] == (32, 32)
+
+
+def test_segmentor_feeds_crf_image01_and_masks_padding(monkeypatch):
+    from detectron2.modeling import build_model
+
+    crf = pytest.importorskip("nucleiweak_d2.modeling.losses.dense_crf")
+    seen = {}
+
+    def fake(prob, image, mask=None, **kw):
+        seen.update(prob=prob, image=image, mask=mask, **kw)
+        return prob.mean()
+
+    monkeypatch.setattr(crf, "dense_crf_loss", fake)
+    cfg = setup_cfg("configs/Base-Nuclei-UNet.yaml", TINY + ["NUCLEIWEAK.QU2020.CRF.ENABLED", "True"])
+    model = build_model(cfg)
+    a = torch.full((3, 64, 64), 255, dtype=torch.uint8)
+    b = torch.full((3, 40, 50), 51, dtype=torch.uint8)
+    sem = [torch.zeros(2, 64, 64, dtype=torch.long), torch.zeros(2, 40, 50, dtype=torch.long)]
+    model([{"image": a, "sem_seg": sem[0]}, {"image": b, "sem_seg": sem[1]}])
+    assert seen["image"].shape == (2, 3, 64, 64) and seen["prob"].shape == (2, 64, 64)
+    assert seen["image"].max() == pytest.approx(1.0) and seen["image"][1, :, 0, 0].tolist() == \
+        pytest.approx([0.2, 0.2, 0.2])
+    assert seen["mask"][0].all() and seen["mask"][1, :40, :50].all() and not seen["mask"][1, 40:].any()
+    assert seen["sigma_xy"] == 9.0 and seen["sigma_rgb"] == pytest.approx(0.1)
