@@ -89,3 +89,33 @@ def test_maskrcnn_one_training_step_on_cpu():
         optimizer.step()
     assert {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
     assert torch.isfinite(total)
+
+
+def test_cuda_device_falls_back_to_cpu_without_cuda():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("detectron2")
+    from nucleiweak_d2.engine import setup_cfg
+
+    cfg = setup_cfg(None, ["MODEL.DEVICE", "cuda"])
+    assert cfg.MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_datasets_named_in_the_config_are_registered(tmp_path):
+    pytest.importorskip("detectron2")
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from nucleiweak_d2.data.coco import export_coco_splits
+    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
+    from nucleiweak_d2.engine import register_datasets_from_cfg, setup_cfg
+
+    root = make_synthetic_dataset(tmp_path / "syn", n_images=4, size=(64, 64), seed=1)
+    export_coco_splits(root, tmp_path / "coco", ratio=0.5, seed=0)
+    cfg = setup_cfg(None, ["NUCLEIWEAK.DATASETS.COCO_DIR", str(tmp_path / "coco"),
+                           "NUCLEIWEAK.DATASETS.IMAGE_ROOT", str(root),
+                           "NUCLEIWEAK.DATASETS.PREFIX", "cfgreg"])
+    names = register_datasets_from_cfg(cfg)
+    assert set(names) >= {"cfgreg_train", "cfgreg_test"}
+    records = DatasetCatalog.get("cfgreg_train")
+    assert records and all(r["file_name"].startswith(str(root)) for r in records)
+    assert MetadataCatalog.get("cfgreg_train").evaluator_type == "nuclei"
+    assert register_datasets_from_cfg(setup_cfg(None)) == []

@@ -5,7 +5,7 @@ Examples
 --------
 Train (one model, or the multi-stage pipeline the config names in NUCLEIWEAK.PIPELINE)::
 
-    python tools/train_net.py --config-file configs/qu2020/R34_synthetic.yaml OUTPUT_DIR out/qu
+    python tools/train_net.py --config-file configs/qu2020/R18_synthetic.yaml OUTPUT_DIR out/qu
 
 Evaluate a checkpoint::
 

@@ -1,5 +1,7 @@
 """Config setup shared by the command-line tools and the tests."""
 
+import logging
+
 from detectron2.config import get_cfg
 
 from ..config import add_nucleiweak_config
@@ -17,6 +19,11 @@ def setup_cfg(config_file=None, opts=None, freeze=True):
     freeze : bool
         Freeze the returned config.
 
+    Notes
+    -----
+    A CUDA ``MODEL.DEVICE`` (Detectron2's default) falls back to ``"cpu"``, with a warning,
+    on a machine without CUDA, so every config runs on either.
+
     Returns
     -------
     detectron2.config.CfgNode
@@ -29,6 +36,14 @@ def setup_cfg(config_file=None, opts=None, freeze=True):
         cfg.merge_from_file(config_file)
     if opts:
         cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            logging.getLogger(__name__).warning(
+                "MODEL.DEVICE is %r but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE
+            )
+            cfg.MODEL.DEVICE = "cpu"
     if freeze:
         cfg.freeze()
     return cfg
