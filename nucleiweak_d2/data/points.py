@@ -127,19 +127,6 @@ def points_and_boxes(label, mode="bbox_center"):
         points[:, 0] = np.floor(sum_c / areas + 0.5)
         points[:, 1] = np.floor(sum_r / areas + 0.5)
     return ids, points, slices, areas
-    if mode == "bbox_center":
-        for i, (rs, cs) in enumerate(slices):
-            points[i] = ((cs.start + cs.stop - 1) // 2, (rs.start + rs.stop - 1) // 2)
-    else:
-        flat = label.ravel()
-        fg = np.flatnonzero(flat)
-        order = np.searchsorted(ids, flat[fg])
-        rows, cols = np.divmod(fg, label.shape[1])
-        sum_r = np.bincount(order, weights=rows, minlength=len(ids))
-        sum_c = np.bincount(order, weights=cols, minlength=len(ids))
-        points[:, 0] = np.floor(sum_c / areas + 0.5)
-        points[:, 1] = np.floor(sum_r / areas + 0.5)
-    return ids, points
 
 
 def _n_kept(n, ratio):

@@ -22,6 +22,18 @@ _NOT_AVERAGED = DETECTION_COUNT_KEYS + OBJECT_COUNT_KEYS + (
     "det_distances", "det_dist_mean", "det_dist_std")
 
 
+def _add_summed_scores(out, records, prefix, count_keys):
+    """Sum ``count_keys`` (tp, fp, fn) over the records holding them into ``out``, with the
+    micro precision/recall/F1 as ``<prefix>_<score>``; returns those records."""
+    having = [rec for rec in records if count_keys[0] in rec]
+    if having:
+        sums = {key: int(sum(int(rec[key]) for rec in having)) for key in count_keys}
+        out.update(sums)
+        scores = scores_from_counts(*(sums[key] for key in count_keys))
+        out.update({f"{prefix}_{k}": v for k, v in scores.items()})
+    return having
+
+
 def aggregate(records):
     """Combine per-image results.
 
@@ -59,18 +71,9 @@ def aggregate(records):
         values = np.array([float(rec[key]) for rec in records if key in rec])
         out[f"{key}_mean"] = float(values.mean())
         out[f"{key}_std"] = float(values.std())
-    with_obj = [rec for rec in records if "obj_tp" in rec]
-    if with_obj:
-        sums = {key: int(sum(int(rec[key]) for rec in with_obj)) for key in OBJECT_COUNT_KEYS}
-        out.update(sums)
-        scores = scores_from_counts(sums["obj_tp"], sums["obj_fp"], sums["obj_fn"])
-        out.update({f"obj_{k}": v for k, v in scores.items()})
-    with_det = [rec for rec in records if "det_tp" in rec]
+    _add_summed_scores(out, records, "obj", OBJECT_COUNT_KEYS)
+    with_det = _add_summed_scores(out, records, "det", DETECTION_COUNT_KEYS)
     if with_det:
-        sums = {key: int(sum(int(rec[key]) for rec in with_det)) for key in DETECTION_COUNT_KEYS}
-        out.update(sums)
-        scores = scores_from_counts(sums["det_tp"], sums["det_fp"], sums["det_fn"])
-        out.update({f"det_{k}": v for k, v in scores.items()})
         dist = np.concatenate([np.asarray(rec.get("det_distances", []), dtype=np.float64)
                                for rec in with_det])
         out["det_dist_mean"] = float(dist.mean()) if dist.size else 0.0
