@@ -95,3 +95,34 @@ def test_segmentation_stage_alone_without_crf(tiny_dataset):
     res = runner.run(c, model, "qu2020_smoke_val", runner.evaluators(c, "qu2020_smoke_val",
                                                                       tiny_dataset / "ev"))
     assert 0.0 <= res["nuclei"]["AJI"] <= 1.0
+
+
+def test_detection_round_selection(tiny_dataset, tmp_path):
+    """"last" takes the last round (the paper); "best_val" the best val score, earliest on ties."""
+    from nucleiweak_d2.engine.qu2020_pipeline import Qu2020Runner
+
+    for k, score in enumerate([0.8, 0.5, 0.8]):
+        (tmp_path / f"det_round{k}").mkdir()
+        (tmp_path / f"det_round{k}" / "stage_done.json").write_text(
+            json.dumps({"weights": "w", "val_score": score}))
+    common = ["NUCLEIWEAK.QU2020.DET.ROUNDS", "2"]
+    assert Qu2020Runner(_cfg(tmp_path, common)).selected_round() == 2
+    best = _cfg(tmp_path, common + ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "best_val"])
+    assert Qu2020Runner(best).selected_round() == 0
+    bad = _cfg(tmp_path, common + ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "first"])
+    with pytest.raises(ValueError, match="SELECT_ROUND"):
+        Qu2020Runner(bad).selected_round()
+
+
+def test_best_val_round_is_scored_on_val(tiny_dataset):
+    out = tiny_dataset / "run_best_val"
+    cfg = _cfg(out, ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "best_val",
+                     "NUCLEIWEAK.QU2020.CRF.ENABLED", "False"])
+    from nucleiweak_d2.engine.qu2020_pipeline import Qu2020Runner
+
+    runner = Qu2020Runner(cfg)
+    runner.detection_rounds()
+    for k in (0, 1):
+        info = json.loads((out / f"det_round{k}" / "stage_done.json").read_text())
+        assert 0.0 <= info["val_score"] <= 1.0
+    assert runner.selected_round() in (0, 1)

@@ -6,7 +6,8 @@ Stages, each in ``OUTPUT_DIR/<stage>/`` and skipped when its ``stage_done.json``
    annotated points; after round k < R its probability maps on the training images give the
    propagated background (``background/<image_id>.png``) of round k + 1. Every round trains
    from ``MODEL.WEIGHTS`` again, as the authors' code does.
-2. ``detect``: the last round's detector finds points on the training images; they are merged
+2. ``detect``: the last round's detector (or, with ``DET.SELECT_ROUND: best_val``, the round
+   best on val) finds points on the training images; they are merged
    with the annotated points (annotated kept, a detection added only beyond r1 of all of them)
    into ``points_merged.json``; detection metrics of that detector on val and the eval sets.
 3. ``pseudo_labels``: Voronoi and cluster labels of every training image (cache + previews).
@@ -201,6 +202,13 @@ class Qu2020Runner:
             self._seed(k)
             c = self.det_cfg(k)
             weights = self.train(c, self.q.DET_SELECT_METRIC)
+            info = {"weights": weights}
+            if self.q.DET.SELECT_ROUND == "best_val" and self.val_set:
+                res = self.run(c, self.load_model(c, weights), self.val_set,
+                               self.evaluators(c, self.val_set,
+                                               Path(c.OUTPUT_DIR) / "inference" / self.val_set))
+                task, _, key = self.q.DET_SELECT_METRIC.partition("/")
+                info["val_score"] = float(res[task][key])
             if k < rounds:
                 bg_dir = Path(c.OUTPUT_DIR) / "background"
                 min_area = self.q.DET.BG_MIN_AREA or None
@@ -213,7 +221,30 @@ class Qu2020Runner:
 
                 self.run(c, self.load_model(c, weights), self.train_set,
                          [_OutputCollector(save_bg)])
-            self._mark(stage, {"weights": weights})
+            self._mark(stage, info)
+
+    def selected_round(self):
+        """Index of the detection round whose detector finds the points.
+
+        ``DET.SELECT_ROUND == "last"`` (the paper): the last round. ``"best_val"``: the round
+        with the highest ``DET_SELECT_METRIC`` on the val split (the earliest on ties), a
+        deviation for short schedules where a self-training round can end worse than the one
+        before it; val only, never test.
+        """
+        rounds = int(self.q.DET.ROUNDS)
+        if self.q.DET.SELECT_ROUND == "last" or not self.val_set:
+            return rounds
+        if self.q.DET.SELECT_ROUND != "best_val":
+            raise ValueError("NUCLEIWEAK.QU2020.DET.SELECT_ROUND must be 'last' or 'best_val', "
+                             f"got {self.q.DET.SELECT_ROUND!r}")
+        scores = []
+        for k in range(rounds + 1):
+            info = json.loads((self.root / f"det_round{k}" / "stage_done.json").read_text())
+            scores.append(info.get("val_score", float("-inf")))
+        best = int(np.argmax(scores))
+        logger.info("detection rounds' val %s: %s -> round %d", self.q.DET_SELECT_METRIC,
+                    scores, best)
+        return best
 
     def detect_and_merge(self):
         from ..modeling.qu2020.artifacts import write_json
@@ -224,7 +255,7 @@ class Qu2020Runner:
         stage = "detect"
         if self._done(stage):
             return json.loads((self.root / stage / "stage_done.json").read_text())["metrics"]
-        c = self.det_cfg(int(self.q.DET.ROUNDS))
+        c = self.det_cfg(self.selected_round())
         model = self.load_model(c, self.best_weights(c))
         detected = {}
 

@@ -57,6 +57,9 @@ def add_qu2020_config(cfg):
     _C.NUCLEIWEAK.QU2020.DET.MAX_AREA = 200
     # Self-training rounds with background propagation after the initial training (paper: 3).
     _C.NUCLEIWEAK.QU2020.DET.ROUNDS = 3
+    # Which round's detector finds the training points: "last" (the paper) or "best_val" (the
+    # round with the best DET_SELECT_METRIC on the val split; for short schedules).
+    _C.NUCLEIWEAK.QU2020.DET.SELECT_ROUND = "last"
     # Background propagation: pixels with probability below this become background.
     _C.NUCLEIWEAK.QU2020.DET.BG_LOW = 0.1
     # Background propagation: components above this probability and larger than
