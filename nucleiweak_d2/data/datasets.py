@@ -66,8 +66,11 @@ def register_nuclei_dataset(name, json_file, image_root):
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read COCO file {json_file}: {exc}") from exc
     DatasetCatalog.register(name, lambda: _load(json_file, image_root))
+    # COCO category id 1 is Detectron2's contiguous class 0; COCOEvaluator maps predictions
+    # back with this (without it every prediction keeps category 0 and every AP is 0).
     MetadataCatalog.get(name).set(
         thing_classes=["nucleus"],
+        thing_dataset_id_to_contiguous_id={1: 0},
         evaluator_type="nuclei",
         json_file=json_file,
         image_root=image_root,
