@@ -201,6 +201,12 @@ def test_points_csv_errors(tmp_path):
     (tmp_path / "f.csv").write_text("1.5,2\n")
     with pytest.raises(ValueError, match="f.csv line 1"):
         read_points_csv(tmp_path / "f.csv")
+    (tmp_path / "n.csv").write_text("x,y\n3,4\nnan,2\n")
+    with pytest.raises(ValueError, match="n.csv line 3"):
+        read_points_csv(tmp_path / "n.csv")
+    (tmp_path / "g.csv").write_text("3,4\nabc\n")
+    with pytest.raises(ValueError, match="g.csv line 2"):
+        read_points_csv(tmp_path / "g.csv")
     (tmp_path / "o.csv").write_text("1,20\n")
     with pytest.raises(ValueError, match="o.csv.*outside"):
         read_points_csv(tmp_path / "o.csv", shape=(20, 30))

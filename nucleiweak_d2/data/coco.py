@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .folder import list_splits, load_folder_dataset
-from .io import read_label
+from .io import read_label, read_xy_csv
 from .points import POINT_MODES, parse_shift, points_and_boxes, sample_partial, shift_points
 from .rle import label_to_rles
 
@@ -50,31 +50,16 @@ def read_points_csv(path, shape=None):
     non-integer or negative coordinates, or (with ``shape=(H, W)``) points outside the image.
     """
     path = Path(path)
-    rows = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ValueError(f"cannot read points file {path}: {exc}") from exc
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = [p.strip() for p in line.replace(";", ",").split(",")]
-        try:
-            values = [float(p) for p in parts[:2]]
-        except ValueError:
-            if number == 1:  # header such as "x,y"
-                continue
-            raise ValueError(f"points file {path} line {number}: cannot parse {line!r}") from None
-        if len(values) != 2 or any(v != int(v) or v < 0 for v in values):
+    values, numbers = read_xy_csv(path)
+    for (x, y), number in zip(values, numbers):
+        if not (float(x).is_integer() and float(y).is_integer()) or x < 0 or y < 0:
             raise ValueError(
                 f"points file {path} line {number}: expected non-negative integer "
-                f"'x,y', got {line!r}"
+                f"'x,y', got {x:g},{y:g}"
             )
-        rows.append(values)
-    if not rows:
+    if not len(values):
         raise ValueError(f"no points in points file {path}")
-    points = np.asarray(rows, dtype=np.int64)
+    points = values.astype(np.int64)
     if shape is not None and (np.any(points[:, 0] >= shape[1]) or np.any(points[:, 1] >= shape[0])):
         raise ValueError(f"points file {path} has points outside the {shape[0]}x{shape[1]} image")
     return points

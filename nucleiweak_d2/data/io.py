@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
+    "read_xy_csv",
     "IMAGE_EXTENSIONS",
     "LABEL_EXTENSIONS",
     "read_image",
@@ -238,3 +239,47 @@ def image_size(path):
     if len(shape) < 2 or shape[0] == 0 or shape[1] == 0:
         raise ValueError(f"empty image in {path}")
     return int(shape[0]), int(shape[1]), kind
+
+
+def read_xy_csv(path):
+    """Points ``x,y`` from a text file: one per line (``,`` or ``;``), an optional header on
+    the first line, ``#`` comments and blank lines skipped; extra columns are ignored.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    points : np.ndarray
+        ``(N, 2)`` float64 ``(x, y)``; ``N`` may be 0.
+    line_numbers : np.ndarray
+        ``(N,)`` 1-based line of each point, for error messages of stricter readers.
+
+    Raises
+    ------
+    ValueError
+        Naming the file when it cannot be read, or the file and line of a line that is not
+        ``x,y``.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read points file {path}: {exc}") from exc
+    points, numbers = [], []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.replace(";", ",").split(",")
+        try:
+            points.append([float(parts[0]), float(parts[1])])
+        except (ValueError, IndexError):
+            if number == 1:  # header such as "x,y"
+                continue
+            raise ValueError(
+                f"points file {path} line {number}: expected 'x,y', got {line!r}"
+            ) from None
+        numbers.append(number)
+    return np.asarray(points, dtype=np.float64).reshape(-1, 2), np.asarray(numbers, dtype=np.int64)

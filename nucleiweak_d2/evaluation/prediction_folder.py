@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from ..data.io import read_xy_csv
 from .aggregate import aggregate
 from .ground_truth import gt_label_map, gt_points, record_name
 from .metrics import image_metrics
@@ -62,23 +63,7 @@ def find_prediction(pred_dir, name, patterns=DEFAULT_PATTERNS):
 
 def read_prediction_points(path):
     """Read detected points ``x,y`` (float, one per line, optional header; may be empty)."""
-    points = []
-    try:
-        lines = open(path).read().splitlines()
-    except OSError as exc:
-        raise ValueError(f"cannot read points file {path}: {exc}") from exc
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.replace(";", ",").split(",")
-        try:
-            points.append([float(parts[0]), float(parts[1])])
-        except (ValueError, IndexError):
-            if number == 1:  # header such as "x,y"
-                continue
-            raise ValueError(f"points file {path} line {number}: expected 'x,y', got {line!r}")
-    return np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return read_xy_csv(path)[0]
 
 
 def evaluate_prediction_folder(records, pred_dir, patterns=DEFAULT_PATTERNS, radius=11.0,
