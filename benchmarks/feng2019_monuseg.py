@@ -120,7 +120,7 @@ def train_for(cfg, budget_s, logger):
 def run_model(kind, args, names_partial, names_full, anchor, logger):
     from detectron2.evaluation import inference_on_dataset
 
-    from nucleiweak_d2.engine.defaults import setup_cfg
+    from nucleiweak_d2.config import setup_cfg
     from nucleiweak_d2.engine.trainer import Trainer
 
     names = names_full if kind == "baseline_full" else names_partial
@@ -153,7 +153,7 @@ def main(argv=None):
     logger = logging.getLogger("feng2019_monuseg")
     for noisy in ("detectron2", "fvcore", "d2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    import nucleiweak_d2.modeling  # noqa: F401  (registration)
+    import nucleiweak_d2.methods  # noqa: F401  (registration)
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
     names_partial = prepare_data(args.data, args.out, args.ratio, args.seed, args.eval_split)

@@ -70,25 +70,19 @@ def register(data, out, ratio, seed):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from detectron2.utils.logger import setup_logger
-
-    from nucleiweak_d2.engine import setup_cfg
-    from nucleiweak_d2.engine.qu2020_pipeline import Qu2020Runner
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.engine import entry_setup
+    from nucleiweak_d2.methods.qu2020 import NucleiWeakQu2020Pipeline
 
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    setup_logger(str(out / "log.txt"), name="detectron2")
-    setup_logger(str(out / "log.txt"), name="nucleiweak_d2", abbrev_name="nw")
+    entry_setup(out, threads=args.threads)
     wall0, cpu0 = time.time(), cpu_seconds()
     tag = register(Path(args.data), out, args.ratio, args.seed)
     cfg = setup_cfg(args.config_file, [
         "DATASETS.TRAIN", f"('{tag}_train',)", "DATASETS.TEST", f"('{tag}_val',)",
-        "NUCLEIWEAK.QU2020.EVAL_DATASETS", f"['{tag}_test', '{tag}_testA', '{tag}_testB']",
+        "NUCLEIWEAK.EVAL_DATASETS", f"['{tag}_test', '{tag}_testA', '{tag}_testB']",
         "OUTPUT_DIR", str(out / "pipeline"), "SEED", str(args.seed), *args.opts])
-    summary = Qu2020Runner(cfg, resume=args.resume).run_all()
+    summary = NucleiWeakQu2020Pipeline(cfg, resume=args.resume).run()
     wall, cpu = time.time() - wall0, cpu_seconds() - cpu0
 
     test = f"{tag}_test"

@@ -8,8 +8,8 @@ pytest.importorskip("detectron2")
 from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling.backbone import Backbone  # noqa: E402
 
-from nucleiweak_d2.modeling.feng2019.attention import DecomposedSelfAttention  # noqa: E402
-from nucleiweak_d2.modeling.feng2019.backbone import AttentionFPN  # noqa: E402
+from nucleiweak_d2.methods.feng2019.attention import DecomposedSelfAttention  # noqa: E402
+from nucleiweak_d2.methods.feng2019.backbone import AttentionFPN  # noqa: E402
 
 
 def _randomise(module, seed):
@@ -58,7 +58,7 @@ def test_attention_matrix_columns_are_distributions():
     coeff = torch.softmax(module.coefficients.weight[:, :, 0, 0] @ X + module.coefficients.bias[:, None], dim=1)
     torch.testing.assert_close((coeff.t() @ basis).sum(0), torch.ones(16))
     # a constant value map is reproduced exactly: with values == 1 the read-out is 1 everywhere
-    from nucleiweak_d2.modeling.feng2019.attention import decomposed_attention
+    from nucleiweak_d2.methods.feng2019.attention import decomposed_attention
 
     ones = torch.ones(1, 2, 16)
     out = decomposed_attention(module.basis(x).flatten(2), module.coefficients(x).flatten(2), ones)

@@ -7,8 +7,8 @@ pytest.importorskip("detectron2")
 
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks  # noqa: E402
 
-from nucleiweak_d2.modeling.feng2019 import centerness as ctr  # noqa: E402
-from nucleiweak_d2.modeling.feng2019.centerness import (  # noqa: E402
+from nucleiweak_d2.methods.feng2019 import centerness as ctr  # noqa: E402
+from nucleiweak_d2.methods.feng2019.centerness import (  # noqa: E402
     CenternessBoxHead,
     centerness_targets,
     union_of_masks,

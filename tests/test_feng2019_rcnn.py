@@ -1,4 +1,4 @@
-"""NucleiWeakPartialRCNN: pseudo-box proposals at inference and a CPU training smoke test."""
+"""NucleiWeakFeng2019RCNN: pseudo-box proposals at inference and a CPU training smoke test."""
 
 from pathlib import Path
 
@@ -10,7 +10,7 @@ pytest.importorskip("detectron2")
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from nucleiweak_d2.engine.defaults import setup_cfg  # noqa: E402
+from nucleiweak_d2.config import setup_cfg  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PARTIAL = CONFIGS / "quick" / "feng2019_partial_instant_test.yaml"

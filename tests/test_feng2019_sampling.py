@@ -12,8 +12,8 @@ from detectron2.modeling.roi_heads import build_roi_heads  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances, pairwise_iou  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-import nucleiweak_d2.modeling.feng2019  # noqa: E402,F401  (registration)
-from nucleiweak_d2.modeling.feng2019.rpn import with_blocked_boxes  # noqa: E402
+import nucleiweak_d2.methods.feng2019  # noqa: E402,F401  (registration)
+from nucleiweak_d2.methods.feng2019.rpn import with_blocked_boxes  # noqa: E402
 
 ANNOTATED = (4.0, 4.0, 20.0, 20.0)
 BLOCKED = (40.0, 40.0, 56.0, 56.0)  # an unannotated nucleus found by the centerness head
@@ -59,7 +59,7 @@ def _inputs():
 
 def _rpn_labels(blocked, use_ignore_field=False):
     cfg = _cfg()
-    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "NucleiWeakPartialRPN"
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = "NucleiWeakFeng2019RPN"
     rpn = build_proposal_generator(cfg, {"p2": ShapeSpec(channels=8, stride=4)})
     rpn.train()
     captured = {}
@@ -103,7 +103,7 @@ def test_rpn_samples_them_as_negative_without_the_module():
 
 def _roi_sampled(blocked):
     cfg = _cfg()
-    cfg.MODEL.ROI_HEADS.NAME = "NucleiWeakPartialROIHeads"
+    cfg.MODEL.ROI_HEADS.NAME = "NucleiWeakFeng2019ROIHeads"
     heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=8, stride=4)})
     heads.train()
     captured = {}

@@ -33,14 +33,17 @@ def test_numpy_modules_import_without_detectron2_or_torch():
 
 def test_setup_cfg_has_our_node():
     pytest.importorskip("detectron2")
-    from nucleiweak_d2.engine import setup_cfg
+    from nucleiweak_d2.config import setup_cfg
 
-    cfg = setup_cfg(None, ["NUCLEIWEAK.MAPPER", "NucleiDatasetMapper", "SOLVER.OPTIMIZER", "ADAM"])
+    cfg = setup_cfg(None, ["NUCLEIWEAK.MAPPER", "NucleiDatasetMapper", "NUCLEIWEAK.SOLVER.OPTIMIZER", "ADAM"])
     assert cfg.NUCLEIWEAK.MAPPER == "NucleiDatasetMapper"
-    assert cfg.SOLVER.OPTIMIZER == "ADAM"
-    for node in ("DATA", "EVAL", "QU2020", "FENG2019"):
+    assert cfg.NUCLEIWEAK.SOLVER.OPTIMIZER == "ADAM"
+    assert cfg.SEED == -1  # Detectron2's own default is left alone; our base YAMLs set 0
+    for node in ("DATA", "EVAL", "UNET", "LOSSES", "SOLVER", "QU2020", "FENG2019"):
         assert node in cfg.NUCLEIWEAK
     assert cfg.is_frozen()
+    with pytest.raises(KeyError, match="NUCLEIWEAK.SOLVER.OPTIMIZER"):
+        setup_cfg(None, ["SOLVER.OPTIMIZER", "ADAM"])  # the old key says where it went
 
 
 def test_maskrcnn_one_training_step_on_cpu():
@@ -50,7 +53,8 @@ def test_maskrcnn_one_training_step_on_cpu():
     from detectron2.structures import BitMasks, Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    from nucleiweak_d2.engine import Trainer, setup_cfg
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.engine import Trainer
 
     cfg = setup_cfg(
         None,
@@ -94,7 +98,7 @@ def test_maskrcnn_one_training_step_on_cpu():
 def test_cuda_device_falls_back_to_cpu_without_cuda():
     torch = pytest.importorskip("torch")
     pytest.importorskip("detectron2")
-    from nucleiweak_d2.engine import setup_cfg
+    from nucleiweak_d2.config import setup_cfg
 
     cfg = setup_cfg(None, ["MODEL.DEVICE", "cuda"])
     assert cfg.MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -106,7 +110,8 @@ def test_datasets_named_in_the_config_are_registered(tmp_path):
 
     from nucleiweak_d2.data.coco import export_coco_splits
     from nucleiweak_d2.data.synthetic import make_synthetic_dataset
-    from nucleiweak_d2.engine import register_datasets_from_cfg, setup_cfg
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.engine import register_datasets_from_cfg
 
     root = make_synthetic_dataset(tmp_path / "syn", n_images=4, size=(64, 64), seed=1)
     export_coco_splits(root, tmp_path / "coco", ratio=0.5, seed=0)

@@ -18,7 +18,7 @@ from skimage.segmentation import find_boundaries  # noqa: E402
 
 from nucleiweak_d2.data.io import read_image, read_label, write_image  # noqa: E402
 from nucleiweak_d2.data.synthetic import synthesize_image  # noqa: E402
-from nucleiweak_d2.engine import setup_cfg  # noqa: E402
+from nucleiweak_d2.config import setup_cfg  # noqa: E402
 from nucleiweak_d2.engine.predictor import (NucleiPredictor, stitch_instance_maps,  # noqa: E402
                                             stitch_points, tile_boxes)
 
@@ -100,7 +100,7 @@ def test_cli_end_to_end_files_and_values(setup, tmp_path):
     in_dir, config, images = setup
     out = tmp_path / "pred"
     written = _tool().main(["--config-file", str(config), "--input", str(in_dir),
-                            "--output", str(out)])
+                            "--output", str(out), "--allow-random-weights"])
     assert sorted(p.name for p in out.iterdir()) == [
         f"tile{s}_{k}" for s in (1, 2) for k in ("instances.png", "overlay.png", "points.csv")]
     assert len(written) == 2
@@ -127,7 +127,7 @@ def test_cli_refuses_to_overwrite_and_glob_input(setup, tmp_path):
     in_dir, config, _ = setup
     out = tmp_path / "pred"
     tool = _tool()
-    base = ["--config-file", str(config), "--output", str(out)]
+    base = ["--config-file", str(config), "--output", str(out), "--allow-random-weights"]
     tool.main(base + ["--input", str(in_dir / "*1.png")])  # glob: tile1 only
     assert sorted(p.name for p in out.iterdir()) == [
         "tile1_instances.png", "tile1_overlay.png", "tile1_points.csv"]
@@ -277,7 +277,8 @@ def test_stitch_points_and_tile_boxes():
 def test_cli_tiles(setup, tmp_path):
     in_dir, config, images = setup
     _tool().main(["--config-file", str(config), "--input", str(in_dir / "tile1.png"), "--output",
-                  str(tmp_path / "tiled"), "--tile", "64", "--tile-overlap", "48"])
+                  str(tmp_path / "tiled"), "--tile", "64", "--tile-overlap", "48",
+                  "--allow-random-weights"])
     tiled = read_label(tmp_path / "tiled" / "tile1_instances.png")
     assert _same_partition(tiled, _components(images["tile1"][..., 0]))
     with pytest.raises(ValueError, match="overlap must be in"):

@@ -57,7 +57,7 @@ def test_cli_writes_labels_and_overlays(coco, tmp_path):
     assert np.all(ov[lab == 1][:, 1] >= img[lab == 1][:, 1])  # nucleus tinted green
     assert np.all(ov[lab == 0][:, 0] >= img[lab == 0][:, 0])  # background tinted red
     # second run refuses to overwrite, --overwrite replaces
-    assert tool.main(argv) == 1
+    assert tool.main(argv) == 2  # bad input: the guard's exit code
     assert tool.main(argv[:-2] + ["--overwrite"]) == 0
 
 
@@ -88,5 +88,5 @@ def test_cli_refuses_images_sharing_a_stem(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(coco))
     out = tmp_path / "out"
     rc = _tool().main([str(tmp_path / "c.json"), "--image-root", str(tmp_path), "--out", str(out)])
-    assert rc == 1
+    assert rc == 2
     assert not out.exists() or not any(out.rglob("*.png"))

@@ -9,16 +9,19 @@ pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
 
-from nucleiweak_d2.engine import setup_cfg  # noqa: E402
-from nucleiweak_d2.modeling.qu2020 import (  # noqa: E402
+from nucleiweak_d2.config import setup_cfg  # noqa: E402
+from nucleiweak_d2.methods.qu2020 import (  # noqa: E402
     NucleiWeakQu2020DetMapper,
     NucleiWeakQu2020SegMapper,
-    instances_from_foreground,
     merge_points,
-    points_from_probability,
-    weighted_mse_loss,
 )
-from nucleiweak_d2.modeling.qu2020.artifacts import write_mask_png  # noqa: E402
+from nucleiweak_d2.methods.qu2020.artifacts import write_mask_png  # noqa: E402
+from nucleiweak_d2.modeling.losses import weighted_mse_loss  # noqa: E402
+from nucleiweak_d2.modeling.meta_arch import (  # noqa: E402
+    NucleiWeakUNetSegmentor,
+    instances_from_foreground,
+    points_from_probability,
+)
 
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
         "MODEL.RESNETS.RES2_OUT_CHANNELS", "8", "NUCLEIWEAK.UNET.DECODER_CHANNELS", "[16,16,8,8,8]",
@@ -149,7 +152,7 @@ def test_point_detector_loss_gradients_and_inference():
     from detectron2.modeling import build_model
 
     cfg = setup_cfg("configs/Base-Nuclei-UNet.yaml", TINY + [
-        "MODEL.META_ARCHITECTURE", "NucleiPointDetector", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "1"])
+        "MODEL.META_ARCHITECTURE", "NucleiWeakUNetPointDetector", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "1"])
     model = build_model(cfg)
     img = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
     target = torch.zeros(1, 64, 64)
@@ -169,9 +172,9 @@ def test_segmentor_crf_loss_and_instances():
     from detectron2.modeling import build_model
 
     pytest.importorskip("nucleiweak_d2.modeling.losses.dense_crf")
-    cfg = setup_cfg("configs/Base-Nuclei-UNet.yaml", TINY + [
-        "NUCLEIWEAK.QU2020.CRF.ENABLED", "True"])
-    model = build_model(cfg)
+    cfg = setup_cfg("configs/Base-Nuclei-UNet.yaml", TINY)
+    assert build_model(cfg).crf_weight == 0.0  # off unless a pipeline stage turns it on
+    model = NucleiWeakUNetSegmentor(cfg, crf_weight=cfg.NUCLEIWEAK.LOSSES.CRF.WEIGHT)
     assert model.crf_weight == pytest.approx(0.005)
     img = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
     sem = torch.randint(0, 3, (2, 64, 64))
@@ -190,8 +193,6 @@ def test_segmentor_crf_loss_and_instances():
 
 
 def test_segmentor_feeds_crf_image01_and_masks_padding(monkeypatch):
-    from detectron2.modeling import build_model
-
     crf = pytest.importorskip("nucleiweak_d2.modeling.losses.dense_crf")
     seen = {}
 
@@ -200,8 +201,8 @@ def test_segmentor_feeds_crf_image01_and_masks_padding(monkeypatch):
         return prob.mean()
 
     monkeypatch.setattr(crf, "dense_crf_loss", fake)
-    cfg = setup_cfg("configs/Base-Nuclei-UNet.yaml", TINY + ["NUCLEIWEAK.QU2020.CRF.ENABLED", "True"])
-    model = build_model(cfg)
+    cfg = setup_cfg("configs/Base-Nuclei-UNet.yaml", TINY)
+    model = NucleiWeakUNetSegmentor(cfg, crf_weight=0.005)
     a = torch.full((3, 64, 64), 255, dtype=torch.uint8)
     b = torch.full((3, 40, 50), 51, dtype=torch.uint8)
     sem = [torch.zeros(2, 64, 64, dtype=torch.long), torch.zeros(2, 40, 50, dtype=torch.long)]

@@ -1,13 +1,14 @@
 """Two-iteration CPU smoke tests of every stage of the Qu et al. pipeline on tiny synthetic data."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("detectron2")
 
-from nucleiweak_d2.engine import NUCLEIWEAK_PIPELINE_REGISTRY, setup_cfg  # noqa: E402
+from nucleiweak_d2.config import setup_cfg  # noqa: E402
+from nucleiweak_d2.engine import NUCLEIWEAK_PIPELINE_REGISTRY  # noqa: E402
+from nucleiweak_d2.methods.qu2020 import NucleiWeakQu2020Pipeline  # noqa: E402
 
 QUICK = "configs/quick/qu2020_instant_test.yaml"
 
@@ -41,7 +42,7 @@ def tiny_dataset(tmp_path_factory):
 def _cfg(out, opts=()):
     return setup_cfg(QUICK, ["DATASETS.TRAIN", "('qu2020_smoke_train',)",
                              "DATASETS.TEST", "('qu2020_smoke_val',)",
-                             "NUCLEIWEAK.QU2020.EVAL_DATASETS", "['qu2020_smoke_test']",
+                             "NUCLEIWEAK.EVAL_DATASETS", "['qu2020_smoke_test']",
                              "OUTPUT_DIR", str(out), *opts])
 
 
@@ -49,17 +50,14 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     pytest.importorskip("nucleiweak_d2.modeling.losses.dense_crf")
     out = tiny_dataset / "run"
     cfg = _cfg(out)
-    result = NUCLEIWEAK_PIPELINE_REGISTRY.get("Qu2020Pipeline")(cfg, SimpleNamespace(resume=False,
-                                                                                     eval_only=False))
+    pipeline = NUCLEIWEAK_PIPELINE_REGISTRY.get("NucleiWeakQu2020Pipeline")
+    assert NUCLEIWEAK_PIPELINE_REGISTRY.get("Qu2020Pipeline") is pipeline  # old name, old configs
+    result = pipeline(cfg, resume=False, eval_only=False).run()
     for stage in ("det_round0", "det_round1", "seg", "crf"):
         assert (out / stage / "model_final.pth").is_file(), stage
         assert (out / stage / "model_best.pth").is_file(), stage  # selected on val
         assert (out / stage / "stage_done.json").is_file(), stage
     # round 0 wrote the propagated background used by round 1
-    from nucleiweak_d2.engine.qu2020_pipeline import Qu2020Runner
-
-    bg_dir = Qu2020Runner(cfg).det_cfg(1).NUCLEIWEAK.QU2020.DET.BACKGROUND_DIR
-    assert bg_dir == str(out / "det_round0" / "background")
     assert len(list((out / "det_round0" / "background").glob("*.png"))) == 2
     merged = json.loads((out / "detect" / "points_merged.json").read_text())
     assert len(merged) == 2 and all(len(v) > 0 for v in merged.values())
@@ -71,58 +69,109 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     assert (out / "eval" / "qu2020_smoke_test" / "pred").is_dir()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
+    # the final model is the CRF stage's selected checkpoint, linked at the top of the run
+    assert result["weights"] == str(out / "crf" / "model_best.pth")
+    assert (out / "model_final.pth").read_bytes() == (out / "crf" / "model_best.pth").read_bytes()
+    assert "AJI" in (out / "summary.md").read_text()
 
-    # Second run: every finished stage is skipped (no checkpoint rewritten), eval re-runs.
-    stamp = (out / "seg" / "model_final.pth").stat().st_mtime_ns
-    again = NUCLEIWEAK_PIPELINE_REGISTRY.get("Qu2020Pipeline")(cfg, SimpleNamespace(resume=True,
-                                                                                    eval_only=True))
-    assert (out / "seg" / "model_final.pth").stat().st_mtime_ns == stamp
-    assert again["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
+    # --resume of a finished run: nothing retrained or re-evaluated, the same summary
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.pth")}
+    again = pipeline(cfg, resume=True, eval_only=False).run()
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.pth")} == stamps
+    assert again["segmentation"] == result["segmentation"]
+
+    # --eval-only in the training folder: same scores, written into eval_only/, run untouched
+    metrics_before = (out / "metrics.json").read_bytes()
+    ev = pipeline(cfg, resume=False, eval_only=True).run()
+    assert ev["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
+    assert (out / "eval_only" / "metrics.json").is_file()
+    assert (out / "metrics.json").read_bytes() == metrics_before
+
+    # --eval-only from a new folder with MODEL.WEIGHTS = the trained model (the README's command)
+    fresh = tiny_dataset / "eval_elsewhere"
+    ev2 = pipeline(_cfg(fresh, ["MODEL.WEIGHTS", str(out / "model_final.pth")]), resume=False,
+                   eval_only=True).run()
+    assert ev2["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
+    assert (fresh / "metrics.json").is_file() and not (fresh / "detect").exists()
+
+    # --eval-only whose MODEL.WEIGHTS only initialises (lacks the head): refused, not scored
+    import torch
+
+    state = torch.load(out / "model_final.pth", map_location="cpu")["model"]
+    partial = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    torch.save({"model": partial}, tiny_dataset / "init.pth")
+    with pytest.raises(ValueError, match="does not fit the model.*missing"):
+        pipeline(_cfg(tiny_dataset / "eval_init", ["MODEL.WEIGHTS", str(tiny_dataset / "init.pth")]),
+                 resume=False, eval_only=True).run()
 
 
-def test_segmentation_stage_alone_without_crf(tiny_dataset):
-    """The segmentation stage trains from annotated points only when there is no detection."""
-    from nucleiweak_d2.engine.qu2020_pipeline import Qu2020Runner
-    from nucleiweak_d2.engine.trainer import Trainer
+def test_rerun_without_resume_is_refused_and_changed_config_is_never_reused(tiny_dataset):
+    out = tiny_dataset / "run_rules"
+    cfg = _cfg(out, ["NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0", "NUCLEIWEAK.QU2020.DET.ROUNDS", "0"])
+    NucleiWeakQu2020Pipeline(cfg).run()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(FileExistsError, match="holds another run.*--resume.*--overwrite"):
+        NucleiWeakQu2020Pipeline(cfg).run()
+    changed = _cfg(out, ["NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0", "NUCLEIWEAK.QU2020.DET.ROUNDS", "0",
+                         "NUCLEIWEAK.QU2020.SEG.MAX_ITER", "3"])
+    with pytest.raises(ValueError, match="another config.*NUCLEIWEAK.QU2020.SEG.MAX_ITER: 2 -> 3"):
+        NucleiWeakQu2020Pipeline(changed, resume=True).run()
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
 
-    cfg = _cfg(tiny_dataset / "seg_only", ["NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0"])
-    runner = Qu2020Runner(cfg)
-    c = runner.seg_cfg()
-    c.NUCLEIWEAK.QU2020.POINTS_FILE = ""  # annotated points
-    weights = runner.train(c, cfg.NUCLEIWEAK.QU2020.SEG_SELECT_METRIC)
-    model = runner.load_model(c, weights)
-    assert isinstance(model, Trainer.build_model(c).__class__)
-    res = runner.run(c, model, "qu2020_smoke_val", runner.evaluators(c, "qu2020_smoke_val",
-                                                                      tiny_dataset / "ev"))
-    assert 0.0 <= res["nuclei"]["AJI"] <= 1.0
+
+def test_resume_reruns_only_the_unfinished_stage(tiny_dataset):
+    """Train, stop after ``seg`` (simulated by removing its record), resume: only ``seg`` and the
+    stages after it change; the detector and pseudo-labels are reused byte for byte."""
+    out = tiny_dataset / "run_resume"
+    cfg = _cfg(out, ["NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0", "NUCLEIWEAK.QU2020.DET.ROUNDS", "0"])
+    first = NucleiWeakQu2020Pipeline(cfg).run()
+    kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in
+            [out / "det_round0" / "model_final.pth", out / "detect" / "points_merged.json"]
+            + sorted((out / "pseudo_labels" / "labels").glob("*.npz"))}
+    (out / "seg" / "stage_done.json").unlink()  # the seg stage was interrupted
+    (out / "eval" / "stage_done.json").unlink()
+    seg_stamp = (out / "seg" / "model_final.pth").stat().st_mtime_ns
+    second = NucleiWeakQu2020Pipeline(cfg, resume=True).run()
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept} == kept
+    assert (out / "seg" / "stage_done.json").is_file()
+    # the interrupted stage resumed from its last checkpoint (at MAX_ITER already): same weights
+    assert (out / "seg" / "model_final.pth").stat().st_mtime_ns >= seg_stamp
+    assert second["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] == pytest.approx(
+        first["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"])
 
 
 def test_detection_round_selection(tiny_dataset, tmp_path):
     """"last" takes the last round (the paper); "best_val" the best val score, earliest on ties."""
-    from nucleiweak_d2.engine.qu2020_pipeline import Qu2020Runner
-
     for k, score in enumerate([0.8, 0.5, 0.8]):
         (tmp_path / f"det_round{k}").mkdir()
         (tmp_path / f"det_round{k}" / "stage_done.json").write_text(
-            json.dumps({"weights": "w", "val_score": score}))
+            json.dumps({"info": {"weights": "w", "val_score": score}}))
     common = ["NUCLEIWEAK.QU2020.DET.ROUNDS", "2"]
-    assert Qu2020Runner(_cfg(tmp_path, common)).selected_round() == 2
+    assert NucleiWeakQu2020Pipeline(_cfg(tmp_path, common)).selected_round() == 2
     best = _cfg(tmp_path, common + ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "best_val"])
-    assert Qu2020Runner(best).selected_round() == 0
+    assert NucleiWeakQu2020Pipeline(best).selected_round() == 0
+    (tmp_path / "det_round1" / "stage_done.json").write_text(
+        json.dumps({"info": {"weights": "w", "val_score": 0.9}}))
+    assert NucleiWeakQu2020Pipeline(best).selected_round() == 1
     bad = _cfg(tmp_path, common + ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "first"])
     with pytest.raises(ValueError, match="SELECT_ROUND"):
-        Qu2020Runner(bad).selected_round()
+        NucleiWeakQu2020Pipeline(bad)
 
 
 def test_best_val_round_is_scored_on_val(tiny_dataset):
     out = tiny_dataset / "run_best_val"
     cfg = _cfg(out, ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "best_val",
-                     "NUCLEIWEAK.QU2020.CRF.ENABLED", "False"])
-    from nucleiweak_d2.engine.qu2020_pipeline import Qu2020Runner
+                     "NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0"])
+    NucleiWeakQu2020Pipeline(cfg).run()
+    scores = [json.loads((out / f"det_round{k}" / "stage_done.json").read_text())["info"]["val_score"]
+              for k in (0, 1)]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    chosen = json.loads((out / "detect" / "stage_done.json").read_text())["info"]["round"]
+    assert chosen == (0 if scores[0] >= scores[1] else 1)
 
-    runner = Qu2020Runner(cfg)
-    runner.detection_rounds()
-    for k in (0, 1):
-        info = json.loads((out / f"det_round{k}" / "stage_done.json").read_text())
-        assert 0.0 <= info["val_score"] <= 1.0
-    assert runner.selected_round() in (0, 1)
+
+def test_old_pipeline_keys_say_where_they_went():
+    with pytest.raises(KeyError, match="NUCLEIWEAK.UNET.POINT_THRESHOLD"):
+        setup_cfg(QUICK, ["NUCLEIWEAK.QU2020.DET.THRESHOLD", "0.5"])
+    with pytest.raises(KeyError, match="constructor argument"):
+        setup_cfg(QUICK, ["NUCLEIWEAK.QU2020.POINTS_FILE", "x.json"])

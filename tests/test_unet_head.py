@@ -8,7 +8,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 
-from nucleiweak_d2.engine import setup_cfg  # noqa: E402
+from nucleiweak_d2.config import setup_cfg  # noqa: E402
 from nucleiweak_d2.modeling.backbone import (  # noqa: E402
     NucleiWeakUNetHead,
     build_nucleiweak_resnet_backbone,

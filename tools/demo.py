@@ -76,8 +76,8 @@ def write_overlays(out, eval_dir, dataset):
 
     from nucleiweak_d2.data.io import read_image, read_label, write_image
     from nucleiweak_d2.evaluation.ground_truth import gt_label_map
-    from nucleiweak_d2.modeling.qu2020.artifacts import overlay_instances, side_by_side
-    from nucleiweak_d2.modeling.qu2020.mappers import cache_key
+    from nucleiweak_d2.data.records import cache_key
+    from nucleiweak_d2.methods.qu2020.artifacts import overlay_instances, side_by_side
 
     folder = out / "overlays"
     written = []
@@ -97,26 +97,20 @@ def write_overlays(out, eval_dir, dataset):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from detectron2.utils.logger import setup_logger
-
-    from nucleiweak_d2.engine import setup_cfg
-    from nucleiweak_d2.engine.qu2020_pipeline import Qu2020Runner
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.engine import entry_setup
+    from nucleiweak_d2.methods.qu2020 import NucleiWeakQu2020Pipeline
 
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    setup_logger(str(out / "log.txt"), name="detectron2")
-    setup_logger(str(out / "log.txt"), name="nucleiweak_d2", abbrev_name="nw")
+    entry_setup(out, threads=args.threads)
     start = time.time()
     prepare_data(out, args.n_images, args.size, args.ratio, args.seed)
     cfg = setup_cfg(args.config_file, ["DATASETS.TRAIN", f"('{DATASETS[0]}',)",
                                        "DATASETS.TEST", f"('{DATASETS[1]}',)",
-                                       "NUCLEIWEAK.QU2020.EVAL_DATASETS", f"['{DATASETS[2]}']",
+                                       "NUCLEIWEAK.EVAL_DATASETS", f"['{DATASETS[2]}']",
                                        "OUTPUT_DIR", str(out / "pipeline"), "SEED", str(args.seed),
                                        *args.opts])
-    summary = Qu2020Runner(cfg, resume=args.resume).run_all()
+    summary = NucleiWeakQu2020Pipeline(cfg, resume=args.resume).run()
     elapsed = time.time() - start
     text = table(summary, DATASETS[2])
     overlays = write_overlays(out, out / "pipeline" / "eval", DATASETS[2])

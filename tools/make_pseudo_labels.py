@@ -12,7 +12,12 @@ For every image and kind it writes ``<out>/<kind>/<stem>.png``: uint8 labels wit
 ring, 2 ignored), and ``<out>/<kind>_overlay/<stem>.png``: the image with nucleus pixels
 tinted green and background pixels red, ignored pixels untouched. Only points with
 ``point_labeled`` are used unless ``--all-points``. An image without a point gets an
-all-ignore label. Existing outputs are never replaced unless ``--overwrite`` is given.
+all-ignore label.
+
+Checked before anything is written (exit code 2 and one ``error:`` line naming the file or
+option; ``--debug`` shows the traceback): the COCO file, every image it names, images that
+share a file stem, and existing outputs, which are never replaced unless ``--overwrite`` is
+given. The outputs are a function of the inputs only: reruns give byte-identical files.
 """
 
 import argparse
@@ -21,6 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from nucleiweak_d2.cli import add_debug_flag, cli_guard
 from nucleiweak_d2.pseudo_labels.export import KINDS, output_paths, process
 
 
@@ -39,20 +45,51 @@ def parse_args(argv=None):
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     parser.add_argument("--no-overlay", action="store_true", help="write label PNGs only")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
+def check_inputs(records, json_file):
+    """Refuse a COCO file without images, or naming a missing image or two with one stem."""
+    if not records:
+        raise ValueError(f"COCO file {json_file} lists no image")
+    missing = [r["file_name"] for r in records if not Path(r["file_name"]).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ValueError(f"image not found: {missing[0]}{more} (listed in {json_file}; is "
+                         f"--image-root right?)")
+    stems = [Path(r["file_name"]).stem for r in records]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise ValueError(f"several images of {json_file} share the file stem(s) {clashes}; "
+                         f"their outputs would overwrite each other")
+
+
+def check_outputs(paths, overwrite):
+    """Refuse to replace existing outputs without ``--overwrite``, naming one of them."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; "
+                              f"pass --overwrite to replace them")
+
+
+@cli_guard
 def main(argv=None):
+    """Run the CLI; returns the exit code (2 and one ``error:`` line on bad input)."""
     from tqdm import tqdm
 
     from nucleiweak_d2.data.coco import load_nuclei_coco
 
     args = parse_args(argv)
     if args.workers < 1:
-        print("error: --workers must be >= 1", file=sys.stderr)
-        return 2
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     records = load_nuclei_coco(args.json_file, args.image_root)
+    check_inputs(records, args.json_file)
     out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
     kinds = list(dict.fromkeys(args.kinds))
     paths = [
         p
@@ -60,20 +97,7 @@ def main(argv=None):
         for pair in output_paths(r, kinds, out_dir).values()
         for p in pair[: 1 if args.no_overlay else 2]
     ]
-    stems = [Path(r["file_name"]).stem for r in records]
-    clashes = sorted({s for s in stems if stems.count(s) > 1})
-    if clashes:
-        print(f"error: several images share the file stem(s) {clashes}; their outputs would "
-              "overwrite each other", file=sys.stderr)
-        return 1
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not args.overwrite:
-        print(
-            f"error: {len(existing)} output file(s) exist, e.g. {existing[0]}; "
-            "pass --overwrite to replace them",
-            file=sys.stderr,
-        )
-        return 1
+    check_outputs(paths, args.overwrite)
     for kind in kinds:
         (out_dir / kind).mkdir(parents=True, exist_ok=True)
         if not args.no_overlay:

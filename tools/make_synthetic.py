@@ -5,13 +5,19 @@ Example::
 
     python tools/make_synthetic.py datasets/synthetic --n-images 12 --size 256 256 --seed 0
 
-Existing datasets are never replaced unless ``--overwrite`` is given.
+The same arguments give byte-identical files. Every file written is listed, with its SHA-256,
+in ``<out>/.nucleiweak_synthetic.json``. An existing dataset is replaced only with
+``--overwrite``, which deletes only the files listed there (and unchanged since). A folder
+whose ``images/``, ``labels/`` or ``split.json`` hold anything else (a real dataset, a file
+edited by hand) is refused, naming the file, and nothing is deleted. Bad input exits with
+code 2 and one ``error:`` line (``--debug`` shows the traceback).
 """
 
 import argparse
 import sys
 import time
 
+from nucleiweak_d2.cli import add_debug_flag, cli_guard
 from nucleiweak_d2.data.synthetic import make_synthetic_dataset
 
 
@@ -28,25 +34,28 @@ def parse_args(argv=None):
         default=(0.5, 0.25, 0.25),
         metavar=("TRAIN", "VAL", "TEST"),
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset this tool wrote (deletes only the files of its manifest)",
+    )
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
+@cli_guard
 def main(argv=None):
+    """Run the CLI; returns the exit code (2 and one ``error:`` line on bad input)."""
     args = parse_args(argv)
     start = time.perf_counter()
-    try:
-        out = make_synthetic_dataset(
-            args.out,
-            n_images=args.n_images,
-            size=tuple(args.size),
-            seed=args.seed,
-            split_fractions=tuple(args.split_fractions),
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = make_synthetic_dataset(
+        args.out,
+        n_images=args.n_images,
+        size=tuple(args.size),
+        seed=args.seed,
+        split_fractions=tuple(args.split_fractions),
+        overwrite=args.overwrite,
+    )
     print(f"wrote {args.n_images} tiles to {out} in {time.perf_counter() - start:.2f} s")
     return 0
 

@@ -16,7 +16,13 @@ Clicked points only (points/<name>.csv, no labels)::
 
     python tools/prepare_dataset.py ROOT --out OUT --annotation points_only
 
-Existing files are never replaced unless ``--overwrite`` is given.
+Existing files are never replaced unless ``--overwrite`` is given (a refused run changes no
+file). Every split named by ``--splits`` / ``--weak-splits`` must exist in split.json.
+
+Errors in the input (ValueError, FileNotFoundError, FileExistsError) print one line
+``error: <message>`` on stderr and exit with code 2; ``--debug`` shows the traceback instead
+(:mod:`nucleiweak_d2.cli`). ``run(argv)`` does the work and raises; ``main(argv)`` is the
+guarded command-line entry and returns the exit code.
 """
 
 import argparse
@@ -24,6 +30,7 @@ import json
 import sys
 import time
 
+from nucleiweak_d2.cli import add_debug_flag, cli_guard
 from nucleiweak_d2.data.coco import ANNOTATION_MODES, export_coco_splits
 from nucleiweak_d2.data.points import POINT_MODES, SHIFT_PRESETS
 
@@ -48,28 +55,26 @@ def parse_args(argv=None):
         "--weak-splits", nargs="+", help="apply --ratio/--shift only to these splits (default: all)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing JSON files")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def run(argv=None):
+    """Export the COCO files and print a summary; raises on bad input. Returns 0."""
     args = parse_args(argv)
     start = time.perf_counter()
-    try:
-        written = export_coco_splits(
-            args.root,
-            args.out,
-            ratio=args.ratio,
-            shift=args.shift,
-            seed=args.seed,
-            point_mode=args.point_mode,
-            annotation=args.annotation,
-            splits=args.splits,
-            weak_splits=args.weak_splits,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    written = export_coco_splits(
+        args.root,
+        args.out,
+        ratio=args.ratio,
+        shift=args.shift,
+        seed=args.seed,
+        point_mode=args.point_mode,
+        annotation=args.annotation,
+        splits=args.splits,
+        weak_splits=args.weak_splits,
+        overwrite=args.overwrite,
+    )
     for split, path in written.items():
         content = json.loads(path.read_text())
         labeled = sum(a["point_labeled"] for a in content["annotations"])
@@ -79,6 +84,10 @@ def main(argv=None):
         )
     print(f"done in {time.perf_counter() - start:.2f} s")
     return 0
+
+
+#: Command-line entry: 0, or 2 with a one-line ``error: ...`` on stderr for bad input.
+main = cli_guard(run)
 
 
 if __name__ == "__main__":

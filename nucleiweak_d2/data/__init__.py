@@ -6,6 +6,7 @@ The detectron2 glue lives in :mod:`.datasets` (``register_nuclei_dataset``), :mo
 :mod:`.transforms` and :mod:`.config`; import those modules explicitly.
 """
 
+from .checks import check_disjoint_splits, check_training_points
 from .coco import build_coco, export_coco_splits, load_nuclei_coco, read_points_csv
 from .folder import list_splits, load_folder_dataset
 from .io import read_image, read_label, write_image, write_label
@@ -28,6 +29,8 @@ __all__ = [
     "export_coco_splits",
     "load_nuclei_coco",
     "read_points_csv",
+    "check_training_points",
+    "check_disjoint_splits",
     "synthesize_image",
     "make_synthetic_dataset",
 ]

@@ -10,13 +10,20 @@ labelled sets are nested across ratios for one seed.
 """
 
 import json
+import math
 import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .folder import list_splits, load_folder_dataset
+from .checks import (
+    HINT_OFFSET,
+    check_images_decode,
+    check_points_inside,
+    check_training_points,
+)
+from .folder import check_split_names, list_splits, load_folder_dataset
 from .io import read_label, read_xy_csv
 from .points import POINT_MODES, parse_shift, points_and_boxes, sample_partial, shift_points
 from .rle import label_to_rles
@@ -29,6 +36,7 @@ __all__ = [
     "load_nuclei_coco",
     "read_points_csv",
     "image_seeds",
+    "find_image_root",
 ]
 
 ANNOTATION_MODES = ("points", "partial_mask", "points_only")
@@ -43,25 +51,50 @@ def image_seeds(seed, name):
     return (int(seed), key, 0), (int(seed), key, 1)
 
 
-def read_points_csv(path, shape=None):
-    """Read clicked points ``x,y`` (one per line, optional header) as ``(N, 2)`` int64.
+def round_half_up(values):
+    """Nearest integer pixel of float coordinates, halves rounded up (``2.5 -> 3``)."""
+    return np.floor(np.asarray(values, dtype=np.float64) + 0.5).astype(np.int64)
 
-    Raises ValueError naming the file when it is unreadable, holds no point, holds
-    non-integer or negative coordinates, or (with ``shape=(H, W)``) points outside the image.
+
+def read_points_csv(path, shape=None, image=None):
+    """Read clicked points (columns by header, see :func:`~.io.read_xy_csv`) as int64 pixels.
+
+    Float coordinates (QuPath, ImageJ) are rounded to the nearest pixel, halves up.
+
+    Parameters
+    ----------
+    path : str or Path
+        Points file.
+    shape : tuple, optional
+        ``(H, W)`` of the image: points must satisfy 0 <= x < W and 0 <= y < H after rounding.
+    image : str, optional
+        Image name for the messages (default: the points file's stem).
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, 2)`` int64 ``(x, y)``, ``N >= 1``.
+
+    Raises
+    ------
+    ValueError
+        Naming the file (and line) when it is unreadable or ambiguous, holds no point, or a
+        point is negative or (with ``shape``) outside the image.
     """
     path = Path(path)
     values, numbers = read_xy_csv(path)
-    for (x, y), number in zip(values, numbers):
-        if not (float(x).is_integer() and float(y).is_integer()) or x < 0 or y < 0:
-            raise ValueError(
-                f"points file {path} line {number}: expected non-negative integer "
-                f"'x,y', got {x:g},{y:g}"
-            )
     if not len(values):
         raise ValueError(f"no points in points file {path}")
-    points = values.astype(np.int64)
-    if shape is not None and (np.any(points[:, 0] >= shape[1]) or np.any(points[:, 1] >= shape[0])):
-        raise ValueError(f"points file {path} has points outside the {shape[0]}x{shape[1]} image")
+    points = round_half_up(values)
+    if shape is not None:
+        check_points_inside(points, shape, image or path.stem, f"points file {path} line", numbers)
+    negative = np.flatnonzero((points < 0).any(axis=1))
+    if len(negative):
+        k = int(negative[0])
+        raise ValueError(
+            f"points file {path} line {numbers[k]}: negative pixel coordinates "
+            f"({values[k, 0]:g}, {values[k, 1]:g}); {HINT_OFFSET}"
+        )
     return points
 
 
@@ -151,7 +184,9 @@ def build_coco(
                     f"points_only export needs points/{sample['name']}.csv for image "
                     f"{sample['image_path']}"
                 )
-            points = read_points_csv(sample["points_path"], (height, width))
+            points = read_points_csv(
+                sample["points_path"], (height, width), Path(sample["image_path"]).name
+            )
             rles = boxes = areas = None
         else:
             if sample.get("label_path") is None:
@@ -166,7 +201,9 @@ def build_coco(
                     f"but label {sample['label_path']} is {label.shape[0]}x{label.shape[1]}"
                 )
             record["label_file_name"] = _relative(sample["label_path"], image_root)
-            ids, points, slices, areas = points_and_boxes(label, point_mode)
+            ids, points, slices, areas = points_and_boxes(
+                label, point_mode, where=sample["label_path"]
+            )
             rles = label_to_rles(label, ids)
             boxes = [
                 [s[1].start, s[0].start, s[1].stop - s[1].start, s[0].stop - s[0].start]
@@ -241,9 +278,25 @@ def export_coco_splits(
     Returns
     -------
     dict
-        ``{split: Path}`` of the written files.
+        ``{split: Path}`` of the written files. Each records the dataset root in
+        ``info.image_root`` (relative to ``out_dir`` when ``out_dir`` lies inside the root,
+        e.g. ``".."``, else absolute), so tools given only the JSON find the images.
+
+    Raises
+    ------
+    ValueError
+        A name in ``splits`` / ``weak_splits`` that the dataset does not have (the message
+        lists the valid ones); any :func:`load_folder_dataset` error (including an image in
+        both ``train`` and a val/test split); an image that does not decode fully; a weak
+        split without any labelled point (:func:`~.checks.check_training_points`).
+    FileExistsError
+        An output exists and ``overwrite`` is False.
+
+    Every check runs before the first file is written: a refused export changes no file.
     """
     root, out_dir = Path(root), Path(out_dir)
+    check_split_names(root, splits, "splits (--splits)")
+    check_split_names(root, weak_splits, "weak_splits (--weak-splits)")
     splits = list(splits) if splits else list_splits(root)
     targets = {s: out_dir / f"{s}.json" for s in splits}
     existing = [str(p) for p in targets.values() if p.exists()]
@@ -252,14 +305,15 @@ def export_coco_splits(
             f"refusing to overwrite {existing} (pass overwrite=True / --overwrite)"
         )
     all_names = {s["name"]: i + 1 for i, s in enumerate(load_folder_dataset(root))}
+    samples = {split: load_folder_dataset(root, split) for split in splits}
+    check_images_decode(s["image_path"] for split in splits for s in samples[split])
     payloads = {}
     for split in splits:
-        samples = load_folder_dataset(root, split)
-        for sample in samples:
+        for sample in samples[split]:
             sample["image_id"] = all_names[sample["name"]]
         weak = weak_splits is None or split in weak_splits
         payloads[split] = build_coco(
-            samples,
+            samples[split],
             root,
             ratio=ratio if weak else 1.0,
             shift=shift if weak else (0.0, 0.0),
@@ -268,12 +322,68 @@ def export_coco_splits(
             annotation=annotation,
             split=split,
         )
+        if weak:
+            check_training_points(payloads[split], split)
+        payloads[split]["info"]["image_root"] = _recorded_root(root, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, payload in payloads.items():
         tmp = targets[split].with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, separators=(",", ":")))
         os.replace(tmp, targets[split])
     return targets
+
+
+def _recorded_root(root, out_dir):
+    """The dataset root as stored in ``info.image_root``: relative to ``out_dir`` when that
+    lies inside the root (so the tree can move), else absolute."""
+    root, out_dir = Path(root).resolve(), Path(out_dir).resolve()
+    try:
+        depth = len(out_dir.relative_to(root).parts)
+    except ValueError:
+        return str(root)
+    return "/".join([".."] * depth) or "."
+
+
+def find_image_root(json_file, content=None):
+    """Default image root of a nuclei COCO file, for tools given only the JSON.
+
+    The first that exists of: ``info.image_root`` (written by :func:`export_coco_splits`;
+    relative to the JSON's folder, or absolute); the nearest folder, from the JSON's own
+    folder upwards, that contains ``images/``.
+
+    Parameters
+    ----------
+    json_file : str or Path
+    content : dict, optional
+        The parsed file, when already read.
+
+    Returns
+    -------
+    tuple
+        ``(Path, how)``: the folder and a few words on how it was found, for messages.
+
+    Raises
+    ------
+    ValueError
+        When neither exists; the message says to pass ``--image-root``.
+    """
+    json_file = Path(json_file).resolve()
+    if content is None:
+        try:
+            content = json.loads(json_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read COCO file {json_file}: {exc}") from exc
+    info = content.get("info") if isinstance(content, dict) else None
+    recorded = info.get("image_root") if isinstance(info, dict) else None
+    if isinstance(recorded, str) and (json_file.parent / recorded).is_dir():
+        return (json_file.parent / recorded).resolve(), "info.image_root of the file"
+    for folder in json_file.parents:
+        if (folder / "images").is_dir():
+            return folder, "nearest folder above the file with images/"
+    raise ValueError(
+        f"cannot find the image root of {json_file}: it records no existing info.image_root "
+        f"and no folder above it contains images/; pass --image-root"
+    )
 
 
 def load_nuclei_coco(json_file, image_root):
@@ -286,6 +396,7 @@ def load_nuclei_coco(json_file, image_root):
         file. Annotations without ``point`` get the centre of their bbox
         (``x + (w - 1) // 2, y + (h - 1) // 2``), ``point_labeled`` defaults to 1 and
         ``point_shift`` to ``[0, 0]``. Every category is mapped to class 0 (nucleus).
+        Float points are rounded to the nearest pixel (halves up).
     image_root : str or Path
         Folder that relative ``file_name`` / ``label_file_name`` are joined to.
 
@@ -296,6 +407,13 @@ def load_nuclei_coco(json_file, image_root):
         ``label_file_name`` (when known), ``nucleiweak`` (settings) and ``annotations``
         (``bbox`` + ``bbox_mode`` = XYWH_ABS as int 1, ``segmentation``, ``area`` when present;
         ``category_id`` 0, ``iscrowd``, ``point``, ``point_labeled`` (bool), ``point_shift``).
+
+    Raises
+    ------
+    ValueError
+        Unreadable file, image entry without ``file_name``/``height``/``width``/``id``,
+        annotation without a usable point, or a point outside its image (valid pixel
+        indices: 0 <= x < width, 0 <= y < height), naming the image and the first bad point.
     """
     json_file, image_root = Path(json_file), Path(image_root)
     try:
@@ -330,11 +448,26 @@ def load_nuclei_coco(json_file, image_root):
             raise ValueError(f"COCO file {json_file}: image entry {image} lacks {exc}") from None
         if image.get("label_file_name"):
             record["label_file_name"] = str(image_root / image["label_file_name"])
-        record["annotations"] = [
-            _convert_annotation(a, json_file) for a in by_image.get(image["id"], [])
-        ]
+        raw = by_image.get(image["id"], [])
+        record["annotations"] = [_convert_annotation(a, json_file) for a in raw]
+        _check_record_points(record, image["file_name"], json_file, [a.get("id") for a in raw])
         records.append(record)
     return records
+
+
+def _check_record_points(record, image_name, json_file, annotation_ids):
+    """Refuse annotation points outside the record's image (naming image and annotation)."""
+    annotations = record["annotations"]
+    if not annotations:
+        return
+    points = np.array([a["point"] for a in annotations], dtype=np.int64)
+    check_points_inside(
+        points,
+        (record["height"], record["width"]),
+        image_name,
+        f"COCO file {json_file} annotation",
+        annotation_ids,
+    )
 
 
 def _convert_annotation(ann, json_file):
@@ -358,7 +491,16 @@ def _convert_annotation(ann, json_file):
             int(x) + (max(int(round(w)), 1) - 1) // 2,
             int(y) + (max(int(round(h)), 1) - 1) // 2,
         ]
-    out["point"] = [int(point[0]), int(point[1])]
+    try:
+        x, y = (float(v) for v in point)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"COCO file {json_file}: annotation {ann.get('id')} has point {point!r}; "
+            f"expected [x, y] numbers"
+        ) from None
+    out["point"] = [int(v) for v in round_half_up([x, y])]
     out["point_labeled"] = bool(ann.get("point_labeled", 1))
     out["point_shift"] = [int(v) for v in ann.get("point_shift", (0, 0))]
     return out

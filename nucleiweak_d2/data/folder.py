@@ -11,17 +11,20 @@ Layout (see ``datasets/README.md``)::
       split.json                            optional; {"train": [names], "val": [...], ...}
 
 Validation happens here, with errors that name the file: unreadable image, image/label size
-mismatch, float label map, empty dataset, missing label (or points file) for an image, and
-unknown split names. Sizes are read from file headers, so listing a dataset is fast; a file
-whose header is fine but whose pixel data is corrupt fails later in :func:`read_image`.
+mismatch, float label map, empty dataset, missing label (or points file) for an image,
+unknown split names, a name listed twice in a split, and an image in both the ``train`` split
+and a split whose name starts with ``val`` or ``test`` (:mod:`.checks`). Sizes are read from
+file headers, so listing a dataset is fast; ``decode=True`` also decodes every image once,
+so that a truncated file (intact header, cut pixel data) fails here and not in training.
 """
 
 import json
 from pathlib import Path
 
+from .checks import check_images_decode, check_split_lists_disjoint
 from .io import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, image_size
 
-__all__ = ["load_folder_dataset", "read_split_file", "list_splits"]
+__all__ = ["load_folder_dataset", "read_split_file", "list_splits", "check_split_names"]
 
 
 def _index_by_stem(folder, extensions, what):
@@ -43,6 +46,13 @@ def read_split_file(root):
 
     Keys whose value is not a list of strings (such as ``"organ"``) are metadata and skipped.
     Returns an empty dict when the file does not exist.
+
+    Raises
+    ------
+    ValueError
+        Unparsable file, a name listed twice in one split, or an image in both ``train`` and
+        a split whose name starts with ``val`` or ``test`` (other splits, such as MoNuSeg's
+        ``kumar_hovernet_*``, may overlap anything; see :mod:`.checks`).
     """
     path = Path(root) / "split.json"
     if not path.is_file():
@@ -55,11 +65,17 @@ def read_split_file(root):
         raise ValueError(
             f"split file {path} must hold a JSON object of split name -> list of names"
         )
-    return {
+    splits = {
         k: list(v)
         for k, v in content.items()
         if isinstance(v, list) and all(isinstance(n, str) for n in v)
     }
+    for split, names in splits.items():
+        if len(set(names)) != len(names):
+            twice = next(n for i, n in enumerate(names) if n in names[:i])
+            raise ValueError(f"split {split!r} of {path} lists {twice!r} twice")
+    check_split_lists_disjoint(splits, path)
+    return splits
 
 
 def list_splits(root):
@@ -68,7 +84,41 @@ def list_splits(root):
     return list(splits) if splits else ["all"]
 
 
-def load_folder_dataset(root, split=None):
+def _valid_names(root):
+    """Split names accepted for ``root``: those of ``split.json`` plus ``"all"``."""
+    return [s for s in list_splits(root) if s != "all"] + ["all"]
+
+
+def check_split_names(root, names, what):
+    """Refuse split names that ``root`` does not have (``"all"`` is always valid).
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder dataset.
+    names : sequence of str or None
+        Names given by the user; ``None`` or empty checks nothing.
+    what : str
+        The option or argument that named them, e.g. ``"--weak-splits"``.
+
+    Raises
+    ------
+    ValueError
+        ``"unknown split 'trian' in --weak-splits; valid names: train, val, test, all (...)"``.
+    """
+    if not names:
+        return
+    valid = _valid_names(root)
+    for name in names:
+        if name not in valid:
+            source = Path(root) / "split.json"
+            raise ValueError(
+                f"unknown split {name!r} in {what}; valid names: {', '.join(valid)} (from "
+                f"{source if source.is_file() else str(root) + ', which has no split.json'})"
+            )
+
+
+def load_folder_dataset(root, split=None, *, decode=False):
     """List and validate the samples of a folder dataset.
 
     Parameters
@@ -77,6 +127,8 @@ def load_folder_dataset(root, split=None):
         Dataset folder with ``images/`` and ``labels/`` (or ``points/``).
     split : str, optional
         Name of a split in ``split.json``; ``None`` or ``"all"`` takes every image.
+    decode : bool
+        Also decode every listed image fully once (slower; catches truncated files).
 
     Returns
     -------
@@ -88,8 +140,9 @@ def load_folder_dataset(root, split=None):
     Raises
     ------
     ValueError
-        Missing folders, empty dataset, unreadable image, float label map, size mismatch,
-        missing label or points file, unknown split or unknown name in a split.
+        Missing folders, empty dataset, unreadable (or, with ``decode``, undecodable) image,
+        float label map, size mismatch, missing label or points file, unknown split, unknown
+        or repeated name in a split, image in both ``train`` and a val/test split.
     """
     root = Path(root)
     image_dir, label_dir, point_dir = root / "images", root / "labels", root / "points"
@@ -108,10 +161,14 @@ def load_folder_dataset(root, split=None):
     else:
         splits = read_split_file(root)
         if not splits:
-            raise ValueError(f"split {split!r} requested but {root / 'split.json'} is missing")
+            raise ValueError(
+                f"split {split!r} requested but {root / 'split.json'} is missing; valid "
+                f"names: all"
+            )
         if split not in splits:
             raise ValueError(
-                f"unknown split {split!r} in {root / 'split.json'}; " f"available: {sorted(splits)}"
+                f"unknown split {split!r} in {root / 'split.json'}; valid names: "
+                f"{', '.join(_valid_names(root))}"
             )
         names = splits[split]
         if not names:
@@ -163,4 +220,6 @@ def load_folder_dataset(root, split=None):
                 "width": width,
             }
         )
+    if decode:
+        check_images_decode(s["image_path"] for s in samples)
     return samples

@@ -4,6 +4,9 @@ Every reader raises a ``ValueError`` that names the offending file, so a bad fil
 dataset folder is easy to find.
 """
 
+import csv
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,8 @@ __all__ = [
     "write_label",
     "write_image",
     "image_size",
+    "bit_depth",
+    "check_image_decodes",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -54,23 +59,44 @@ def _read_array(path):
     return arr
 
 
+#: Bit depths tried, smallest first, for integer images with values above 255.
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def bit_depth(arr):
+    """Bit depth assumed for an integer image: the smallest of 8, 10, 12, 14 and 16 bits
+    whose range ``0 .. 2**bits - 1`` holds the image's maximum.
+
+    A camera or scanner writing 12-bit data stores it in 16-bit containers; scaling by the
+    container (``1/257``) would make such an image nearly black. The rule looks at one image
+    only, so it is deterministic per image (but two tiles of one slide whose maxima fall on
+    either side of a limit, e.g. 4095 and 4100, are scaled differently).
+    """
+    top = int(arr.max()) if arr.size else 0
+    for bits in BIT_DEPTHS:
+        if top <= 2**bits - 1:
+            return bits
+    raise ValueError(f"integer values up to {top} exceed 16 bits")
+
+
 def _to_uint8(arr, path):
-    """Scale an array of any supported dtype to uint8 (16-bit: full range, value / 257)."""
+    """Scale an array of any supported dtype to uint8.
+
+    Integer data is scaled by its :func:`bit_depth`: ``value / (2**bits - 1) * 255``, rounded
+    (8-bit data, including 8-bit data in a 16-bit container, is kept as is). Bool becomes
+    0/255; float data in [0, 1] is scaled by 255, other floats are rounded and clipped.
+    """
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
-    if arr.dtype == np.uint16 or (
-        np.issubdtype(arr.dtype, np.integer)
-        and arr.min() >= 0
-        and arr.max() <= 65535
-        and arr.max() > 255
-    ):
-        return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.integer):
         if arr.min() < 0 or arr.max() > 65535:
             raise ValueError(f"integer image {path} has values outside [0, 65535]")
-        return arr.astype(np.uint8)
+        bits = bit_depth(arr)
+        if bits == 8:
+            return arr.astype(np.uint8)
+        return np.round(arr.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"float image {path} contains NaN or inf")
@@ -86,8 +112,10 @@ def read_image(path):
     ----------
     path : str or Path
         PNG, TIF, JPG or BMP file. Grayscale is replicated to 3 channels, an alpha channel is
-        dropped, 16-bit data is scaled by ``1/257`` (full 16-bit range to 0..255), float data in
-        [0, 1] is scaled by 255. Channel-first TIFs ``(3, H, W)`` are transposed.
+        dropped, channel-first TIFs ``(3, H, W)`` are transposed. Integer data above 8 bits
+        is scaled by its bit depth (:func:`bit_depth`: the smallest of 8, 10, 12, 14, 16 bits
+        that holds the image's maximum, so 12-bit data with maximum 4095 becomes 255); float
+        data in [0, 1] is scaled by 255.
 
     Returns
     -------
@@ -241,9 +269,130 @@ def image_size(path):
     return int(shape[0]), int(shape[1]), kind
 
 
+def check_image_decodes(path):
+    """Fully decode an image file once, so that a truncated or corrupt file fails now.
+
+    File headers (read by :func:`image_size` when a dataset is listed) can be intact while
+    the pixel data is cut off; such a file would only fail in the middle of training.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Raises
+    ------
+    ValueError
+        ``"cannot decode image <path>: <reason>"``.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in _TIFF:
+            import tifffile
+
+            tifffile.imread(str(path))
+        elif path.suffix.lower() == ".npy":
+            np.load(str(path), allow_pickle=False)
+        else:
+            with Image.open(path) as im:
+                im.load()
+    except Exception as exc:  # noqa: BLE001  (any decoder error becomes a ValueError)
+        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+
+
+# Column names of points files, after _normalise_column (lower case, units in brackets and
+# "_" turned into spaces). Pixel columns are taken; columns in physical units are refused.
+_PIXEL_COLUMN = re.compile(r"^(?:centroid )?([xy])(?: (?:px|pixels?))?$")
+_PHYSICAL_COLUMN = re.compile(r"^(?:centroid )?([xy]) (?:µm|μm|um|microns?|micrometers?|mm|nm)$")
+_DELIMITERS = ("\t", ",", ";")
+_ACCEPTED = "x/y, X/Y or Centroid X px/Centroid Y px"
+
+
+def _normalise_column(name):
+    """``"Centroid X [µm]"`` -> ``"centroid x µm"``: lower case, no quotes/brackets/``_``."""
+    name = name.strip().strip("\"'").lower()
+    name = re.sub(r"[()\[\]_]", " ", name)
+    return " ".join(name.split())
+
+
+def _split_fields(line, delimiter):
+    """Fields of one line (quotes allowed), trailing empty fields dropped."""
+    fields = next(csv.reader([line], delimiter=delimiter))
+    while fields and not fields[-1].strip():
+        fields.pop()
+    return [f.strip() for f in fields]
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_columns(fields, path):
+    """Indices ``(ix, iy)`` of the pixel x and y columns of a header line."""
+    found = {"x": [], "y": []}
+    physical = {"x": [], "y": []}
+    for index, field in enumerate(fields):
+        name = _normalise_column(field)
+        match = _PIXEL_COLUMN.match(name)
+        if match:
+            found[match.group(1)].append(index)
+        elif _PHYSICAL_COLUMN.match(name):
+            physical[_PHYSICAL_COLUMN.match(name).group(1)].append(index)
+    for axis in ("x", "y"):
+        if len(found[axis]) > 1:
+            names = ", ".join(repr(fields[i]) for i in found[axis])
+            raise ValueError(
+                f"points file {path} has several {axis} columns ({names}); keep exactly one"
+            )
+        if not found[axis]:
+            if physical[axis]:
+                raise ValueError(
+                    f"points file {path}: column {fields[physical[axis][0]]!r} is in physical "
+                    f"units; pixel columns are needed ({_ACCEPTED}; e.g. export QuPath "
+                    f"measurements in pixels or divide by the pixel size)"
+                )
+            raise ValueError(
+                f"points file {path} has no {axis} column in its header {fields}; expected "
+                f"columns named {_ACCEPTED} (case-insensitive), or no header and exactly 2 "
+                f"columns x,y"
+            )
+    return found["x"][0], found["y"][0]
+
+
+def _read_lines(path):
+    """``[(line_number, text)]`` of the non-blank, non-comment lines of a text file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read points file {path}: {exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # e.g. a "µm" header written by a Windows tool
+    return [
+        (number, line)
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
 def read_xy_csv(path):
-    """Points ``x,y`` from a text file: one per line (``,`` or ``;``), an optional header on
-    the first line, ``#`` comments and blank lines skipped; extra columns are ignored.
+    """Points ``(x, y)`` in pixels from a CSV/TSV file, columns found by their header.
+
+    Accepted layouts (blank lines and ``#`` comments are skipped; the delimiter is a tab,
+    ``,`` or ``;``, the first of these found on the first line):
+
+    - a header naming the columns: ``x``/``y``, ``X``/``Y``, ``Centroid X px``/
+      ``Centroid Y px`` (case-insensitive; ``_`` and brackets count as spaces, so
+      ``centroid_x`` and ``X (px)`` are accepted too). Other columns (an ImageJ index, a
+      QuPath class, ...) are ignored, and the columns may come in any order (``y,x`` works).
+      Columns in physical units (``Centroid X µm``) are refused: pixels are needed.
+    - no header (the first line is numeric) and exactly 2 columns, read as ``x,y``.
+
+    Coordinates may be floats (as QuPath and ImageJ write them); they are returned as is.
 
     Parameters
     ----------
@@ -259,27 +408,46 @@ def read_xy_csv(path):
     Raises
     ------
     ValueError
-        Naming the file when it cannot be read, or the file and line of a line that is not
-        ``x,y``.
+        One line naming the file: unreadable file; a header without exactly one pixel x and
+        one pixel y column; a header-less file with other than 2 columns; a line (named)
+        whose x or y is missing, not a number, NaN or infinite.
     """
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ValueError(f"cannot read points file {path}: {exc}") from exc
-    points, numbers = [], []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.replace(";", ",").split(",")
-        try:
-            points.append([float(parts[0]), float(parts[1])])
-        except (ValueError, IndexError):
-            if number == 1:  # header such as "x,y"
-                continue
+    lines = _read_lines(path)
+    if not lines:
+        return np.zeros((0, 2), dtype=np.float64), np.zeros(0, dtype=np.int64)
+    first = lines[0][1]
+    delimiter = next((d for d in _DELIMITERS if d in first), ",")
+    fields = _split_fields(first, delimiter)
+    if all(_is_number(f) for f in fields):  # no header
+        if len(fields) != 2:
             raise ValueError(
-                f"points file {path} line {number}: expected 'x,y', got {line!r}"
+                f"points file {path} has {len(fields)} columns and no header; expected a "
+                f"header naming the x and y columns ({_ACCEPTED}) or exactly 2 columns x,y"
+            )
+        ix, iy, body = 0, 1, lines
+    else:
+        (ix, iy), body = _header_columns(fields, path), lines[1:]
+    return _parse_rows(body, delimiter, ix, iy, path)
+
+
+def _parse_rows(lines, delimiter, ix, iy, path):
+    """Parse the x and y columns of the data lines (see :func:`read_xy_csv`)."""
+    points, numbers = [], []
+    for number, line in lines:
+        fields = _split_fields(line, delimiter)
+        try:
+            x, y = float(fields[ix]), float(fields[iy])
+        except (ValueError, IndexError):
+            raise ValueError(
+                f"points file {path} line {number}: expected numbers in columns {ix + 1} (x) "
+                f"and {iy + 1} (y), got {line.strip()!r}"
             ) from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise ValueError(
+                f"points file {path} line {number}: x and y must be finite, "
+                f"got {line.strip()!r}"
+            )
+        points.append((x, y))
         numbers.append(number)
     return np.asarray(points, dtype=np.float64).reshape(-1, 2), np.asarray(numbers, dtype=np.int64)

@@ -6,10 +6,13 @@ Conventions (docs/CONTRACTS.md): points are ``(N, 2)`` integer pixels in ``(x, y
 ``(seed, crc32(name))``.
 """
 
+import logging
 import math
 
 import numpy as np
 from scipy import ndimage
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SHIFT_PRESETS",
@@ -75,7 +78,7 @@ def instance_boxes(label):
     return ids.astype(np.int64), list(slices), areas.astype(np.int64)
 
 
-def points_from_labels(label, mode="bbox_center"):
+def points_from_labels(label, mode="bbox_center", where=None):
     """One point per instance of a label map.
 
     Parameters
@@ -87,6 +90,8 @@ def points_from_labels(label, mode="bbox_center"):
         ``((rmin + rmax) // 2, (cmin + cmax) // 2)`` with inclusive max, returned as (x, y).
         ``"centroid"``: the mean pixel position rounded half up. Neither is guaranteed to lie
         on the instance for strongly concave shapes (the papers accept this).
+    where : str, optional
+        Name of the label map; when given, ids made of several pieces are logged (below).
 
     Returns
     -------
@@ -94,13 +99,24 @@ def points_from_labels(label, mode="bbox_center"):
         ``(N,)`` int64 instance ids, ascending.
     points : np.ndarray
         ``(N, 2)`` int64 ``(x, y)``.
+
+    Notes
+    -----
+    An id whose pixels form several 8-connected pieces (two nuclei given one id by mistake,
+    or a nucleus cut by another's mask) keeps one point, placed on its largest piece: the
+    bbox centre (or centroid) of that piece, not of the union, which would often fall on
+    background between the pieces. Ties go to the piece met first in raster order. With
+    ``where``, a warning gives the number of such ids.
     """
-    ids, points, _, _ = points_and_boxes(label, mode)
+    ids, points, _, _ = points_and_boxes(label, mode, where=where)
     return ids, points
 
 
-def points_and_boxes(label, mode="bbox_center"):
+def points_and_boxes(label, mode="bbox_center", where=None):
     """:func:`points_from_labels` plus the bounding slices and areas, from one pass.
+
+    Slices and areas are those of the whole id (all its pieces); only the point moves to the
+    largest piece of an id made of several pieces (see :func:`points_from_labels`).
 
     Returns
     -------
@@ -116,7 +132,7 @@ def points_and_boxes(label, mode="bbox_center"):
         return ids, points, slices, areas
     if mode == "bbox_center":
         for i, (rs, cs) in enumerate(slices):
-            points[i] = ((cs.start + cs.stop - 1) // 2, (rs.start + rs.stop - 1) // 2)
+            points[i] = _bbox_center(rs, cs)
     else:
         flat = label.ravel()
         fg = np.flatnonzero(flat)
@@ -126,7 +142,57 @@ def points_and_boxes(label, mode="bbox_center"):
         sum_c = np.bincount(order, weights=cols, minlength=len(ids))
         points[:, 0] = np.floor(sum_c / areas + 0.5)
         points[:, 1] = np.floor(sum_r / areas + 0.5)
+    _points_on_largest_pieces(label, ids, slices, points, mode, where)
     return ids, points, slices, areas
+
+
+def _bbox_center(rs, cs):
+    """(x, y) bbox centre of a (rows, cols) slice pair, inclusive max, rounded down."""
+    return (cs.start + cs.stop - 1) // 2, (rs.start + rs.stop - 1) // 2
+
+
+def _split_ids(label, ids):
+    """Indices (into ``ids``) of the ids whose pixels form several 8-connected pieces."""
+    from skimage.measure import label as connected_pieces
+
+    pieces = connected_pieces(label, background=0, connectivity=2)  # equal-value regions
+    n_pieces = int(pieces.max())
+    if n_pieces == len(ids):  # every id is one piece (the usual case: one pass, no more)
+        return np.zeros(0, dtype=np.int64)
+    fg = np.flatnonzero(pieces)
+    owner = np.zeros(n_pieces + 1, dtype=np.int64)  # piece -> index into ids
+    owner[pieces.ravel()[fg]] = np.searchsorted(ids, label.ravel()[fg])
+    return np.flatnonzero(np.bincount(owner[1:], minlength=len(ids)) > 1)
+
+
+def _largest_piece_point(mask, mode):
+    """(x, y) in ``mask`` coordinates of the largest 8-connected piece of a boolean mask
+    (ties: the piece met first in raster order)."""
+    pieces, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    piece = int(np.argmax(np.bincount(pieces.ravel())[1:])) + 1
+    if mode == "bbox_center":
+        rs, cs = ndimage.find_objects(pieces, max_label=piece)[piece - 1]
+        return _bbox_center(rs, cs)
+    rows, cols = np.nonzero(pieces == piece)
+    return np.floor(cols.mean() + 0.5), np.floor(rows.mean() + 0.5)
+
+
+def _points_on_largest_pieces(label, ids, slices, points, mode, where):
+    """Move the point of every id made of several 8-connected pieces onto its largest piece
+    (in place); log the number of such ids when ``where`` is given."""
+    split = _split_ids(label, ids)
+    for index in split:
+        rs, cs = slices[index]
+        x, y = _largest_piece_point(label[rs, cs] == ids[index], mode)
+        points[index] = (x + cs.start, y + rs.start)
+    if len(split) and where is not None:
+        logger.warning(
+            "%s: %d label id(s) cover several disconnected pieces (first: id %d); each keeps "
+            "one annotation (mask = all pieces) with its point on its largest piece",
+            where,
+            len(split),
+            int(ids[split[0]]),
+        )
 
 
 def _n_kept(n, ratio):

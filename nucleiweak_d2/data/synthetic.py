@@ -17,10 +17,17 @@ jittered per image), then ``I0 * exp(-OD)``. Content:
 Labels are exact: each instance is the visible (unoccluded) part of its nucleus, restricted to
 its largest 4-connected component; fragments and instances under ``min_area`` become
 stroma in both the label and the image, since the image is rendered from the final label.
+
+:func:`make_synthetic_dataset` records every file it writes, with its SHA-256, in
+``<out>/.nucleiweak_synthetic.json`` (the manifest). It only ever deletes files listed there
+and unchanged since, and refuses to write into a folder whose ``images/``, ``labels/`` or
+``split.json`` hold anything else, so pointing it at a real dataset loses nothing.
 """
 
+import hashlib
 import json
-import shutil
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,10 @@ from skimage.draw import polygon as draw_polygon
 
 from .io import write_image, write_label
 
-__all__ = ["synthesize_image", "make_synthetic_dataset"]
+__all__ = ["synthesize_image", "make_synthetic_dataset", "read_manifest", "MANIFEST_NAME"]
+
+MANIFEST_NAME = ".nucleiweak_synthetic.json"
+_LAYOUT = re.compile(r"^(split\.json|(images|labels)/[^/\\]+)$")  # what the manifest may list
 
 _H_VECTOR = np.array([0.65, 0.70, 0.29])
 _E_VECTOR = np.array([0.07, 0.99, 0.11])
@@ -201,8 +211,7 @@ def synthesize_image(
     label : np.ndarray
         ``(H, W)`` int32, ids 1..N, 0 = background.
     """
-    if len(size) != 2 or min(size) < 16:
-        raise ValueError(f"size must be (H, W) with both >= 16, got {size}")
+    _check_size(size)
     if not (0 < radius_range[0] <= radius_range[1]):
         raise ValueError(f"radius_range must satisfy 0 < min <= max, got {radius_range}")
     if not (0.0 <= cluster_fraction <= 1.0):
@@ -220,6 +229,111 @@ def synthesize_image(
     return image, label
 
 
+def _check_size(size):
+    if len(size) != 2 or min(size) < 16:
+        raise ValueError(f"size must be (H, W) with both >= 16, got {size}")
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _dataset_files(out_dir):
+    """Relative paths of the files in ``images/``, ``labels/`` and ``split.json``."""
+    found = []
+    for sub in ("images", "labels"):
+        if (out_dir / sub).is_dir():
+            found += sorted(p.relative_to(out_dir).as_posix()
+                            for p in (out_dir / sub).rglob("*") if not p.is_dir())
+    return found + (["split.json"] if (out_dir / "split.json").exists() else [])
+
+
+def read_manifest(out_dir):
+    """Files recorded by an earlier :func:`make_synthetic_dataset` in ``out_dir``.
+
+    Returns
+    -------
+    dict
+        ``{relative path: sha256 or None}`` (None: being written when the run stopped);
+        empty when there is no manifest.
+
+    Raises
+    ------
+    ValueError
+        Naming the manifest when it is unreadable or lists a path outside ``split.json``,
+        ``images/`` and ``labels/``.
+    """
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.exists():
+        return {}
+    try:
+        files = json.loads(path.read_text())["files"]
+        if not isinstance(files, dict):
+            raise TypeError("'files' is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read the synthetic-dataset manifest {path}: {exc}; not "
+                         f"deleting anything") from exc
+    bad = [f for f in files if not _LAYOUT.match(str(f)) or ".." in str(f)]
+    if bad:
+        raise ValueError(f"manifest {path} lists {bad[0]!r}, outside split.json, images/ and "
+                         f"labels/; not deleting anything")
+    return files
+
+
+def _write_manifest(out_dir, files, settings):
+    """Write the manifest atomically (temporary file, then rename)."""
+    path = out_dir / MANIFEST_NAME
+    tmp = out_dir / f"{MANIFEST_NAME}.partial"
+    doc = {"written_by": "nucleiweak_d2.data.synthetic.make_synthetic_dataset",
+           "note": "files of this synthetic dataset; make_synthetic --overwrite deletes only these",
+           "settings": settings, "files": files}
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_target(out_dir, manifest, overwrite):
+    """Refuse, before any change, a folder holding files this function did not write.
+
+    Raises
+    ------
+    ValueError
+        ``out_dir`` is a file.
+    FileExistsError
+        A file of the dataset layout is not in the manifest, or changed since it was written
+        (naming it); or a dataset exists and ``overwrite`` is False.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder")
+    present = _dataset_files(out_dir)
+    foreign = [f for f in present if f not in manifest]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise FileExistsError(
+            f"{out_dir / foreign[0]}{more} not written by make_synthetic (not in "
+            f"{out_dir / MANIFEST_NAME}); refusing to replace or delete it: choose an empty or "
+            f"new folder")
+    changed = [f for f in present
+               if manifest[f] is not None and _sha256(out_dir / f) != manifest[f]]
+    if changed:
+        raise FileExistsError(f"{out_dir / changed[0]} changed after make_synthetic wrote it; "
+                              f"refusing to delete it: move it away or choose another folder")
+    if present and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a synthetic dataset ({len(present)} "
+                              f"files); pass overwrite=True / --overwrite to replace it")
+
+
+def _split_sizes(n_images, split_fractions):
+    """Numbers of train and val images (test takes the rest)."""
+    fractions = np.asarray(split_fractions, dtype=float) / np.sum(split_fractions)
+    n_train = int(round(fractions[0] * n_images))
+    n_val = int(round(fractions[1] * n_images))
+    if n_images >= 3:
+        n_train, n_val = max(1, n_train), max(1, n_val)
+        n_train = min(n_train, n_images - 2)
+        n_val = min(n_val, n_images - n_train - 1)
+    return n_train, max(0, min(n_val, n_images - n_train))
+
+
 def make_synthetic_dataset(
     out_dir,
     n_images=8,
@@ -234,18 +348,21 @@ def make_synthetic_dataset(
     Parameters
     ----------
     out_dir : str or Path
-        Destination folder.
+        Destination folder. Its ``images/``, ``labels/`` and ``split.json`` must be absent or
+        hold only files of an earlier run, as listed in its manifest
+        ``.nucleiweak_synthetic.json``; other files elsewhere in it are left alone.
     n_images : int
         Number of tiles, named ``synth_000`` ... ; tile ``i`` uses seed ``(seed, i)``.
     size : tuple of int
         ``(H, W)`` of each tile.
     seed : int
-        Dataset seed.
+        Dataset seed; the same arguments give byte-identical files.
     split_fractions : tuple of float
         Fractions of train, val, test (rounded; each split gets at least one image when
         ``n_images >= 3``; test takes the rest).
     overwrite : bool
-        Without it, an existing ``split.json`` or non-empty ``images/`` raises FileExistsError.
+        Replace a dataset written earlier by this function: the files of its manifest are
+        deleted (only those). Without it, an existing dataset raises FileExistsError.
     **kwargs
         Passed to :func:`synthesize_image`.
 
@@ -253,40 +370,43 @@ def make_synthetic_dataset(
     -------
     Path
         ``out_dir``.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments or an unreadable manifest (nothing changed).
+    FileExistsError
+        A dataset exists without ``overwrite``, or files not written by this function (or
+        changed since) are in the way, named in the message (nothing changed).
     """
     out_dir = Path(out_dir)
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
     if len(split_fractions) != 3 or min(split_fractions) < 0 or sum(split_fractions) <= 0:
         raise ValueError(f"split_fractions must be 3 non-negative numbers, got {split_fractions}")
-    taken = (out_dir / "split.json").exists() or any(
-        (out_dir / d).is_dir() and any((out_dir / d).iterdir()) for d in ("images", "labels")
-    )
-    if taken and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds a dataset (pass overwrite=True / --overwrite)"
-        )
-    if overwrite:
-        for sub in ("images", "labels"):
-            if (out_dir / sub).is_dir():
-                shutil.rmtree(out_dir / sub)
-    fractions = np.asarray(split_fractions, dtype=float) / np.sum(split_fractions)
-    n_train = int(round(fractions[0] * n_images))
-    n_val = int(round(fractions[1] * n_images))
-    if n_images >= 3:
-        n_train, n_val = max(1, n_train), max(1, n_val)
-        n_train = min(n_train, n_images - 2)
-        n_val = min(n_val, n_images - n_train - 1)
-    n_val = max(0, min(n_val, n_images - n_train))
+    _check_size(size)
+    old = read_manifest(out_dir)
+    _check_target(out_dir, old, overwrite)
+    first = synthesize_image(size, (int(seed), 0), **kwargs)  # bad kwargs fail before changes
     names = [f"synth_{i:03d}" for i in range(n_images)]
+    new = [f"{sub}/{name}.png" for name in names for sub in ("images", "labels")] + ["split.json"]
+    settings = {"n_images": int(n_images), "size": [int(v) for v in size], "seed": int(seed),
+                "split_fractions": [float(v) for v in split_fractions]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_manifest(out_dir, {**old, **dict.fromkeys(new)}, settings)  # new files: pending
+    for rel in old:  # checked by _check_target: this function wrote them, unchanged since
+        if (out_dir / rel).is_file():
+            (out_dir / rel).unlink()
     for i, name in enumerate(names):
-        image, label = synthesize_image(size, (int(seed), i), **kwargs)
+        image, label = first if i == 0 else synthesize_image(size, (int(seed), i), **kwargs)
         write_image(out_dir / "images" / f"{name}.png", image)
         write_label(out_dir / "labels" / f"{name}.png", label)
+    n_train, n_val = _split_sizes(n_images, split_fractions)
     split = {
         "train": names[:n_train],
         "val": names[n_train : n_train + n_val],
         "test": names[n_train + n_val :],
     }
     (out_dir / "split.json").write_text(json.dumps(split, indent=1))
+    _write_manifest(out_dir, {rel: _sha256(out_dir / rel) for rel in new}, settings)
     return out_dir

@@ -1,52 +1,12 @@
-"""Config setup shared by the command-line tools and the tests."""
+"""Setup shared by the entry points (``tools/train_net.py``, ``tools/demo.py``, benchmarks)."""
 
 import logging
+from pathlib import Path
 
-from detectron2.config import get_cfg
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from ..config import add_nucleiweak_config
-
-
-def setup_cfg(config_file=None, opts=None, freeze=True):
-    """Build a config: Detectron2 defaults + nucleiweak keys + a YAML file + overrides.
-
-    Parameters
-    ----------
-    config_file : str or None
-        YAML file to merge (may use ``_BASE_``); None keeps the defaults.
-    opts : list of str or None
-        ``["KEY", "VALUE", ...]`` overrides, as on the command line.
-    freeze : bool
-        Freeze the returned config.
-
-    Notes
-    -----
-    A CUDA ``MODEL.DEVICE`` (Detectron2's default) falls back to ``"cpu"``, with a warning,
-    on a machine without CUDA, so every config runs on either.
-
-    Returns
-    -------
-    detectron2.config.CfgNode
-    """
-    import nucleiweak_d2.modeling  # noqa: F401  (registers our components)
-
-    cfg = get_cfg()
-    add_nucleiweak_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    if opts:
-        cfg.merge_from_list(list(opts))
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            logging.getLogger(__name__).warning(
-                "MODEL.DEVICE is %r but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE
-            )
-            cfg.MODEL.DEVICE = "cpu"
-    if freeze:
-        cfg.freeze()
-    return cfg
+__all__ = ["register_datasets_from_cfg", "setup_loggers", "entry_setup"]
 
 
 def register_datasets_from_cfg(cfg):
@@ -63,3 +23,24 @@ def register_datasets_from_cfg(cfg):
     from ..data.datasets import register_nuclei_splits
 
     return register_nuclei_splits(node.PREFIX, node.COCO_DIR, node.IMAGE_ROOT or node.COCO_DIR)
+
+
+def setup_loggers(output_dir=None, rank=None):
+    """Send the ``nucleiweak_d2`` logger (pipelines' stage lines, tables) to the console and to
+    ``<output_dir>/log.txt`` beside Detectron2's, as ``default_setup`` does for ``detectron2``."""
+    rank = comm.get_rank() if rank is None else rank
+    out = str(output_dir) if output_dir else None
+    setup_logger(out, distributed_rank=rank, name="nucleiweak_d2", abbrev_name="nw")
+    return logging.getLogger("nucleiweak_d2")
+
+
+def entry_setup(output_dir, threads=None):
+    """Setup of a script that runs in one process (demo, benchmarks): torch threads, and the
+    ``detectron2`` + ``nucleiweak_d2`` loggers to the console and ``<output_dir>/log.txt``."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    setup_logger(str(Path(output_dir) / "log.txt"), name="detectron2")
+    return setup_loggers(Path(output_dir) / "log.txt", rank=0)

@@ -20,6 +20,7 @@ edges (ties: earlier tile). The overlap should exceed the largest nucleus diamet
 every nucleus lies whole in at least one tile.
 """
 
+import logging
 import os
 
 import numpy as np
@@ -28,8 +29,115 @@ from scipy import ndimage
 
 from ..evaluation.outputs import output_instance_map, output_points
 
-__all__ = ["NucleiPredictor", "tile_boxes", "stitch_instance_maps", "stitch_points",
-           "draw_overlay"]
+__all__ = ["NucleiPredictor", "load_trained_weights", "check_incompatible_keys", "tile_boxes",
+           "stitch_instance_maps", "stitch_points", "draw_overlay"]
+
+# Keys that may differ between a checkpoint and its model without changing predictions.
+_IGNORABLE_KEY_SUFFIXES = ("num_batches_tracked",)
+_SHOWN_KEYS = 3  # keys named in an error message
+
+
+def _some(keys):
+    """``"a, b, c and 4 more"``: the first few of a list of keys."""
+    keys = [str(k) for k in keys]
+    more = f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more
+
+
+def _significant(keys):
+    return [k for k in keys if not str(k).endswith(_IGNORABLE_KEY_SUFFIXES)]
+
+
+def check_incompatible_keys(incompatible, path):
+    """Raise ValueError when a loaded checkpoint does not fit its model.
+
+    Parameters
+    ----------
+    incompatible : fvcore.common.checkpoint._IncompatibleKeys
+        What ``DetectionCheckpointer._load_model`` returns: ``missing_keys`` (model keys the
+        checkpoint lacks), ``unexpected_keys`` (checkpoint keys the model lacks) and
+        ``incorrect_shapes`` (``(key, checkpoint shape, model shape)``).
+    path : str
+        The checkpoint, for the message.
+
+    Raises
+    ------
+    ValueError
+        When any key other than ``*num_batches_tracked`` is missing or unexpected, or any
+        shape differs; one line naming the first keys and the counts.
+    """
+    shapes = list(incompatible.incorrect_shapes)
+    shape_keys = {k for k, _, _ in shapes}
+    missing = [k for k in _significant(incompatible.missing_keys) if k not in shape_keys]
+    unexpected = _significant(incompatible.unexpected_keys)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} model key(s) missing from it ({_some(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} key(s) unknown to the model ({_some(unexpected)})")
+    if shapes:
+        shown = [f"{k} {tuple(c)} vs model {tuple(m)}" for k, c, m in shapes]
+        problems.append(f"{len(shapes)} tensor(s) of another shape ({_some(shown)})")
+    if problems:
+        raise ValueError(f"MODEL.WEIGHTS {path} does not fit the model of this config: "
+                         f"{'; '.join(problems)}. Is it a checkpoint of another architecture "
+                         f"or config?")
+
+
+def load_trained_weights(model, path, *, allow_random=False):
+    """Load a trained checkpoint into ``model``, refusing anything that would run untrained.
+
+    Uses Detectron2's ``DetectionCheckpointer`` (``.pth`` of Detectron2/fvcore or a plain
+    state dict, Detectron2/Caffe2 ``.pkl``, URLs it can fetch) and checks what it reports with
+    :func:`check_incompatible_keys`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Built from the config the checkpoint was trained with.
+    path : str
+        ``cfg.MODEL.WEIGHTS``; empty means no checkpoint.
+    allow_random : bool
+        Accept an empty ``path`` (the model keeps its random initialisation; a warning is
+        logged). A mismatching checkpoint is refused regardless.
+
+    Raises
+    ------
+    ValueError
+        Empty ``path`` without ``allow_random``; a missing or unreadable file; a checkpoint
+        whose keys or shapes differ from the model's (see :func:`check_incompatible_keys`).
+    """
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    class _Recording(DetectionCheckpointer):
+        incompatible = None
+
+        def _load_model(self, checkpoint):
+            self.incompatible = super()._load_model(checkpoint)
+            return self.incompatible
+
+        def _log_checkpoint_info(self, incompatible):
+            pass  # check_incompatible_keys reports them in one line instead of a long log
+
+    path = str(path or "")
+    if not path:
+        if not allow_random:
+            raise ValueError("MODEL.WEIGHTS is empty: the model would predict with random "
+                             "weights; set MODEL.WEIGHTS to a trained checkpoint (or pass "
+                             "--allow-random-weights to accept an untrained model)")
+        logging.getLogger(__name__).warning("MODEL.WEIGHTS is empty: the model keeps its "
+                                            "random initialisation")
+        return
+    if "://" not in path and not os.path.isfile(path):
+        raise ValueError(f"MODEL.WEIGHTS file not found: {path}")
+    checkpointer = _Recording(model)
+    try:
+        checkpointer.load(path)
+    except Exception as exc:  # noqa: BLE001  (any reader error of the file becomes one line)
+        raise ValueError(f"cannot load MODEL.WEIGHTS {path}: {type(exc).__name__}: "
+                         f"{exc}") from exc
+    if checkpointer.incompatible is not None:
+        check_incompatible_keys(checkpointer.incompatible, path)
 
 
 def _starts(length, tile, step):
@@ -234,14 +342,17 @@ class NucleiPredictor:
     ``{"box": (x0, y0, x1, y1), "output": dict}`` per tile (None with ``keep_raw=False``).
     """
 
-    def __init__(self, cfg, *, tile=0, tile_overlap=64, max_overlap=0.5, keep_raw=True):
+    def __init__(self, cfg, *, tile=0, tile_overlap=64, max_overlap=0.5, keep_raw=True,
+                 allow_random_weights=True):
         """
         Parameters
         ----------
         cfg : detectron2.config.CfgNode
-            From :func:`nucleiweak_d2.engine.setup_cfg` (which registers our components).
-            ``MODEL.WEIGHTS`` is loaded with ``DetectionCheckpointer`` when set;
-            ``MODEL.DEVICE`` is where the model runs.
+            From :func:`nucleiweak_d2.config.setup_cfg` (which registers our components).
+            ``MODEL.WEIGHTS`` is loaded by :func:`load_trained_weights` (a checkpoint that
+            does not fit the model raises ValueError); ``MODEL.DEVICE`` is where the model
+            runs. The model is built under ``torch.manual_seed(max(cfg.SEED, 0))`` (the
+            global RNG is left untouched), so an untrained model is the same on every run.
         tile : int
             Tile side in pixels; 0 runs the whole image at once. Images no larger than
             ``tile`` on both sides run whole.
@@ -251,8 +362,10 @@ class NucleiPredictor:
             See :func:`stitch_instance_maps`.
         keep_raw : bool
             Return the model outputs of every tile (memory grows with the image).
+        allow_random_weights : bool
+            Accept an empty ``MODEL.WEIGHTS`` (random weights, with a logged warning);
+            ``tools/predict.py`` passes False unless ``--allow-random-weights``.
         """
-        from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.data import transforms as T
         from detectron2.modeling import build_model
 
@@ -276,13 +389,11 @@ class NucleiPredictor:
                              "connectivity": int(ev.CONNECTIVITY),
                              "mask_threshold": float(ev.MASK_THRESHOLD)}
         self.points_offset = float(ev.PRED_POINTS_OFFSET)
-        self.model = build_model(self.cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(max(int(cfg.SEED), 0))
+            self.model = build_model(self.cfg)
         self.model.eval()
-        weights = cfg.MODEL.WEIGHTS
-        if weights:
-            if "://" not in weights and not os.path.isfile(weights):
-                raise ValueError(f"MODEL.WEIGHTS file not found: {weights}")
-            DetectionCheckpointer(self.model).load(weights)
+        load_trained_weights(self.model, cfg.MODEL.WEIGHTS, allow_random=allow_random_weights)
 
     def run_model(self, image):
         """Model output dict of one ``(H, W, 3)`` uint8 RGB image (no tiling)."""

@@ -20,10 +20,12 @@ __all__ = ["DEFAULT_PATTERNS", "find_prediction", "read_prediction_points",
            "evaluate_prediction_folder"]
 
 # File names tried for the prediction of image ``name`` (first pattern with a match wins;
-# two matches of the same pattern are an error). Covers plain names and the suffixes of
-# common tools (Cellpose ``_cp_masks``, ``_masks``, ``_label(s)``).
+# two matches of the same pattern are an error). Covers plain names, ``_instances`` (written
+# by tools/predict.py) and the suffixes of common tools (Cellpose ``_cp_masks``, ``_masks``,
+# ``_label(s)``).
 DEFAULT_PATTERNS = tuple(f"{{name}}{suffix}.{ext}"
-                         for suffix in ("", "_label", "_labels", "_masks", "_cp_masks")
+                         for suffix in ("", "_instances", "_label", "_labels", "_masks",
+                                        "_cp_masks")
                          for ext in ("png", "tif", "tiff", "npy"))
 
 
@@ -62,7 +64,12 @@ def find_prediction(pred_dir, name, patterns=DEFAULT_PATTERNS):
 
 
 def read_prediction_points(path):
-    """Read detected points ``x,y`` (float, one per line, optional header; may be empty)."""
+    """Read detected points (float ``x, y`` in pixels; may be empty).
+
+    Columns are found by header name as for clicked points
+    (:func:`nucleiweak_d2.data.io.read_xy_csv`: ``x``/``y``, ``X``/``Y``, ``Centroid X px``/
+    ``Centroid Y px``, tab or comma separated; a header-less file must have 2 columns x,y).
+    """
     return read_xy_csv(path)[0]
 
 

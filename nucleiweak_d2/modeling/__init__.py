@@ -1,6 +1,11 @@
-"""Detectron2 components of nucleiweak_d2; importing this module registers them all."""
+"""Shared Detectron2 components of nucleiweak_d2 (backbones, heads, meta-architectures, losses).
 
-from . import feng2019 as _feng2019  # noqa: F401  (registration side effects)
-from . import qu2020 as _qu2020  # noqa: F401  (registration side effects)
-from ..data import mapper as _mapper  # noqa: F401  (registers NucleiDatasetMapper)
-from ..engine import qu2020_pipeline as _qu2020_pipeline  # noqa: F401  (registers the pipeline)
+Importing this package registers them (side effects only). Method-specific components live in
+:mod:`nucleiweak_d2.methods`; nothing here imports a method.
+"""
+
+from . import backbone as _backbone  # noqa: F401  (registration side effects)
+from . import meta_arch as _meta_arch  # noqa: F401  (registration side effects)
+from .config import add_modeling_config
+
+__all__ = ["add_modeling_config"]

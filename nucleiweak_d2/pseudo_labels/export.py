@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.records import record_points
 from . import (
     BACKGROUND,
     IGNORE,
@@ -20,7 +21,7 @@ from . import (
     voronoi_label,
 )
 
-__all__ = ["KINDS", "make_labels", "overlay", "output_paths", "record_points", "process"]
+__all__ = ["KINDS", "make_labels", "overlay", "output_paths", "process"]
 
 KINDS = ("voronoi", "cluster", "adaptive", "geo_voronoi", "geo_cluster", "donuseg", "ext_gaussian")
 _COLOURS = {NUCLEUS: (0, 255, 0), BACKGROUND: (255, 0, 0)}
@@ -72,16 +73,6 @@ def output_paths(record, kinds, out_dir):
     }
 
 
-def record_points(record, all_points=False):
-    """``(N, 2)`` (x, y) points of a record: the ``point_labeled`` ones unless ``all_points``."""
-    pts = [
-        a["point"]
-        for a in record.get("annotations", [])
-        if "point" in a and (all_points or a.get("point_labeled", True))
-    ]
-    return np.asarray(pts, dtype=np.int64).reshape(-1, 2)
-
-
 def process(job):
     """Worker: read one image, compute its labels, write the PNGs; return the point count.
 
@@ -91,7 +82,7 @@ def process(job):
 
     record, kinds, out_dir, all_points, alpha, write_overlay = job
     image = read_image(record["file_name"])
-    points = record_points(record, all_points)
+    points = record_points(record, all_points=all_points)
     labels = make_labels(image, points, kinds)
     for kind, (lab_path, ov_path) in output_paths(record, kinds, Path(out_dir)).items():
         Image.fromarray(labels[kind], mode="L").save(lab_path)

@@ -6,13 +6,11 @@ Importing this package registers:
 - ``NucleiWeakUNetHead`` in ``SEM_SEG_HEADS_REGISTRY``.
 """
 
-from .config import add_unet_config
 from .resnet_encoder import NucleiWeakResNet, build_nucleiweak_resnet_backbone
 from .unet_head import NucleiWeakUNetHead, ignore_aware_cross_entropy
 from .tiling import sliding_window_apply
 
 __all__ = [
-    "add_unet_config",
     "NucleiWeakResNet",
     "build_nucleiweak_resnet_backbone",
     "NucleiWeakUNetHead",

@@ -2,6 +2,7 @@
 
 from .bilateral_grid import BilateralGrid, bilateral_filter
 from .dense_crf import QU2020_CRF_PARAMS, dense_crf_loss, dense_crf_postprocess, nonblack_mask
+from .mse import weighted_mse_loss
 
 __all__ = [
     "BilateralGrid",
@@ -10,4 +11,5 @@ __all__ = [
     "dense_crf_loss",
     "dense_crf_postprocess",
     "nonblack_mask",
+    "weighted_mse_loss",
 ]

@@ -1,6 +1,6 @@
 """RPN that never samples a blocked anchor as a negative (Feng et al. 2019, "blocked" false negatives).
 
-Registered in ``PROPOSAL_GENERATOR_REGISTRY`` as ``NucleiWeakPartialRPN``.
+Registered in ``PROPOSAL_GENERATOR_REGISTRY`` as ``NucleiWeakFeng2019RPN``.
 
 An anchor is *blocked* when the anchor matcher labels it background (0) against the annotated
 boxes but not background (1, or -1 in the IoU band) against the blocking boxes: the pseudo-boxes
@@ -17,7 +17,7 @@ import torch
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-__all__ = ["NucleiWeakPartialRPN", "split_ignored", "with_blocked_boxes"]
+__all__ = ["NucleiWeakFeng2019RPN", "split_ignored", "with_blocked_boxes"]
 
 
 def split_ignored(instances):
@@ -42,7 +42,7 @@ def with_blocked_boxes(instances, blocked):
     Returns
     -------
     Instances
-        With fields ``gt_boxes`` and ``gt_ignore``; enough for :class:`NucleiWeakPartialRPN`.
+        With fields ``gt_boxes`` and ``gt_ignore``; enough for :class:`NucleiWeakFeng2019RPN`.
     """
     device = instances.gt_boxes.device
     annotated, old_blocked = split_ignored(instances)
@@ -56,7 +56,7 @@ def with_blocked_boxes(instances, blocked):
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
-class NucleiWeakPartialRPN(RPN):
+class NucleiWeakFeng2019RPN(RPN):
     """Detectron2 ``RPN`` whose anchor labelling ignores anchors on blocking boxes.
 
     Same constructor and config as ``RPN``. :meth:`forward` takes an extra ``blocked_boxes``

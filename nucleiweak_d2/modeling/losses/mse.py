@@ -1,4 +1,4 @@
-"""Losses of Qu et al.'s detection stage (plain torch functions, no cfg)."""
+"""Weighted MSE of a probability map against a dense target (plain torch, no cfg)."""
 
 import torch
 

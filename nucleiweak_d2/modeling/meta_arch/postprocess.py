@@ -1,11 +1,11 @@
-"""Numpy post-processing of Qu et al.: instances from a foreground map, points from a
-detection map, and the merge of detected with annotated points."""
+"""Numpy post-processing shared by the UNet meta-architectures: instances from a foreground map
+(Qu et al.'s rule) and points from a detection probability map."""
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure, segmentation
 
-__all__ = ["instances_from_foreground", "points_from_probability", "merge_points"]
+__all__ = ["instances_from_foreground", "points_from_probability"]
 
 
 def instances_from_foreground(fg, min_area=20, fill_holes=True, split_touching=False,
@@ -95,30 +95,3 @@ def points_from_probability(prob, threshold=0.35, min_area=12, max_area=0):
         return np.zeros((0, 2))
     centres = np.asarray(ndi.center_of_mass(np.ones(label.shape), label, idx[keep]))
     return centres[:, ::-1].astype(np.float64).reshape(-1, 2)
-
-
-def merge_points(annotated, detected, radius):
-    """Keep every annotated point; add a detection only if it lies outside ``radius`` of all
-    annotated points (Qu et al.: ``disk(r1)`` around each annotated point).
-
-    Parameters
-    ----------
-    annotated : array_like
-        ``(N, 2)`` (x, y) annotated points.
-    detected : array_like
-        ``(M, 2)`` (x, y) detected points (rounded to integer pixels).
-    radius : float
-        A detection at distance ``<= radius`` of an annotated point is dropped (the disk of
-        radius r includes its boundary, as ``skimage.morphology.disk``).
-
-    Returns
-    -------
-    numpy.ndarray
-        int64 ``(N + M', 2)``: the annotated points first, then the kept detections.
-    """
-    ann = np.asarray(annotated, dtype=np.float64).reshape(-1, 2)
-    det = np.round(np.asarray(detected, dtype=np.float64).reshape(-1, 2))
-    if len(ann) and len(det):
-        d2 = ((det[:, None, :] - ann[None, :, :]) ** 2).sum(-1)
-        det = det[(d2 > radius * radius).all(axis=1)]
-    return np.concatenate([ann, det]).astype(np.int64).reshape(-1, 2)

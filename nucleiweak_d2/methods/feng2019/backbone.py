@@ -1,8 +1,8 @@
 """ResNet-FPN backbone with decomposed self-attention on its outputs (Feng et al. 2019).
 
-Registered in Detectron2's ``BACKBONE_REGISTRY`` as ``build_nucleiweak_attention_fpn_backbone``
+Registered in Detectron2's ``BACKBONE_REGISTRY`` as ``build_nucleiweak_feng2019_attention_fpn_backbone``
 (``MODEL.BACKBONE.NAME``). The FPN is Detectron2's, unchanged; :class:`AttentionFPN` applies a
-:class:`~nucleiweak_d2.modeling.feng2019.attention.DecomposedSelfAttention` block to each level
+:class:`~nucleiweak_d2.methods.feng2019.attention.DecomposedSelfAttention` block to each level
 named in ``cfg.NUCLEIWEAK.FENG2019.ATTENTION_LEVELS`` after the FPN's 3x3 output convolution,
 as the Feng lab code does (``MODEL.FPN.USE_DA``). Parameter names of the FPN are those of
 ``build_resnet_fpn_backbone``, so checkpoints of the plain model load into it (the attention
@@ -17,7 +17,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
 from .attention import DecomposedSelfAttention
 
-__all__ = ["AttentionFPN", "build_nucleiweak_attention_fpn_backbone"]
+__all__ = ["AttentionFPN", "build_nucleiweak_feng2019_attention_fpn_backbone"]
 
 
 class AttentionFPN(FPN):
@@ -65,7 +65,7 @@ class AttentionFPN(FPN):
 
 
 @BACKBONE_REGISTRY.register()
-def build_nucleiweak_attention_fpn_backbone(cfg, input_shape: ShapeSpec):
+def build_nucleiweak_feng2019_attention_fpn_backbone(cfg, input_shape: ShapeSpec):
     """ResNet + FPN (``MODEL.RESNETS``, ``MODEL.FPN``) + attention (``NUCLEIWEAK.FENG2019``).
 
     Parameters

@@ -1,75 +1,27 @@
-"""``NucleiSemanticSegmentor``: SemanticSegmentor with multi-target ignore-aware loss, an
-optional dense-CRF loss, and instance outputs (Qu et al.'s post-processing)."""
+"""``NucleiWeakUNetSegmentor``: SemanticSegmentor with a multi-target ignore-aware loss, an
+optional dense-CRF loss, and instance outputs (Qu et al.'s post-processing).
 
-import numpy as np
+Shared by the UNet methods; configured by ``cfg.NUCLEIWEAK.UNET`` (post-processing, tiling) and
+``cfg.NUCLEIWEAK.LOSSES.CRF`` (bandwidths). The CRF loss is off unless a pipeline stage passes
+``crf_weight`` to the constructor (Qu et al.'s fine-tuning stage does).
+"""
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
-from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import BitMasks, ImageList, Instances
-from scipy import ndimage as ndi
+from detectron2.structures import ImageList
 
-from ..backbone.tiling import sliding_window_apply
+from ...data.registry import register_alias
 from .postprocess import instances_from_foreground
+from .unet import UNetModelMixin, instances_from_map
 
-__all__ = ["NucleiSemanticSegmentor", "UNetModelMixin", "instances_from_map"]
-
-
-def instances_from_map(instance_map, prob):
-    """Detectron2 ``Instances`` (dense ``pred_masks``) from an ``(H, W)`` int instance map.
-
-    ``scores`` is the mean foreground probability of each object.
-    """
-    h, w = instance_map.shape
-    n = int(instance_map.max())
-    ids = np.arange(1, n + 1)
-    masks = torch.from_numpy(instance_map[None] == ids[:, None, None]) if n else \
-        torch.zeros((0, h, w), dtype=torch.bool)
-    scores = ndi.mean(prob, instance_map, ids) if n else np.zeros(0)
-    inst = Instances((h, w))
-    inst.pred_masks = masks
-    inst.pred_boxes = BitMasks(masks).get_bounding_boxes()
-    inst.scores = torch.as_tensor(np.asarray(scores, dtype=np.float32))
-    inst.pred_classes = torch.zeros(n, dtype=torch.int64)
-    return inst
-
-
-class UNetModelMixin:
-    """Preprocessing and (tiled) logits shared by the UNet meta-architectures."""
-
-    def preprocess(self, batched_inputs):
-        """Return ``(normalised ImageList, raw ImageList in [0, 1])``, both zero-padded."""
-        raw = [x["image"].to(self.device).float() for x in batched_inputs]
-        norm = [(x - self.pixel_mean) / self.pixel_std for x in raw]
-        div = self.backbone.size_divisibility
-        images = ImageList.from_tensors(norm, div)
-        raw01 = ImageList.from_tensors([x / 255.0 for x in raw], div)
-        return images, raw01
-
-    def logits(self, images):
-        """Stride-1 logits ``(N, C, Hpad, Wpad)``; tiled per image when ``tile > 0``."""
-        def run(x):
-            return self.sem_seg_head.layers(self.backbone(x))
-
-        if self.tile <= 0:
-            return run(images.tensor)
-        return torch.cat([
-            sliding_window_apply(run, images.tensor[i:i + 1], self.tile, self.tile_overlap,
-                                 self.backbone.size_divisibility)
-            for i in range(len(images.tensor))
-        ])
-
-    def resize_output(self, result, image_size, input_per_image):
-        """Crop padding and resize to the record's ``height``/``width``."""
-        height = input_per_image.get("height", image_size[0])
-        width = input_per_image.get("width", image_size[1])
-        return sem_seg_postprocess(result, image_size, height, width)
+__all__ = ["NucleiWeakUNetSegmentor"]
 
 
 @META_ARCH_REGISTRY.register()
-class NucleiSemanticSegmentor(UNetModelMixin, SemanticSegmentor):
-    """Semantic segmentor of Qu et al. with instance post-processing.
+class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
+    """Semantic segmentor with Qu et al.'s instance post-processing.
 
     Training: ``"sem_seg"`` targets ``(K, H, W)`` (Voronoi, cluster) go to the head's
     ignore-aware loss ``sum_k w_k CE_k`` (``alpha L_vor + (1 - alpha) L_cluster``); with
@@ -90,7 +42,8 @@ class NucleiSemanticSegmentor(UNetModelMixin, SemanticSegmentor):
         Parameters
         ----------
         crf_weight : float
-            Weight of the dense-CRF loss (0 = off).
+            Weight of the dense-CRF loss (0 = off; ``from_config`` gives 0, a pipeline stage
+            passes ``cfg.NUCLEIWEAK.LOSSES.CRF.WEIGHT``).
         crf_sigma_xy, crf_sigma_rgb : float
             Bilateral kernel bandwidths (pixels; colour in [0, 1]).
         min_area, fill_holes, split_touching, split_min_distance
@@ -114,14 +67,14 @@ class NucleiSemanticSegmentor(UNetModelMixin, SemanticSegmentor):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        q = cfg.NUCLEIWEAK.QU2020
+        unet, crf = cfg.NUCLEIWEAK.UNET, cfg.NUCLEIWEAK.LOSSES.CRF
         ret.update(
-            crf_weight=q.CRF.WEIGHT if q.CRF.ENABLED else 0.0,
-            crf_sigma_xy=q.CRF.SIGMA_XY, crf_sigma_rgb=q.CRF.SIGMA_RGB,
-            min_area=q.MIN_AREA, fill_holes=q.FILL_HOLES, split_touching=q.SPLIT_TOUCHING,
-            split_min_distance=q.SPLIT_MIN_DISTANCE, output_instances=q.OUTPUT_INSTANCES,
-            tile=cfg.NUCLEIWEAK.UNET.INFERENCE_TILE,
-            tile_overlap=cfg.NUCLEIWEAK.UNET.INFERENCE_OVERLAP,
+            crf_weight=0.0,  # a pipeline stage turns the CRF loss on (constructor argument)
+            crf_sigma_xy=crf.SIGMA_XY, crf_sigma_rgb=crf.SIGMA_RGB,
+            min_area=unet.MIN_AREA, fill_holes=unet.FILL_HOLES,
+            split_touching=unet.SPLIT_TOUCHING, split_min_distance=unet.SPLIT_MIN_DISTANCE,
+            output_instances=unet.OUTPUT_INSTANCES,
+            tile=unet.INFERENCE_TILE, tile_overlap=unet.INFERENCE_OVERLAP,
         )
         return ret
 
@@ -165,3 +118,7 @@ class NucleiSemanticSegmentor(UNetModelMixin, SemanticSegmentor):
         if self.output_instances:
             out["instances"] = instances_from_map(inst_map, prob.cpu().numpy())
         return out
+
+
+# Name used by configs written before the methods/ layout.
+register_alias(META_ARCH_REGISTRY, "NucleiSemanticSegmentor", NucleiWeakUNetSegmentor)

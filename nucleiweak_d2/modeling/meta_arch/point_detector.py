@@ -1,5 +1,9 @@
-"""``NucleiPointDetector``: Qu et al.'s detection network (ResUNet with a 1-channel sigmoid
-map trained by the extended-Gaussian weighted MSE) as a Detectron2 meta-architecture."""
+"""``NucleiWeakUNetPointDetector``: a ResUNet with a 1-channel sigmoid map trained by a weighted
+MSE against a dense target (Qu et al.'s detection network), as a Detectron2 meta-architecture.
+
+Configured by ``cfg.NUCLEIWEAK.UNET`` (``POINT_THRESHOLD``, ``POINT_MIN_AREA``,
+``POINT_MAX_AREA``, tiling); the targets come from a method's mapper.
+"""
 
 import torch
 from detectron2.config import configurable
@@ -7,19 +11,20 @@ from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.structures import ImageList
 from skimage import measure
 
-from .losses import weighted_mse_loss
+from ...data.registry import register_alias
+from ..losses.mse import weighted_mse_loss
 from .postprocess import points_from_probability
-from .segmentor import UNetModelMixin
+from .unet import UNetModelMixin
 
-__all__ = ["NucleiPointDetector"]
+__all__ = ["NucleiWeakUNetPointDetector"]
 
 
 @META_ARCH_REGISTRY.register()
-class NucleiPointDetector(UNetModelMixin, SemanticSegmentor):
+class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
     """Nucleus detector: encoder + UNet head with ``MODEL.SEM_SEG_HEAD.NUM_CLASSES = 1``.
 
     Training inputs carry ``"det_target"`` and ``"det_weight"`` ``(1, H, W)`` float maps
-    (:class:`NucleiWeakQu2020DetMapper`); padding gets weight 0. The loss ``loss_det`` is
+    (e.g. Qu et al.'s ``NucleiWeakQu2020DetMapper``); padding gets weight 0. The loss ``loss_det`` is
     :func:`weighted_mse_loss` of ``sigmoid(logits)``.
 
     Inference outputs per image: ``"prob"`` (H, W) sigmoid map; ``"pred_points"`` (K, 2)
@@ -51,13 +56,13 @@ class NucleiPointDetector(UNetModelMixin, SemanticSegmentor):
     @classmethod
     def from_config(cls, cfg):
         if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES != 1:
-            raise ValueError("NucleiPointDetector needs MODEL.SEM_SEG_HEAD.NUM_CLASSES = 1, got "
+            raise ValueError("NucleiWeakUNetPointDetector needs MODEL.SEM_SEG_HEAD.NUM_CLASSES = 1, got "
                              f"{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}")
         ret = super().from_config(cfg)
-        det = cfg.NUCLEIWEAK.QU2020.DET
-        ret.update(threshold=det.THRESHOLD, min_area=det.MIN_AREA, max_area=det.MAX_AREA,
-                   tile=cfg.NUCLEIWEAK.UNET.INFERENCE_TILE,
-                   tile_overlap=cfg.NUCLEIWEAK.UNET.INFERENCE_OVERLAP)
+        unet = cfg.NUCLEIWEAK.UNET
+        ret.update(threshold=unet.POINT_THRESHOLD, min_area=unet.POINT_MIN_AREA,
+                   max_area=unet.POINT_MAX_AREA, tile=unet.INFERENCE_TILE,
+                   tile_overlap=unet.INFERENCE_OVERLAP)
         return ret
 
     def forward(self, batched_inputs):
@@ -86,3 +91,7 @@ class NucleiPointDetector(UNetModelMixin, SemanticSegmentor):
             outputs.append({"prob": prob, "pred_points": torch.as_tensor(points).float(),
                             "instance_map": torch.from_numpy(blobs.astype("int32"))})
         return outputs
+
+
+# Name used by configs written before the methods/ layout.
+register_alias(META_ARCH_REGISTRY, "NucleiPointDetector", NucleiWeakUNetPointDetector)

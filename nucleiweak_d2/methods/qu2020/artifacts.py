@@ -1,29 +1,19 @@
 """Files exchanged between the stages of the Qu et al. pipeline, and overlay pictures.
 
+JSON is written with :func:`nucleiweak_d2.data.atomic.write_json`.
+
 Numpy/PIL only (plus the data layer's writers); no Detectron2 import.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-__all__ = ["write_json", "read_points_json", "write_mask_png", "overlay_instances",
+__all__ = ["read_points_json", "write_mask_png", "overlay_instances",
            "side_by_side"]
-
-
-def write_json(path, obj):
-    """Write ``obj`` as indented JSON atomically (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def read_points_json(path):

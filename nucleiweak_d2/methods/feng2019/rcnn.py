@@ -1,12 +1,12 @@
 """Mask R-CNN with the partial-annotation module of Feng et al. 2019.
 
-Registered in ``META_ARCH_REGISTRY`` as ``NucleiWeakPartialRCNN``. On top of
+Registered in ``META_ARCH_REGISTRY`` as ``NucleiWeakFeng2019RCNN``. On top of
 ``GeneralizedRCNN`` it owns a :class:`~.centerness.CenternessBoxHead` on the stride-4 FPN level:
 
 - training: the head's losses are added; its pseudo-boxes (computed without gradient from the
   current prediction) are passed as ``blocked_boxes`` to the RPN and the ROI heads, which then
   never sample anchors/proposals matching a pseudo-box but no annotated instance as negatives
-  (``NucleiWeakPartialRPN``, ``NucleiWeakPartialROIHeads``);
+  (``NucleiWeakFeng2019RPN``, ``NucleiWeakFeng2019ROIHeads``);
 - inference: the pseudo-boxes join the RPN proposals with a high objectness logit, so they go
   through the box and mask heads like any proposal.
 
@@ -26,11 +26,11 @@ from detectron2.utils.events import get_event_storage
 
 from .centerness import CenternessBoxHead
 
-__all__ = ["NucleiWeakPartialRCNN"]
+__all__ = ["NucleiWeakFeng2019RCNN"]
 
 
 @META_ARCH_REGISTRY.register()
-class NucleiWeakPartialRCNN(GeneralizedRCNN):
+class NucleiWeakFeng2019RCNN(GeneralizedRCNN):
     """``GeneralizedRCNN`` + centerness/box head, blocked negatives and pseudo-box proposals.
 
     Parameters
@@ -41,7 +41,7 @@ class NucleiWeakPartialRCNN(GeneralizedRCNN):
         Backbone output it reads (``"p2"``).
     block_false_negatives : bool
         Pass the pseudo-boxes to the RPN and ROI heads as blocking boxes in training; both must
-        then support ``blocked_boxes`` (``NucleiWeakPartialRPN``, ``NucleiWeakPartialROIHeads``).
+        then support ``blocked_boxes`` (``NucleiWeakFeng2019RPN``, ``NucleiWeakFeng2019ROIHeads``).
     pseudo_proposals_at_test : bool
         Append the pseudo-boxes to the RPN proposals at inference.
     pseudo_proposal_logit : float
@@ -67,7 +67,7 @@ class NucleiWeakPartialRCNN(GeneralizedRCNN):
                 if not getattr(module, "supports_blocked_boxes", False):
                     raise ValueError(
                         f"block_false_negatives needs a {name} accepting blocked_boxes "
-                        f"(NucleiWeakPartialRPN / NucleiWeakPartialROIHeads), got {type(module).__name__}"
+                        f"(NucleiWeakFeng2019RPN / NucleiWeakFeng2019ROIHeads), got {type(module).__name__}"
                     )
         self.centerness_head = centerness_head
         self.centerness_in_feature = centerness_in_feature

@@ -1,6 +1,6 @@
 """ROI heads that never sample a blocked proposal as a negative (Feng et al. 2019).
 
-Registered in ``ROI_HEADS_REGISTRY`` as ``NucleiWeakPartialROIHeads``.
+Registered in ``ROI_HEADS_REGISTRY`` as ``NucleiWeakFeng2019ROIHeads``.
 
 A proposal is *blocked* when the proposal matcher labels it background (0) against the annotated
 boxes but not background against a blocking box (a pseudo-box of the centerness head, or a
@@ -19,11 +19,11 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from .rpn import split_ignored
 
-__all__ = ["NucleiWeakPartialROIHeads"]
+__all__ = ["NucleiWeakFeng2019ROIHeads"]
 
 
 @ROI_HEADS_REGISTRY.register()
-class NucleiWeakPartialROIHeads(StandardROIHeads):
+class NucleiWeakFeng2019ROIHeads(StandardROIHeads):
     """``StandardROIHeads`` whose training sampling skips proposals on blocking boxes.
 
     Same constructor and config as ``StandardROIHeads``; :meth:`forward` takes an extra

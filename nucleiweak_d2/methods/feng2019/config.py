@@ -21,7 +21,7 @@ def add_feng2019_config(cfg):
     _C.NUCLEIWEAK.FENG2019 = CN()
     _F = _C.NUCLEIWEAK.FENG2019
     # FPN outputs that get a decomposed self-attention block (backbone
-    # "build_nucleiweak_attention_fpn_backbone"); Feng et al. use every level P2-P5.
+    # "build_nucleiweak_feng2019_attention_fpn_backbone"); Feng et al. use every level P2-P5.
     _F.ATTENTION_LEVELS = ["p2", "p3", "p4", "p5"]
     # C_b: channels of the attention basis and coefficients (paper: 64).
     _F.ATTENTION_BASIS_CHANNELS = 64

@@ -13,9 +13,6 @@ k-means see the whole tissue), cached in memory and, when ``cache_dir`` is set, 
 import copy
 import json
 import logging
-import os
-import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,50 +20,15 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
+from ...data.atomic import savez_compressed
 from ...data.io import read_image
+from ...data.records import cache_key, record_points
 from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
 from ...data.transforms import build_nuclei_augmentation
 
-__all__ = ["NucleiWeakQu2020SegMapper", "NucleiWeakQu2020DetMapper", "record_points",
-           "cache_key"]
+__all__ = ["NucleiWeakQu2020SegMapper", "NucleiWeakQu2020DetMapper"]
 
 logger = logging.getLogger(__name__)
-
-
-def cache_key(record):
-    """File-system-safe key of a dataset record (its ``image_id``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(record["image_id"]))
-
-
-def record_points(record, points_by_image=None):
-    """Integer ``(N, 2)`` (x, y) points of one record, clipped into the image.
-
-    Parameters
-    ----------
-    record : dict
-        Detectron2 dataset dict (docs/CONTRACTS.md).
-    points_by_image : dict or None
-        ``{str(image_id): [[x, y], ...]}``; when given it replaces the annotations
-        (an image absent from it has no points). Otherwise the annotations with
-        ``point_labeled`` are used (never the unlabelled ones).
-    """
-    if points_by_image is not None:
-        pts = points_by_image.get(str(record["image_id"]), [])
-    else:
-        pts = [a["point"] for a in record.get("annotations", []) if a.get("point_labeled")]
-    pts = np.round(np.asarray(pts, dtype=np.float64).reshape(-1, 2)).astype(np.int64)
-    pts[:, 0] = np.clip(pts[:, 0], 0, record["width"] - 1)
-    pts[:, 1] = np.clip(pts[:, 1], 0, record["height"] - 1)
-    return pts
-
-
-def _atomic_savez(path, **arrays):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
 
 
 class _Qu2020MapperBase:
@@ -86,7 +48,6 @@ class _Qu2020MapperBase:
             "is_train": is_train,
             "augmentations": build_nuclei_augmentation(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
-            "cache_dir": cfg.NUCLEIWEAK.QU2020.LABEL_CACHE_DIR,
         }
 
     def cached_targets(self, record, image):
@@ -101,7 +62,7 @@ class _Qu2020MapperBase:
         else:
             maps = self._targets(record, image)
             if path is not None:
-                _atomic_savez(path, **maps)
+                savez_compressed(path, **maps)
         self._cache[key] = maps
         return maps
 
@@ -145,22 +106,18 @@ class NucleiWeakQu2020SegMapper(_Qu2020MapperBase):
         augmentations : list of Augmentation
         image_format : {"RGB", "BGR"}
         cache_dir : str
-            Folder caching ``<image_id>.npz`` with ``voronoi`` and ``cluster``; "" = memory.
+            Folder caching ``<image_id>.npz`` with ``voronoi`` and ``cluster``; "" = memory
+            (the pipeline passes its ``pseudo_labels/labels`` folder).
         points_file : str
-            JSON ``{image_id: [[x, y], ...]}``; "" uses the annotated points.
+            JSON ``{image_id: [[x, y], ...]}``; "" uses the annotated points (the pipeline
+            passes its merged annotated + detected points).
         """
         super().__init__(is_train, augmentations=augmentations, image_format=image_format,
                          cache_dir=cache_dir)
         self.points_by_image = None
-        if points_file:
+        if points_file and is_train:  # test time needs only the image
             with open(points_file) as f:
                 self.points_by_image = {str(k): v for k, v in json.load(f).items()}
-
-    @classmethod
-    def from_config(cls, cfg, is_train=True):
-        ret = super().from_config(cfg, is_train)
-        ret["points_file"] = cfg.NUCLEIWEAK.QU2020.POINTS_FILE
-        return ret
 
     def _targets(self, record, image):
         from ...pseudo_labels.cluster import cluster_label
@@ -202,7 +159,8 @@ class NucleiWeakQu2020DetMapper(_Qu2020MapperBase):
         fg_weight : float
             Weight of target > 0 pixels (paper: 10).
         background_dir : str
-            Background maps of the previous round; "" for the initial round.
+            Background maps of the previous round; "" for the initial round (the pipeline
+            passes it).
         """
         super().__init__(is_train, augmentations=augmentations, image_format=image_format,
                          cache_dir=cache_dir)
@@ -214,8 +172,7 @@ class NucleiWeakQu2020DetMapper(_Qu2020MapperBase):
     def from_config(cls, cfg, is_train=True):
         ret = super().from_config(cfg, is_train)
         det = cfg.NUCLEIWEAK.QU2020.DET
-        ret.update(r1=det.R1, r2=det.R2, sigma=det.SIGMA, fg_weight=det.FG_WEIGHT,
-                   background_dir=det.BACKGROUND_DIR)
+        ret.update(r1=det.R1, r2=det.R2, sigma=det.SIGMA, fg_weight=det.FG_WEIGHT)
         return ret
 
     def _targets(self, record, image):

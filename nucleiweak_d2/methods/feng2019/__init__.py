@@ -1,0 +1,60 @@
+"""Feng et al. 2019: Mask R-CNN for partially annotated images.
+
+Importing this package registers:
+
+- ``build_nucleiweak_feng2019_attention_fpn_backbone`` in ``BACKBONE_REGISTRY`` (decomposed
+  self-attention on the FPN outputs);
+- ``NucleiWeakFeng2019RPN`` in ``PROPOSAL_GENERATOR_REGISTRY`` (blocked anchors);
+- ``NucleiWeakFeng2019ROIHeads`` in ``ROI_HEADS_REGISTRY`` (blocked proposals);
+- ``NucleiWeakFeng2019RCNN`` in ``META_ARCH_REGISTRY`` (centerness/box head, pseudo-boxes);
+- the method ``feng2019`` (config node ``NUCLEIWEAK.FENG2019``; a single model trained by
+  ``tools/train_net.py``).
+
+The names before the methods/ layout (``NucleiWeakPartialRCNN``, ``NucleiWeakPartialRPN``,
+``NucleiWeakPartialROIHeads``, ``build_nucleiweak_attention_fpn_backbone``) stay registered as
+aliases, so older configs load.
+
+The partial-mask training data are read by the data layer's ``NucleiDatasetMapper``, which
+already keeps only annotations with ``point_labeled == 1`` and puts their masks on the instances.
+"""
+
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
+
+from ...data.registry import register_alias
+from .. import register_method
+from .attention import DecomposedSelfAttention, decomposed_attention
+from .backbone import AttentionFPN, build_nucleiweak_feng2019_attention_fpn_backbone
+from .centerness import CenternessBoxHead, centerness_targets, union_of_masks
+from .config import add_feng2019_config
+from .rcnn import NucleiWeakFeng2019RCNN
+from .roi_heads import NucleiWeakFeng2019ROIHeads
+from .rpn import NucleiWeakFeng2019RPN, split_ignored, with_blocked_boxes
+
+__all__ = [
+    "DecomposedSelfAttention",
+    "decomposed_attention",
+    "AttentionFPN",
+    "build_nucleiweak_feng2019_attention_fpn_backbone",
+    "CenternessBoxHead",
+    "centerness_targets",
+    "union_of_masks",
+    "add_feng2019_config",
+    "NucleiWeakFeng2019RCNN",
+    "NucleiWeakFeng2019ROIHeads",
+    "NucleiWeakFeng2019RPN",
+    "split_ignored",
+    "with_blocked_boxes",
+]
+
+register_alias(BACKBONE_REGISTRY, "build_nucleiweak_attention_fpn_backbone",
+               build_nucleiweak_feng2019_attention_fpn_backbone)
+register_alias(PROPOSAL_GENERATOR_REGISTRY, "NucleiWeakPartialRPN", NucleiWeakFeng2019RPN)
+register_alias(ROI_HEADS_REGISTRY, "NucleiWeakPartialROIHeads", NucleiWeakFeng2019ROIHeads)
+register_alias(META_ARCH_REGISTRY, "NucleiWeakPartialRCNN", NucleiWeakFeng2019RCNN)
+
+register_method(
+    "feng2019",
+    add_config=add_feng2019_config,
+    description="Feng et al., IEEE Access 2019: Mask R-CNN with decomposed self-attention and "
+    "centerness pseudo-boxes that block false negatives on partially annotated images",
+)

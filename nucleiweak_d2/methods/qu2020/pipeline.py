@@ -1,0 +1,219 @@
+"""``NucleiWeakQu2020Pipeline``: the whole method of Qu et al. (TMI 2020) from partial points.
+
+Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`; each in ``OUTPUT_DIR/<stage>/``):
+
+1. ``det_round0`` .. ``det_round<R>`` (seed ``SEED + k``): the point detector trained on the
+   extended Gaussian mask of the annotated points; after round k < R its probability maps on the
+   training images give the propagated background (``background/<image_id>.png``) of round
+   k + 1. Every round trains from ``MODEL.WEIGHTS`` again, as the authors' code does.
+2. ``detect``: the last round's detector (or, with ``DET.SELECT_ROUND: best_val``, the round best
+   on val) finds points on the training images; they are merged with the annotated points
+   (annotated kept, a detection added only beyond r1 of all of them) into
+   ``points_merged.json``.
+3. ``pseudo_labels``: Voronoi and cluster labels of every training image (cache + previews).
+4. ``seg`` (seed ``SEED + 100``): segmentation training on both labels
+   (``alpha L_vor + (1 - alpha) L_cluster``).
+5. ``crf`` (seed ``SEED + 101``): fine-tuning from the selected ``seg`` model with the dense-CRF
+   loss, lr x ``CRF.LR_FACTOR``; skipped when ``CRF.MAX_ITER`` is 0.
+6. ``eval``: the final model (``crf/model_best.pth``, or ``seg``'s without CRF; linked to
+   ``OUTPUT_DIR/model_final.pth``) on ``NUCLEIWEAK.EVAL_DATASETS``; the selected detector's
+   detection metrics on val and the same sets.
+
+Model selection (``model_best.pth``) uses ``DATASETS.TEST[0]`` (the val split) only.
+"""
+
+import logging
+
+import numpy as np
+from detectron2.data import DatasetCatalog
+
+from ...data.atomic import write_json
+from ...data.io import read_image, write_image
+from ...data.records import cache_key, record_points
+from ...engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY, Stage, StagedPipeline
+from ...engine.trainer import Trainer
+from ...pseudo_labels.detection import propagated_background
+from .artifacts import write_mask_png
+from .postprocess import merge_points
+
+__all__ = ["NucleiWeakQu2020Pipeline"]
+
+logger = logging.getLogger(__name__)
+
+DET_ARCH, SEG_ARCH = "NucleiWeakUNetPointDetector", "NucleiWeakUNetSegmentor"
+DET_MAPPER, SEG_MAPPER = "NucleiWeakQu2020DetMapper", "NucleiWeakQu2020SegMapper"
+
+
+@NUCLEIWEAK_PIPELINE_REGISTRY.register()
+class NucleiWeakQu2020Pipeline(StagedPipeline):
+    """Qu et al. (TMI 2020); see the module docstring. Configured by ``cfg.NUCLEIWEAK.QU2020``."""
+
+    result_key = "segmentation"
+
+    def __init__(self, cfg, *, resume=False, eval_only=False):
+        super().__init__(cfg, resume=resume, eval_only=eval_only)
+        self.q = cfg.NUCLEIWEAK.QU2020
+        self.rounds = int(self.q.DET.ROUNDS)
+        if self.q.DET.SELECT_ROUND not in ("last", "best_val"):
+            raise ValueError("NUCLEIWEAK.QU2020.DET.SELECT_ROUND must be 'last' or 'best_val', "
+                             f"got {self.q.DET.SELECT_ROUND!r}")
+
+    # ------------------------------------------------------------------ stage configs
+    def stage_cfg(self, stage, arch):
+        """Config of one stage: architecture, mapper, schedule and output folder."""
+        c = self.cfg.clone()
+        c.defrost()
+        c.OUTPUT_DIR = str(self.stage_dir(stage))
+        c.DATASETS.TEST = (self.val_set,) if self.val_set else ()
+        c.NUCLEIWEAK.COCO_EVAL = False  # periodic val evaluation: nuclei metrics only
+        c.MODEL.META_ARCHITECTURE = arch
+        if arch == DET_ARCH:
+            c.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 1
+            c.NUCLEIWEAK.MAPPER = DET_MAPPER
+            c.SOLVER.MAX_ITER, c.SOLVER.BASE_LR = self.q.DET.MAX_ITER, self.q.DET.BASE_LR
+        else:
+            c.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
+            c.NUCLEIWEAK.MAPPER = SEG_MAPPER
+            c.SOLVER.MAX_ITER, c.SOLVER.BASE_LR = self.q.SEG.MAX_ITER, self.q.SEG.BASE_LR
+        return c
+
+    def det_cfg(self, k):
+        """``(cfg, trainer)`` of detection round ``k`` (round k > 0 reads round k - 1's background)."""
+        bg = str(self.stage_dir(f"det_round{k - 1}") / "background") if k > 0 else ""
+        return self.stage_cfg(f"det_round{k}", DET_ARCH), Trainer.with_overrides(mapper={"background_dir": bg})
+
+    def _seg_trainer(self, **model):
+        mapper = {"points_file": str(self.stage_dir("detect") / "points_merged.json"),
+                  "cache_dir": str(self.stage_dir("pseudo_labels") / "labels")}
+        return Trainer.with_overrides(mapper=mapper, model=model)
+
+    def seg_cfg(self):
+        return self.stage_cfg("seg", SEG_ARCH), self._seg_trainer()
+
+    def crf_cfg(self):
+        c = self.stage_cfg("crf", SEG_ARCH)
+        c.SOLVER.MAX_ITER = self.q.CRF.MAX_ITER
+        c.SOLVER.BASE_LR = self.q.SEG.BASE_LR * self.q.CRF.LR_FACTOR
+        c.MODEL.WEIGHTS = self.best_weights(self.stage_dir("seg"))
+        return c, self._seg_trainer(crf_weight=self.cfg.NUCLEIWEAK.LOSSES.CRF.WEIGHT)
+
+    def final_model(self):
+        """The segmentor of the last stage; at test time it needs nothing an earlier stage wrote."""
+        stage = "crf" if self.q.CRF.MAX_ITER > 0 else "seg"
+        c = self.stage_cfg(stage, SEG_ARCH)
+        c.NUCLEIWEAK.COCO_EVAL = bool(self.cfg.NUCLEIWEAK.COCO_EVAL and self.cfg.NUCLEIWEAK.UNET.OUTPUT_INSTANCES)
+        return c, Trainer, self.best_weights(self.stage_dir(stage))
+
+    # ------------------------------------------------------------------ stages
+    def stages(self):
+        stages = [Stage(f"det_round{k}", lambda k=k: self.detection_round(k), seed_offset=k)
+                  for k in range(self.rounds + 1)]
+        stages += [Stage("detect", self.detect_and_merge), Stage("pseudo_labels", self.pseudo_labels),
+                   Stage("seg", self.segmentation, seed_offset=100)]
+        if self.q.CRF.MAX_ITER > 0:
+            stages.append(Stage("crf", self.crf_finetuning, seed_offset=101))
+        return stages
+
+    def detection_round(self, k):
+        c, trainer = self.det_cfg(k)
+        weights = self.train(c, self.q.DET.SELECT_METRIC, trainer)
+        info = {"weights": weights}
+        if self.q.DET.SELECT_ROUND == "best_val" and self.val_set:
+            res = self.evaluate(c, self.load_model(c, weights, trainer), self.val_set,
+                                self.stage_dir(f"det_round{k}") / "inference" / self.val_set, trainer)
+            task, _, key = self.q.DET.SELECT_METRIC.partition("/")
+            info["val_score"] = float(res[task][key]) if res else None
+        if k < self.rounds:
+            bg_dir = self.stage_dir(f"det_round{k}") / "background"
+            min_area = self.q.DET.BG_MIN_AREA or None
+
+            def save_background(inp, out):
+                prob = out["prob"].cpu().numpy().clip(0, 1)
+                bg = propagated_background(prob, r1=self.q.DET.R1, low=self.q.DET.BG_LOW,
+                                           high=self.q.DET.BG_HIGH, min_area=min_area)
+                write_mask_png(bg_dir / f"{cache_key(inp)}.png", bg)
+
+            self.infer(c, self.load_model(c, weights, trainer), self.train_set, save_background,
+                       trainer, gather=False)
+        return info
+
+    def selected_round(self):
+        """Index of the detection round whose detector finds the points.
+
+        ``DET.SELECT_ROUND == "last"`` (the paper): the last round. ``"best_val"``: the round
+        with the highest ``DET.SELECT_METRIC`` on the val split (the earliest on ties), a
+        deviation for short schedules where a self-training round can end worse than the one
+        before it; val only, never test.
+        """
+        if self.q.DET.SELECT_ROUND == "last" or not self.val_set:
+            return self.rounds
+        scores = [self.stage_info(f"det_round{k}").get("val_score") for k in range(self.rounds + 1)]
+        best = int(np.argmax([float("-inf") if s is None else s for s in scores]))
+        logger.info("detection rounds' val %s: %s -> round %d", self.q.DET.SELECT_METRIC, scores, best)
+        return best
+
+    def detect_and_merge(self):
+        k = self.selected_round()
+        c, trainer = self.det_cfg(k)
+        model = self.load_model(c, self.stage_info(f"det_round{k}")["weights"], trainer)
+        detected = self.infer(c, model, self.train_set, lambda inp, out: out["pred_points"].cpu().numpy(), trainer)
+        info = {"round": k}
+        if detected:  # main process
+            merged, n_ann, n_det = {}, 0, 0
+            for record in DatasetCatalog.get(self.train_set):
+                key = str(record["image_id"])
+                ann = record_points(record)
+                pts = merge_points(ann, detected.get(key, np.zeros((0, 2))), self.q.DET.R1)
+                pts[:, 0] = pts[:, 0].clip(0, record["width"] - 1)
+                pts[:, 1] = pts[:, 1].clip(0, record["height"] - 1)
+                merged[key] = pts.tolist()
+                n_ann, n_det = n_ann + len(ann), n_det + len(pts) - len(ann)
+            out = self.stage_dir("detect")
+            write_json(out / "points_detected.json", {k: v.tolist() for k, v in detected.items()})
+            write_json(out / "points_merged.json", merged)
+            info.update(annotated_points=n_ann, added_detections=n_det)
+            logger.info("detect: %d annotated points, %d detections added (round %d)", n_ann, n_det, k)
+        return info
+
+    def pseudo_labels(self):
+        from detectron2.utils import comm
+
+        c, trainer = self.seg_cfg()
+        if comm.is_main_process():
+            mapper = trainer.build_mapper(c, True)  # computes and caches the labels of each image
+            preview = self.stage_dir("pseudo_labels") / "preview"
+            palette = np.array([[0, 0, 0], [0, 255, 0], [255, 128, 0]], dtype=np.uint8)
+            for record in DatasetCatalog.get(self.train_set):
+                maps = mapper.cached_targets(record, read_image(record["file_name"]))
+                for name, m in maps.items():
+                    write_image(preview / f"{record['image_id']}_{name}.png", palette[m])
+        return {"labels": str(self.stage_dir("pseudo_labels") / "labels")}
+
+    def segmentation(self):
+        c, trainer = self.seg_cfg()
+        return {"weights": self.train(c, self.q.SEG.SELECT_METRIC, trainer)}
+
+    def crf_finetuning(self):
+        c, trainer = self.crf_cfg()
+        return {"weights": self.train(c, self.q.SEG.SELECT_METRIC, trainer)}
+
+    # ------------------------------------------------------------------ extra results
+    def extra_evaluation(self, out_dir):
+        """Detection P/R/F1 of the selected detector on val and the eval sets (training runs)."""
+        if self.eval_only or not (self.stage_dir("detect") / "stage_done.json").is_file():
+            return {}
+        k = self.stage_info("detect")["round"]
+        c, trainer = self.det_cfg(k)
+        model = self.load_model(c, self.stage_info(f"det_round{k}")["weights"], trainer)
+        metrics = {}
+        for ds in dict.fromkeys([self.val_set, *self.eval_sets]):
+            if ds:
+                res = self.evaluate(c, model, ds, out_dir / "detection" / ds, trainer)
+                metrics[ds] = {m: v for m, v in res.get("nuclei", {}).items() if m.startswith("det_")}
+        return {"detection": metrics}
+
+
+# Name used by configs written before the methods/ layout.
+from ...data.registry import register_alias  # noqa: E402
+
+register_alias(NUCLEIWEAK_PIPELINE_REGISTRY, "Qu2020Pipeline", NucleiWeakQu2020Pipeline)

@@ -1,0 +1,21 @@
+"""Meta-architectures shared by the UNet methods; importing this package registers them.
+
+- ``NucleiWeakUNetSegmentor`` (alias ``NucleiSemanticSegmentor``): semantic segmentation with
+  ignore-aware multi-target loss, optional dense-CRF loss, instance post-processing;
+- ``NucleiWeakUNetPointDetector`` (alias ``NucleiPointDetector``): 1-channel detection map with a
+  weighted MSE, points from its components.
+"""
+
+from .point_detector import NucleiWeakUNetPointDetector
+from .postprocess import instances_from_foreground, points_from_probability
+from .segmentor import NucleiWeakUNetSegmentor
+from .unet import UNetModelMixin, instances_from_map
+
+__all__ = [
+    "NucleiWeakUNetPointDetector",
+    "NucleiWeakUNetSegmentor",
+    "UNetModelMixin",
+    "instances_from_foreground",
+    "instances_from_map",
+    "points_from_probability",
+]
