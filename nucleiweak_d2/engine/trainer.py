@@ -2,7 +2,9 @@
 
 import logging
 import os
+import random
 
+import numpy as np
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
@@ -12,6 +14,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 
 from .. import modeling as _modeling  # noqa: F401  (registers the shared model parts)
 from ..data import mapper as _mapper  # noqa: F401  (registers NucleiDatasetMapper)
+from ..data.checks import check_disjoint_splits, check_training_points
 from ..data.registry import build_mapper
 from ..evaluation.evaluator import build_nuclei_evaluator
 
@@ -25,7 +28,55 @@ class Trainer(DefaultTrainer):
     are Detectron2's. A pipeline stage passes values that are not user configuration (files
     written by an earlier stage, a loss switched on for one stage) as constructor arguments of
     the model and the mapper with :meth:`with_overrides`.
+
+    Two additions:
+
+    - the training data are checked first: at least one annotated point in
+      ``DATASETS.TRAIN``, and no image shared between a training and a held-out dataset
+      (:mod:`nucleiweak_d2.data.checks`);
+    - checkpoints carry the RNG states (Python, NumPy, torch), and ``--resume`` replays the
+      data stream to the checkpoint's iteration before restoring them, so an interrupted run
+      continues bit for bit as if it had not stopped. Exact with ``DATALOADER.NUM_WORKERS: 0``
+      (the augmentation RNG lives in the main process); with worker processes the resumed run
+      keeps the weights, optimiser and schedule but sees another (still seeded) data order.
     """
+
+    def __init__(self, cfg):
+        check_training_data(cfg)
+        self._resumed_rng = None
+        super().__init__(cfg)
+
+    def state_dict(self):
+        state = super().state_dict()
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        # tensors and plain Python values only: the file stays loadable with torch.load's
+        # default weights_only=True
+        state["rng"] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                  int(has_gauss), float(gauss)]}
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._resumed_rng = state.get("rng")
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if not (resume and self.start_iter > 0 and self._resumed_rng):
+            return
+        if self.cfg.DATALOADER.NUM_WORKERS > 0:
+            logging.getLogger(__name__).warning(
+                "resumed at iteration %d with DATALOADER.NUM_WORKERS > 0: the data order after "
+                "the checkpoint differs from an uninterrupted run", self.start_iter)
+            return
+        logging.getLogger(__name__).info("replaying %d batches of the data stream", self.start_iter)
+        for _ in range(self.start_iter):  # one batch per finished iteration
+            next(self._trainer._data_loader_iter)
+        rng = self._resumed_rng
+        random.setstate(rng["python"])
+        name, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(rng["torch"])
 
     #: Keyword arguments added to the model's ``from_config`` values (see :meth:`with_overrides`).
     model_overrides = {}
@@ -118,3 +169,19 @@ class Trainer(DefaultTrainer):
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
+
+
+def check_training_data(cfg):
+    """Refuse training data that would train or score the wrong thing, in one line.
+
+    ``DATASETS.TRAIN`` must hold at least one annotated point, and no image may be both in a
+    training dataset and in a held-out one (``DATASETS.TEST``, ``NUCLEIWEAK.EVAL_DATASETS``).
+    """
+    from detectron2.data import DatasetCatalog
+
+    train = list(cfg.DATASETS.TRAIN)
+    held_out = [d for d in dict.fromkeys([*cfg.DATASETS.TEST, *cfg.NUCLEIWEAK.EVAL_DATASETS]) if d not in train]
+    dicts = {name: DatasetCatalog.get(name) for name in [*train, *held_out]}
+    for name in train:
+        check_training_points(dicts[name], name)
+    check_disjoint_splits(dicts, train_names=train)
