@@ -1,6 +1,6 @@
 """Speed (and accuracy) of the dense-CRF loss on a training-sized batch.
 
-Target (issue 6): forward + backward on 8 x 224 x 224 in at most 1 s on the CPU.
+Target: forward + backward on 8 x 224 x 224 in at most 1 s on the CPU.
 
     .venv/bin/python benchmarks/bench_dense_crf.py [--repeats 7] [--device cpu] [--check-size 96]
 
@@ -21,7 +21,13 @@ import torch.nn.functional as F
 
 from nucleiweak_d2.modeling.losses import BilateralGrid, dense_crf_loss
 
-DATA = "/work/shared/data/monuseg_mo/images"
+# MoNuSeg images: $NUCLEIWEAK_DATA/images, else ../shared/data/monuseg_mo/images next to the repo
+DATA = os.path.join(
+    os.environ.get("NUCLEIWEAK_DATA")
+    or os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                     "shared", "data", "monuseg_mo")),
+    "images",
+)
 
 
 def load_batch(n, size, data, seed):

@@ -1,6 +1,6 @@
 """Speed of the pseudo-label generators on one 1000x1000 MoNuSeg image (about 500 points).
 
-Targets (issue 5): Voronoi label <= 0.1 s, cluster label <= 1 s, geodesic Voronoi + cluster
+Targets: Voronoi label <= 0.1 s, cluster label <= 1 s, geodesic Voronoi + cluster
 <= 2 s. Prints the median and the best wall time of ``--repeats`` runs after one warm-up run,
 and the median CPU time of the process (all generators run single-threaded, so on an idle
 machine CPU time and wall time agree; on a loaded machine the CPU time is the fairer figure).

@@ -18,7 +18,7 @@ evaluated on full 1000x1000 test images. Printed per model: precision and recall
 NucleiEvaluator), COCO segm and bbox AP (COCOEvaluator), and the point-detection P/R of
 NucleiEvaluator (radius 11 px). Results go to ``<out>/results.json``.
 
-Example (what the closing note of issue 7 used, with the budget it states)::
+Example (the budget is stated with every published figure)::
 
     .venv/bin/python benchmarks/feng2019_monuseg.py --budget-minutes 10 --out /tmp/feng2019_bench
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Qu et al. (TMI 2020) on MoNuSeg/MO with 10 % points: full pipeline, scores beside the paper.
 
-Protocol (docs/protocol.md): train split with 10 % of the points (bounding-box centres,
+Protocol (docs/PROTOCOL.md): train split with 10 % of the points (bounding-box centres,
 seed 0), val split for model selection (full GT points for the detection F1 / AJI used to pick
 checkpoints), test (and testA / testB) for the reported scores. The data folder is read in
 place (never copied); COCO files and all outputs go under ``--out``.

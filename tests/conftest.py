@@ -29,12 +29,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def monuseg_root():
+    """The converted MoNuSeg folder: ``$NUCLEIWEAK_DATA``, else ``../shared/data/monuseg_mo``
+    next to the repository root (wherever the checkout lies)."""
+    default = REPO.parent / "shared" / "data" / "monuseg_mo"
+    return Path(os.environ.get("NUCLEIWEAK_DATA") or default)
+
+
 @pytest.fixture(scope="session")
 def shared_monuseg():
-    """Path of the converted MoNuSeg folder; the test skips when it is absent."""
-    root = Path(os.environ.get("NUCLEIWEAK_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg_mo"))
-    if not (root / "split.json").is_file():
-        pytest.skip(f"MoNuSeg data not found at {root}")
+    """Path of the converted MoNuSeg folder (:func:`monuseg_root`); the test skips when it is
+    absent. Every test on the real data takes this fixture."""
+    root = monuseg_root()
+    if not (root / "split.json").is_file() or not (root / "images").is_dir():
+        pytest.skip(f"MoNuSeg data not found at {root} (set NUCLEIWEAK_DATA)")
     return root
 
 

@@ -1,5 +1,8 @@
 """Centerness targets, loss sampling and pseudo-boxes of the Feng et al. 2019 head."""
 
+import math
+
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -13,6 +16,7 @@ from nucleiweak_d2.methods.feng2019.centerness import (  # noqa: E402
     centerness_targets,
     union_of_masks,
 )
+from nucleiweak_d2.pseudo_labels import centerness_targets as numpy_centerness_targets  # noqa: E402
 
 
 def _instances(size, boxes, masks=None):
@@ -55,6 +59,96 @@ def test_centerness_targets_hand_made():
     assert torch.equal(tboxes[6, 6], c)  # smallest instance wins
     assert torch.equal(tboxes[12, 12], torch.tensor([48.0, 48, 52, 52]))
     assert torch.equal(tboxes[labels != 1], torch.zeros(int((labels != 1).sum()), 4))
+
+
+def _both(masks, labeled, stride, frac=0.3):
+    """Targets of the torch definition and of the numpy mirror for ``(N, H, W)`` bool masks."""
+    h, w = masks.shape[1:]
+    m = torch.as_tensor(masks[list(labeled)]).reshape(-1, h, w)
+    boxes = BitMasks(m).get_bounding_boxes().tensor if len(m) else torch.zeros((0, 4))
+    feature_size = (math.ceil(h / stride), math.ceil(w / stride))
+    labels, tboxes = centerness_targets(boxes, m.any(dim=0), feature_size, stride, frac)
+    np_labels, np_boxes = numpy_centerness_targets(masks, labeled, stride, frac, return_boxes=True)
+    return (labels.numpy(), tboxes.numpy()), (np_labels, np_boxes)
+
+
+def _assert_same(masks, labeled, stride, frac=0.3):
+    (labels, boxes), (np_labels, np_boxes) = _both(masks, labeled, stride, frac)
+    assert np_labels.dtype == np.int8 and np_boxes.dtype == np.float32
+    np.testing.assert_array_equal(np_labels, labels)
+    np.testing.assert_array_equal(np_boxes, boxes)
+    return np_labels
+
+
+def test_numpy_mirror_matches_on_hand_made_cases():
+    masks = _hand_made().gt_masks.tensor.numpy()
+    labels = _assert_same(masks, [0, 1, 2, 3], 4)
+    assert (labels == 1).sum() == 4 + 1 + 1 and labels[6, 6] == 1  # C's cell is one of A's 4 and labels[0, 15] == 1
+    # the instance-map input gives the same targets
+    inst = np.zeros((64, 64), np.int32)
+    for k in range(4):
+        inst[masks[k]] = k + 1
+    np.testing.assert_array_equal(numpy_centerness_targets(inst, [1, 2, 3, 4], 4), labels)
+    # a subset of labelled instances; another stride; image sides not multiples of the stride
+    _assert_same(masks, [1, 3], 4)
+    _assert_same(masks[:, :62, :59], [0, 2, 3], 4)
+    _assert_same(masks, [0, 2], 3, 0.5)
+    # negatives are cells at least half covered by the masks, not cells whose one sample pixel
+    # is covered: 7 of 16 pixels of cell (1, 1) (sample pixel (6, 6) inside) -> ignored;
+    # 8 of 16 pixels of cell (1, 2) (sample pixel (10, 6) outside) -> negative
+    mask = np.zeros((1, 16, 16), bool)
+    mask[0, 4:8, 5:8] = True  # cell (1, 1): columns 5..7 of 4..7, all rows
+    mask[0, 4:8, 8:10] = True  # cell (1, 2): columns 8..9 of 8..11
+    mask[0, 7, 4] = True
+    mask[0, 4:7, 4] = False
+    labels = _assert_same(mask, [0], 4)
+    assert mask[0, 4:8, 4:8].sum() == 13 and labels[1, 1] == 1  # the centre cell
+    assert mask[0, 4:8, 8:12].sum() == 8 and labels[1, 2] == 0
+    mask = np.zeros((1, 16, 16), bool)
+    mask[0, 6, 6] = mask[0, 5, 5] = True  # 2 of 16 pixels, one of them the sample pixel
+    mask[0, 9:16, 9:16] = True  # a second blob whose centre box holds the positives
+    labels = _assert_same(mask, [0], 4)
+    assert labels[1, 1] == -1 and labels[2, 2] == 1 and labels[3, 3] == 0
+    # nothing labelled: everything ignored
+    assert (_assert_same(masks, [], 4) == -1).all()
+
+
+def _random_masks(rng, h, w, n):
+    yy, xx = np.mgrid[:h, :w]
+    masks = np.zeros((n, h, w), bool)
+    for k in range(n):
+        cx, cy = rng.uniform(-2, w + 2), rng.uniform(-2, h + 2)
+        rx, ry = rng.uniform(0.6, 14), rng.uniform(0.6, 14)
+        if rng.random() < 0.5:
+            masks[k] = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+        else:
+            masks[k] = (np.abs(xx + 0.5 - cx) <= rx) & (np.abs(yy + 0.5 - cy) <= ry)
+        if not masks[k].any():
+            masks[k, min(max(int(cy), 0), h - 1), min(max(int(cx), 0), w - 1)] = True
+    return masks
+
+
+def _box_areas(mask):
+    ys, xs = np.nonzero(mask)
+    return (xs.max() + 1 - xs.min()) * (ys.max() + 1 - ys.min())
+
+
+def test_numpy_mirror_matches_on_random_cases():
+    rng = np.random.default_rng(0)
+    n_pos = n_neg = 0
+    for _ in range(300):
+        h, w = rng.integers(5, 70, size=2)
+        stride = int(rng.choice([1, 2, 3, 4, 4, 4, 5, 6, 8]))
+        frac = float(rng.choice([0.3, 0.3, 0.1, 0.5, 1.0]))
+        masks = _random_masks(rng, h, w, int(rng.integers(0, 9)))
+        labeled = [k for k in range(len(masks)) if rng.random() < 0.7]
+        # the torch definition orders equal box areas arbitrarily (unstable argsort): only
+        # instances of distinct box areas, so that the boxes are defined
+        areas = [_box_areas(masks[k]) for k in labeled]
+        labeled = [k for k, a in zip(labeled, areas) if areas.count(a) == 1]
+        labels = _assert_same(masks, labeled, stride, frac)
+        n_pos, n_neg = n_pos + (labels == 1).sum(), n_neg + (labels == 0).sum()
+    assert n_pos > 300 and n_neg > 1000  # the cases do exercise both labels
 
 
 def test_union_of_masks_polygons_and_boxes_only():

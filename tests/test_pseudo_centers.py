@@ -24,7 +24,7 @@ def _instances():
 def test_centerness_exact():
     targets, boxes = centerness_targets(_instances(), [1], stride=4, return_boxes=True)
     expected = np.full((4, 4), -1, np.int8)
-    expected[1:3, 0:3] = 0  # sample pixels (6|10, 2|6|10) lie in the mask
+    expected[1:3, 0:3] = 0  # cells at least half in the mask (column 0: x 2..3 of 0..3)
     # centre (7, 8), half sizes (1.5, 1.2): column location x = 6 fits, no row location does,
     # so the row nearest to y = 8 (floor(8 / 4) = 2) is used.
     expected[2, 1] = 1

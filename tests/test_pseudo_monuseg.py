@@ -1,10 +1,7 @@
 """Pseudo-labels on one real MoNuSeg training image (skipped when the data is absent)."""
 
 import json
-import os
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from nucleiweak_d2.data.io import read_image, read_label
@@ -17,20 +14,12 @@ from nucleiweak_d2.pseudo_labels import (
     voronoi_label,
 )
 
-ROOT = Path(
-    os.environ.get(
-        "NUCLEIWEAK_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg_mo"
-    )
-)
-
 
 @pytest.fixture(scope="module")
-def sample():
-    if not (ROOT / "split.json").is_file():
-        pytest.skip(f"MoNuSeg data not found at {ROOT}")
-    name = json.loads((ROOT / "split.json").read_text())["train"][0]
-    image = read_image(ROOT / "images" / f"{name}.png")
-    inst = read_label(ROOT / "labels" / f"{name}.png")
+def sample(shared_monuseg):
+    name = json.loads((shared_monuseg / "split.json").read_text())["train"][0]
+    image = read_image(shared_monuseg / "images" / f"{name}.png")
+    inst = read_label(shared_monuseg / "labels" / f"{name}.png")
     return image, inst > 0, points_from_labels(inst)[1]
 
 

@@ -103,3 +103,16 @@ def test_sliding_window_matches_whole_image_for_local_op():
     padded = sliding_window_apply(lambda t: t[:, :1] * 0 + t.shape[-1], x, tile=0, overlap=0,
                                   size_divisibility=32)
     assert padded.shape == (1, 1, 50, 70) and padded.max() == 96  # ran on the padded input
+
+
+def test_tile_starts_is_the_one_tiling_rule():
+    from nucleiweak_d2.engine.predictor import tile_boxes
+    from nucleiweak_d2.modeling.backbone.tiling import tile_starts
+
+    assert tile_starts(500, 224, 144) == [0, 144, 276]  # Qu et al.: 224 tiles, overlap 80
+    assert tile_starts(224, 224, 144) == [0] and tile_starts(10, 224, 144) == [0]
+    assert tile_starts(225, 224, 144) == [0, 1]  # the last tile is flush with the end
+    assert tile_starts(64, 32, 32) == [0, 32]
+    # the tiled predictor cuts its tiles by the same rule
+    boxes = tile_boxes(70, 500, 224, 80)
+    assert [b[0] for b in boxes] == tile_starts(500, 224, 144) and {b[1] for b in boxes} == {0}

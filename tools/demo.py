@@ -75,9 +75,10 @@ def write_overlays(out, eval_dir, dataset):
     from detectron2.data import DatasetCatalog
 
     from nucleiweak_d2.data.io import read_image, read_label, write_image
-    from nucleiweak_d2.evaluation.ground_truth import gt_label_map
+    from nucleiweak_d2.data.overlay import draw_outlines
     from nucleiweak_d2.data.records import cache_key
-    from nucleiweak_d2.methods.qu2020.artifacts import overlay_instances, side_by_side
+    from nucleiweak_d2.evaluation.ground_truth import gt_label_map
+    from nucleiweak_d2.methods.qu2020.artifacts import side_by_side
 
     folder = out / "overlays"
     written = []
@@ -87,8 +88,8 @@ def write_overlays(out, eval_dir, dataset):
             continue
         image = read_image(record["file_name"])
         gt, pred = gt_label_map(record), read_label(pred_file)
-        picture = side_by_side(image, overlay_instances(image, gt, colour=(0, 200, 0)),
-                               overlay_instances(image, pred, colour=(230, 0, 230)))
+        picture = side_by_side(image, draw_outlines(image, gt, color=(0, 200, 0), mode="thick"),
+                               draw_outlines(image, pred, color=(230, 0, 230), mode="thick"))
         path = folder / f"{Path(record['file_name']).stem}.png"
         write_image(path, picture)
         written.append(path)

@@ -196,14 +196,11 @@ def plan_outputs(files, out_dir, overwrite=False, skip_existing=False):
 
 
 def _replace(path, write):
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
+    """``write(tmp)`` to a temporary file in the same folder, then rename it over ``path``."""
+    from nucleiweak_d2.data.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def label_for_file(label):
@@ -255,7 +252,7 @@ def write_outputs(image, result, paths):
         The files written, the instance map first.
     """
     from nucleiweak_d2.data.io import write_image, write_label
-    from nucleiweak_d2.engine.predictor import draw_overlay
+    from nucleiweak_d2.data.overlay import draw_outlines
 
     label, key = label_for_file(result["instance_map"])
     points = result["points"]
@@ -267,7 +264,7 @@ def write_outputs(image, result, paths):
         written.append(paths["points"])
     else:
         _remove_stale(paths["points"], "this model gives no points")
-    _replace(paths["overlay"], lambda p: write_image(p, draw_overlay(image, label, points)))
+    _replace(paths["overlay"], lambda p: write_image(p, draw_outlines(image, label, points)))
     written.insert(0, paths["overlay"])
     other = "instances_tif" if key == "instances" else "instances"
     _remove_stale(paths[other], f"this image has {'at most' if key == 'instances' else 'more than'}"

@@ -11,12 +11,12 @@ labelled sets are nested across ratios for one seed.
 
 import json
 import math
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_json
 from .checks import (
     HINT_OFFSET,
     check_images_decode,
@@ -327,9 +327,7 @@ def export_coco_splits(
         payloads[split]["info"]["image_root"] = _recorded_root(root, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, payload in payloads.items():
-        tmp = targets[split].with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, separators=(",", ":")))
-        os.replace(tmp, targets[split])
+        write_json(targets[split], payload, indent=None)
     return targets
 
 

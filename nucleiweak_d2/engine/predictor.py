@@ -28,9 +28,10 @@ import torch
 from scipy import ndimage
 
 from ..evaluation.outputs import output_instance_map, output_points
+from ..modeling.backbone.tiling import tile_starts
 
 __all__ = ["NucleiPredictor", "load_trained_weights", "check_incompatible_keys", "tile_boxes",
-           "stitch_instance_maps", "stitch_points", "draw_overlay"]
+           "stitch_instance_maps", "stitch_points"]
 
 # Keys that may differ between a checkpoint and its model without changing predictions.
 _IGNORABLE_KEY_SUFFIXES = ("num_batches_tracked",)
@@ -140,14 +141,6 @@ def load_trained_weights(model, path, *, allow_random=False):
         check_incompatible_keys(checkpointer.incompatible, path)
 
 
-def _starts(length, tile, step):
-    """Start offsets of tiles covering ``[0, length)``; the last tile is flush with the end."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, step))
-    return starts + [length - tile]
-
-
 def tile_boxes(height, width, tile, overlap):
     """Overlapping square tiles covering an image, in row-major order.
 
@@ -172,7 +165,7 @@ def tile_boxes(height, width, tile, overlap):
         raise ValueError(f"tile overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
     step = tile - overlap
     return [(x, y, min(x + tile, width), min(y + tile, height))
-            for y in _starts(height, tile, step) for x in _starts(width, tile, step)]
+            for y in tile_starts(height, tile, step) for x in tile_starts(width, tile, step)]
 
 
 def _cut_gaps(box, shape):
@@ -293,42 +286,6 @@ def stitch_points(shape, boxes, points):
             keep &= ~(inside & ((other_margin > margin) | ((other_margin == margin) & (s < t))))
         kept.append(pts[keep])
     return np.concatenate(kept) if kept else np.zeros((0, 2))
-
-
-def draw_overlay(image, instance_map, points=None, color=(0, 255, 0), point_color=(255, 0, 0)):
-    """The image with instance contours (and points) drawn on it.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        ``(H, W, 3)`` uint8 RGB.
-    instance_map : numpy.ndarray
-        ``(H, W)`` instance label map; its inner boundaries (pixels of a nucleus next to
-        another id) are painted ``color``.
-    points : numpy.ndarray, optional
-        ``(K, 2)`` (x, y) pixel indices, drawn as 3x3 squares of ``point_color``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(H, W, 3)`` uint8 copy.
-    """
-    from skimage.segmentation import find_boundaries
-
-    if image.shape[:2] != instance_map.shape:
-        raise ValueError(f"overlay: image is {image.shape[:2]} but instance map is "
-                         f"{instance_map.shape}")
-    out = np.array(image, dtype=np.uint8, copy=True)
-    out[find_boundaries(instance_map, mode="inner") & (instance_map > 0)] = color
-    if points is not None and len(points):
-        height, width = instance_map.shape
-        centres = np.rint(np.asarray(points, dtype=np.float64)).astype(np.int64)
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                rows, cols = centres[:, 1] + dy, centres[:, 0] + dx
-                ok = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-                out[rows[ok], cols[ok]] = point_color
-    return out
 
 
 class NucleiPredictor:

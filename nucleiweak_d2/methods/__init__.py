@@ -45,6 +45,7 @@ _METHODS = {}
 
 #: Built-in methods, imported in this order. A new method: one folder plus one entry here.
 BUILTIN_METHODS = (
+    "classical",
     "qu2020",
     "feng2019",
 )

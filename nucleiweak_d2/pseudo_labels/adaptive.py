@@ -6,7 +6,7 @@ clipped at ``d*`` and ``sigma_k`` is the standard deviation, within image ``k``,
 distances between every pixel of the ``L x L`` patches centred on the points and its ``9 x 9``
 neighbours. MoNuSeg: ``lambda = 0.2``, ``L = 60``, ``d* = 20``; TNBC: 0.12, 80, 18.
 
-Facts from the authors' code (``docs/methods.md`` section 3) that fix what the paper leaves
+Facts from the authors' code (``docs/REFERENCE_CODE.md`` section 3) that fix what the paper leaves
 open: colours are ``RGB / 255``; the distance feature is divided by its maximum (so it lies in
 [0, 1]); cluster choice and per-cell morphology are Qu's.
 

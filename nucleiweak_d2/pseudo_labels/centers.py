@@ -17,6 +17,8 @@ accept no points / no labelled instances and return all-ignored or zero targets,
 recomputed on augmented crops that may hold none.
 """
 
+import math
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -28,7 +30,7 @@ __all__ = ["centerness_targets", "donuseg_initial_label", "center_heatmap", "off
 def _instances(masks_or_instance_map, labeled_ids):
     """Yield ``(id, (y0, x0), crop_bool)`` for every labelled instance, plus the image shape."""
     arr = np.asarray(masks_or_instance_map)
-    if arr.size == 0:
+    if arr.size == 0 and not (arr.ndim == 3 and arr.shape[1] and arr.shape[2]):  # (0, H, W) is fine
         raise ValueError("masks_or_instance_map is empty")
     ids = np.unique(np.asarray(labeled_ids, dtype=np.int64).ravel())
     if arr.ndim == 2:
@@ -61,10 +63,26 @@ def _instances(masks_or_instance_map, labeled_ids):
     raise ValueError(f"masks_or_instance_map must be (H, W) or (N, H, W), got {arr.shape}")
 
 
+def _cell_range(lo, hi, centre, n):
+    """Cells ``k`` with ``k + 0.5`` in ``[lo, hi]``, plus the cell holding ``centre``; clipped.
+
+    The same rule, line for line, as in :mod:`nucleiweak_d2.methods.feng2019.centerness`.
+    """
+    k0 = min(math.ceil(lo - 0.5), math.floor(centre))
+    k1 = max(math.floor(hi - 0.5), math.floor(centre))
+    return max(k0, 0), min(k1, n - 1)
+
+
 def centerness_targets(
     masks_or_instance_map, labeled_ids, stride, center_frac=0.3, return_boxes=False
 ):
-    """Feng-lab centerness targets on a feature map of stride ``stride``.
+    """Feng-lab centerness targets on a feature map of stride ``stride`` (numpy).
+
+    A numpy mirror of the definition the model trains with,
+    :func:`nucleiweak_d2.methods.feng2019.centerness.centerness_targets` (torch, on the GPU),
+    for offline use without torch: on the grid ``(ceil(H / stride), ceil(W / stride))`` both
+    give the same labels and boxes (``tests/test_feng2019_centerness.py`` checks it on
+    hand-made and random instances).
 
     Parameters
     ----------
@@ -84,20 +102,23 @@ def centerness_targets(
     Returns
     -------
     targets : numpy.ndarray
-        int8 ``(ceil(H / stride), ceil(W / stride))``: 1 positive, 0 negative, -1 ignored.
-        Location ``(i, j)`` stands for the image point ``((j + 0.5) * stride,
-        (i + 0.5) * stride)`` in continuous (x, y) coordinates (pixel ``k`` spans
-        ``[k, k + 1)``), i.e. the pixel ``(floor((j + 0.5) * stride),
-        floor((i + 0.5) * stride))``. A location is positive when its point lies in the centre
-        box ``|x - xc| <= center_frac * w / 2`` and ``|y - yc| <= center_frac * h / 2`` of a
-        labelled instance with box centre ``(xc, yc)`` and size ``(w, h)``; when no location
-        falls in that box, the location nearest to ``(xc, yc)`` is positive, so every labelled
-        instance has at least one positive. A location is negative when its pixel lies in a
-        labelled mask and it is not positive. Positives win over negatives.
+        int8 ``(Hs, Ws) = (ceil(H / stride), ceil(W / stride))``: 1 positive, 0 negative, -1
+        ignored. Cell ``(i, j)`` covers the pixels ``[s j, s j + s) x [s i, s i + s)``
+        (``s = stride``); its centre is ``(s (j + 0.5), s (i + 0.5))`` in continuous (x, y)
+        coordinates (pixel ``k`` spans ``[k, k + 1)``).
+
+        - positive: the centre of the cell lies in the centre box ``|x - xc| <= center_frac *
+          w / 2``, ``|y - yc| <= center_frac * h / 2`` of a labelled instance with bounding box
+          centre ``(xc, yc)`` and size ``(w, h)``, or the cell holds ``(xc, yc)`` (so every
+          labelled instance has a positive, however small);
+        - negative: not positive, and at least half of the cell's ``s * s`` pixels lie in the
+          union of the labelled masks (pixels beyond the image count as outside);
+        - ignored: everything else (unlabelled nuclei may lie there).
     boxes : numpy.ndarray
         Only with ``return_boxes``: float32 ``(Hs, Ws, 4)`` ``(x0, y0, x1, y1)`` continuous
-        boxes (``x1 = last column + 1``) of the instance owning each positive location (the
-        later id wins where centre boxes overlap), 0 elsewhere.
+        boxes (``x1 = last column + 1``) of the instance owning each positive location, 0
+        elsewhere. Where centre boxes overlap, the instance with the smaller box wins (equal
+        areas: the later one in ``labeled_ids`` order).
     """
     if int(stride) < 1:
         raise ValueError(f"stride must be a positive int, got {stride}")
@@ -107,37 +128,28 @@ def centerness_targets(
     shape, insts = _instances(masks_or_instance_map, labeled_ids)
     h, w = shape
     hs, ws = -(-h // stride), -(-w // stride)
-    rows = np.minimum(((np.arange(hs) + 0.5) * stride).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(ws) + 0.5) * stride).astype(np.int64), w - 1)
     targets = np.full((hs, ws), -1, dtype=np.int8)
     boxes = np.zeros((hs, ws, 4), dtype=np.float32)
-    positives = []
-    for _, (y0, x0), crop in insts:
+    # negatives: cells at least half covered by the union of the labelled masks
+    union = np.zeros((hs * stride, ws * stride), dtype=np.int64)
+    gt = np.zeros((len(insts), 4), dtype=np.float32)
+    for k, (_, (y0, x0), crop) in enumerate(insts):
         ch, cw = crop.shape
-        # negatives: sample locations whose pixel falls in the mask
-        i0, i1 = np.searchsorted(rows, y0), np.searchsorted(rows, y0 + ch)
-        j0, j1 = np.searchsorted(cols, x0), np.searchsorted(cols, x0 + cw)
-        if i1 > i0 and j1 > j0:
-            sub = crop[np.ix_(rows[i0:i1] - y0, cols[j0:j1] - x0)]
-            region = targets[i0:i1, j0:j1]
-            region[sub] = 0
+        union[y0 : y0 + ch, x0 : x0 + cw] |= crop
         ys, xs = np.nonzero(crop)
-        bx0, by0 = float(x0 + xs.min()), float(y0 + ys.min())
-        bx1, by1 = float(x0 + xs.max() + 1), float(y0 + ys.max() + 1)
-        xc, yc = (bx0 + bx1) / 2.0, (by0 + by1) / 2.0
-        hx, hy = center_frac * (bx1 - bx0) / 2.0, center_frac * (by1 - by0) / 2.0
-        loc_x = (np.arange(ws) + 0.5) * stride
-        loc_y = (np.arange(hs) + 0.5) * stride
-        pj = np.nonzero(np.abs(loc_x - xc) <= hx)[0]
-        pi = np.nonzero(np.abs(loc_y - yc) <= hy)[0]
-        if len(pj) == 0:
-            pj = np.array([min(int(np.floor(xc / stride)), ws - 1)])
-        if len(pi) == 0:
-            pi = np.array([min(int(np.floor(yc / stride)), hs - 1)])
-        positives.append((pi, pj, (bx0, by0, bx1, by1)))
-    for pi, pj, box in positives:
-        targets[np.ix_(pi, pj)] = 1
-        boxes[np.ix_(pi, pj)] = box
+        gt[k] = (x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1)
+    covered = union.reshape(hs, stride, ws, stride).sum(axis=(1, 3))
+    targets[2 * covered >= stride * stride] = 0
+    # positives, smaller boxes written last (float32 like the torch targets)
+    areas = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
+    for k in np.argsort(-areas, kind="stable"):
+        x1, y1, x2, y2 = (gt[k] / np.float32(stride)).tolist()
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        hw, hh = center_frac * (x2 - x1) / 2, center_frac * (y2 - y1) / 2
+        j0, j1 = _cell_range(cx - hw, cx + hw, cx, ws)
+        i0, i1 = _cell_range(cy - hh, cy + hh, cy, hs)
+        targets[i0 : i1 + 1, j0 : j1 + 1] = 1
+        boxes[i0 : i1 + 1, j0 : j1 + 1] = gt[k]
     return (targets, boxes) if return_boxes else targets
 
 

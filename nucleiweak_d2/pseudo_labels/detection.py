@@ -8,7 +8,7 @@ Eq. (3), self-training: pixels beyond ``r2`` become background when the previous
 probability ``p < 0.1``, or when they lie in a connected component of ``p > 0.7`` whose area
 exceeds the average nucleus area ``pi r1^2``.
 
-Deviations (both from the authors' ``code_detection``, documented in ``docs/methods.md``):
+Deviations (both from the authors' ``code_detection``, documented in ``docs/REFERENCE_CODE.md``):
 Gaussian values below ``min_value = 0.05`` are set to 0 (background, weight 1), as the code
 does with its blurred point map (``min_value=0`` gives the paper's Eq. (1)); and the
 background ring is the closed disk ``D <= r2`` (the code's ``dilation(.., disk(r2))``). Pixels

@@ -3,7 +3,7 @@
 PROnet replaces the Euclidean distance of Qu et al. by a geodesic distance over the image, so
 that Voronoi edges and the distance feature of k-means follow colour boundaries; it clips the
 distance at ``d* = 70`` on MoNuSeg and uses GeodisTK. No PROnet code is public
-(``docs/methods.md`` section 4), so the metric below is our own, chosen to be exact where the
+(``docs/REFERENCE_CODE.md`` section 4), so the metric below is our own, chosen to be exact where the
 paper's claim must hold (a constant image gives the Euclidean diagram):
 
     D(p, s) = ||p - s||_2 + beta * C(p, s),

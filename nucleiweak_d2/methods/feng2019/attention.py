@@ -14,7 +14,7 @@ formed, so memory is ``O(N (C_b + C_v))`` instead of ``O(N^2)``.
 Naming discrepancy (documented on purpose): the paper writes ``S(W_b x, C)`` for the *basis*
 (softmax over channels) and ``S(W_c x, N)`` for the *coefficients* (softmax over locations);
 the Feng lab code (``maskrcnn_benchmark/layers/decomposed_attention.py``, see
-docs/methods.md section 2) names them the other way round (bases softmax over space,
+docs/REFERENCE_CODE.md section 2) names them the other way round (bases softmax over space,
 coefficients softmax over channels) but computes the same product: the spatially normalised
 map is contracted with the values, the channel-normalised map distributes the context. We use
 the paper's names. The only free choice is the initialisation of ``W_f``: it starts at zero,

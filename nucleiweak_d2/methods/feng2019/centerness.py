@@ -25,7 +25,10 @@ scipy's default; the paper does not say) of ``sigmoid(centerness) > 0.95``; each
 gives the box decoded at its peak; boxes are clipped and NMS-ed, scored by the peak value.
 
 The targets are computed here in torch from ``gt_masks``, not by the mapper, so the model works
-with any mapper that drops the unannotated instances.
+with any mapper that drops the unannotated instances. This is the definition of the targets;
+:func:`nucleiweak_d2.pseudo_labels.centerness_targets` is its numpy mirror for offline use
+(same labels and boxes on the ``ceil(H / s) x ceil(W / s)`` grid, checked in
+``tests/test_feng2019_centerness.py``): change both together.
 
 Deviations from the Feng lab code (docs/methods.md section 2): its anchor boxes sit at
 ``(4x, 4y)`` (cell corners) with a fixed 32x32 size; here they sit at the cell centres, the

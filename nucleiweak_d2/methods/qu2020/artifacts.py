@@ -1,6 +1,7 @@
 """Files exchanged between the stages of the Qu et al. pipeline, and overlay pictures.
 
-JSON is written with :func:`nucleiweak_d2.data.atomic.write_json`.
+JSON is written with :func:`nucleiweak_d2.data.atomic.write_json`; the outlines of the overlay
+pictures are drawn with :func:`nucleiweak_d2.data.overlay.draw_outlines`.
 
 Numpy/PIL only (plus the data layer's writers); no Detectron2 import.
 """
@@ -10,10 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage as ndi
 
-__all__ = ["read_points_json", "write_mask_png", "overlay_instances",
-           "side_by_side"]
+__all__ = ["read_points_json", "write_mask_png", "side_by_side"]
 
 
 def read_points_json(path):
@@ -28,48 +27,6 @@ def write_mask_png(path, mask):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(mask, dtype=np.uint8)).save(path)
-
-
-def _boundaries(label):
-    """Pixels of an instance map whose 4-neighbourhood holds another id."""
-    label = np.asarray(label)
-    edge = np.zeros(label.shape, dtype=bool)
-    edge[:-1] |= label[:-1] != label[1:]
-    edge[1:] |= label[:-1] != label[1:]
-    edge[:, :-1] |= label[:, :-1] != label[:, 1:]
-    edge[:, 1:] |= label[:, :-1] != label[:, 1:]
-    return edge & (ndi.grey_dilation(label, size=3) > 0)
-
-
-def overlay_instances(image, label, points=None, colour=(0, 255, 0), point_colour=(255, 255, 0)):
-    """RGB picture: ``image`` with the outlines of ``label``'s objects and optional points.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        ``(H, W, 3)`` uint8.
-    label : numpy.ndarray
-        ``(H, W)`` int instance map.
-    points : array_like, optional
-        ``(K, 2)`` (x, y) points drawn as 3x3 squares.
-    colour, point_colour : tuple of int
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(H, W, 3)`` uint8.
-    """
-    out = np.array(image, dtype=np.uint8, copy=True)
-    out[_boundaries(label)] = colour
-    if points is not None and len(points):
-        h, w = out.shape[:2]
-        pts = np.round(np.asarray(points, dtype=np.float64)).astype(int).reshape(-1, 2)
-        for dx in (-1, 0, 1):
-            for dy in (-1, 0, 1):
-                x = np.clip(pts[:, 0] + dx, 0, w - 1)
-                y = np.clip(pts[:, 1] + dy, 0, h - 1)
-                out[y, x] = point_colour
-    return out
 
 
 def side_by_side(*pictures, gap=4):

@@ -3,11 +3,20 @@
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sliding_window_apply"]
+__all__ = ["sliding_window_apply", "tile_starts"]
 
 
-def _starts(length, tile, step):
-    """Tile start offsets covering ``[0, length)``; the last tile is flush with the end."""
+def tile_starts(length, tile, step):
+    """Start offsets of tiles of side ``tile`` covering ``[0, length)``, ``step`` apart.
+
+    The last tile is flush with the end (it may overlap its neighbour by more than
+    ``tile - step``); a length no longer than ``tile`` gets the one start 0. Used by
+    :func:`sliding_window_apply` and by the tiled predictor
+    (:func:`nucleiweak_d2.engine.predictor.tile_boxes`).
+
+    >>> tile_starts(500, 224, 144)
+    [0, 144, 276]
+    """
     if length <= tile:
         return [0]
     starts = list(range(0, length - tile, step))
@@ -54,8 +63,8 @@ def sliding_window_apply(fn, image, tile, overlap, size_divisibility=1):
         raise ValueError(f"overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
     step = tile - overlap
     total, count = None, torch.zeros((1, 1, H, W), device=image.device)
-    for y in _starts(H, tile, step):
-        for x in _starts(W, tile, step):
+    for y in tile_starts(H, tile, step):
+        for x in tile_starts(W, tile, step):
             out = run(image[..., y:y + tile, x:x + tile])
             if total is None:
                 total = torch.zeros((1, out.shape[1], H, W), dtype=out.dtype, device=image.device)

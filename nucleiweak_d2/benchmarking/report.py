@@ -1,0 +1,209 @@
+"""``LEADERBOARD.md`` and plots from the rows of ``results.jsonl``."""
+
+import json
+from pathlib import Path
+
+from .runs import read_results
+from .table import LEADERBOARD, PUBLISHED, RESULTS
+
+__all__ = ["COLUMNS", "leaderboard", "plot_points", "write_plots", "write_report"]
+
+#: Columns of the leaderboard (NucleiEvaluator's names), in this order.
+COLUMNS = ("AJI", "Dice_obj", "pixel_F1", "PQ", "det_F1")
+
+
+def _groups(rows, data):
+    """``{(method, ratio, shift): [latest row per seed]}`` of the rows of dataset folder ``data``."""
+    latest = {}
+    for row in rows:
+        if row.get("data") == str(data):
+            latest[json.dumps(row["key"])] = row  # later rows replace earlier ones
+    groups = {}
+    for row in latest.values():
+        groups.setdefault((row["method"], row["ratio"], row["shift"]), []).append(row)
+    return dict(
+        sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, _shift_lo(kv[0][2])))
+    )
+
+
+def _shift_lo(shift):
+    return float(str(shift or 0).split("-")[0])
+
+
+def _stats(values):
+    """``(mean, sample std or None)`` of the finite values, ``(None, None)`` when none."""
+    import numpy as np
+
+    v = np.array([x for x in values if isinstance(x, (int, float))], dtype=float)
+    if v.size == 0:
+        return None, None
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
+
+
+def _metric(group, split, name):
+    return _stats([r["metrics"].get(split, {}).get(name) for r in group])
+
+
+def _cell(mean, std):
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def _published(method, dataset, ratio, shift):
+    return [
+        p
+        for p in PUBLISHED
+        if (p["method"], p["dataset"]) == (method, dataset)
+        and p["ratio"] is not None
+        and p["ratio"] == ratio
+        and p["shift"] == shift
+    ]
+
+
+def leaderboard(rows, data, test_splits):
+    """Markdown of the runs on ``data``: a table per test split, published numbers, provenance."""
+    data = Path(data).resolve()
+    groups = _groups(rows, data)
+    head = [
+        "method",
+        "ratio",
+        "shift",
+        "seeds",
+        *COLUMNS,
+        "wall min",
+        "CPU min",
+        "published AJI / Dice_obj / pixel_F1",
+    ]
+    lines = [
+        f"# Leaderboard: {data.name}",
+        "",
+        f"Data `{data}`. Mean ± sample std over seeds (std omitted for one seed); every metric "
+        "from NucleiEvaluator (docs/protocol.md); models selected on `val` only. Ratio, shift "
+        "and seed are n/a for methods that read no annotation.",
+        "",
+    ]
+    for split in test_splits:
+        lines += [f"## {split}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for (method, ratio, shift), group in groups.items():
+            pub = "; ".join(
+                " / ".join(
+                    f"{p[m]:.4f}" if m in p else "n/a" for m in ("AJI", "Dice_obj", "pixel_F1")
+                )
+                + f" ({p['source']})"
+                for p in _published(method, data.name, ratio, shift)
+            )
+            cells = [
+                method,
+                "n/a" if ratio is None else f"{ratio:g}",
+                shift or "n/a",
+                ",".join(str(r["seed"]) for r in group if r["seed"] is not None) or "n/a",
+                *[_cell(*_metric(group, split, m)) for m in COLUMNS],
+                f"{_stats([r['wall_min'] for r in group])[0]:.2f}",
+                f"{_stats([r['cpu_min'] for r in group])[0]:.2f}",
+                pub,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    published = [p for p in PUBLISHED if p["dataset"] == data.name]
+    if published:
+        lines += [
+            "## Published numbers (docs/protocol.md)",
+            "",
+            "| method | ratio | shift | source | " + " | ".join(COLUMNS) + " |",
+            "|---" * (4 + len(COLUMNS)) + "|",
+        ]
+        for p in published:
+            lines.append(
+                f"| {p['method']} | {p['ratio'] if p['ratio'] is not None else 'n/s'} | "
+                f"{p['shift'] or 'n/s'} | {p['source']} | "
+                + " | ".join(f"{p[m]:.4f}" if m in p else "" for m in COLUMNS)
+                + " |"
+            )
+        lines += [
+            "",
+            "det_F1 above is from the instance centres of the segmentation; Qu 2020's det_F1 is "
+            "its point detector's (Table II), which a qu2020 row keeps in `extra.detection`.",
+            "",
+        ]
+    every = [r for g in groups.values() for r in g]
+    for what in ("commit", "hardware", "command"):
+        values = sorted({str(r.get(what, "")) for r in every})
+        lines.append(f"- {what}: " + "; ".join(f"`{v}`" for v in values))
+    return "\n".join(lines) + "\n"
+
+
+def plot_points(rows, data, split):
+    """``({plot name: [(label, xs, means, stds)]}, [(method, AJI)] of methods without points)``."""
+    groups = _groups(rows, Path(data).resolve())
+    series, references = {"aji_vs_ratio": {}, "aji_vs_shift": {}, "aji_vs_cpu": {}}, []
+    for (method, ratio, shift), group in groups.items():
+        mean, std = _metric(group, split, "AJI")
+        if mean is None:
+            continue
+        cpu = _stats([r["cpu_min"] for r in group])[0]
+        series["aji_vs_cpu"].setdefault(method, []).append((cpu, mean, std or 0.0))
+        if ratio is None:
+            references.append((method, mean))
+            continue
+        series["aji_vs_ratio"].setdefault(f"{method}, shift {shift}", []).append(
+            (ratio, mean, std or 0.0)
+        )
+        series["aji_vs_shift"].setdefault(f"{method}, ratio {ratio:g}", []).append(
+            (_shift_lo(shift), mean, std or 0.0)
+        )
+    return {
+        name: [(label, *zip(*sorted(pts))) for label, pts in s.items()]
+        for name, s in series.items()
+    }, references
+
+
+def write_plots(rows, data, split, out):
+    """Write the PNGs with >= 2 points (methods without points: dashed lines); return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xlabels = {
+        "aji_vs_ratio": "fraction of points annotated",
+        "aji_vs_shift": "point shift, lower bound (px)",
+        "aji_vs_cpu": "CPU minutes per run",
+    }
+    plots, references = plot_points(rows, data, split)
+    written = []
+    for name, series in plots.items():
+        if sum(len(s[1]) for s in series) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, xs, means, stds in series:
+            ax.errorbar(
+                xs,
+                means,
+                yerr=stds,
+                marker="o",
+                capsize=3,
+                label=label,
+                linestyle="none" if name == "aji_vs_cpu" else "-",
+            )
+        if name != "aji_vs_cpu":
+            for method, mean in references:
+                ax.axhline(mean, linestyle="--", color="grey", label=f"{method} (no annotation)")
+        if name == "aji_vs_ratio":
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabels[name])
+        ax.set_ylabel(f"AJI ({split})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(Path(out) / f"{name}.png", dpi=120)
+        plt.close(fig)
+        written.append(Path(out) / f"{name}.png")
+    return written
+
+
+def write_report(out, data, test_splits):
+    """Write ``LEADERBOARD.md`` and the plots (first test split) from ``out/results.jsonl``."""
+    out = Path(out)
+    rows = read_results(out / RESULTS)
+    (out / LEADERBOARD).write_text(leaderboard(rows, data, test_splits))
+    return [out / LEADERBOARD, *write_plots(rows, data, test_splits[0], out)]

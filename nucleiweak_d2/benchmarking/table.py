@@ -1,0 +1,165 @@
+"""What the benchmark runs and compares with: the per-method table, published numbers, runs.
+
+Adding a method is one entry of :data:`METHODS`, e.g.::
+
+    "feng2019": BenchMethod(
+        "nucleiweak_d2.methods.feng2019",
+        "configs/feng2019/mask_rcnn_R_18_FPN_partial.yaml",
+        "configs/quick/feng2019_partial_instant_test.yaml",
+        annotation="partial_mask",
+    ),
+
+A method whose config names no ``NUCLEIWEAK.PIPELINE`` is trained as one Detectron2 model
+(checkpoint selected on val by ``select_metric``) and scored on the test splits.
+"""
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BenchMethod",
+    "METHODS",
+    "PUBLISHED",
+    "RunSpec",
+    "shift_label",
+    "RESULTS",
+    "LEADERBOARD",
+    "MARKER",
+]
+
+#: Files of the output folder: the rows, the leaderboard, and the marker of each run folder.
+RESULTS, LEADERBOARD, MARKER = "results.jsonl", "LEADERBOARD.md", "benchmark_run.json"
+
+
+@dataclass(frozen=True)
+class BenchMethod:
+    """One method of the benchmark.
+
+    Attributes
+    ----------
+    module : str
+        Imported before the config is built (registers the method and its config node).
+    config, quick_config : str
+        Default config (CPU budget) and smoke config (``--quick``), relative to the repository.
+    annotation : {"points", "partial_mask"}
+        How the training split is exported (:func:`~nucleiweak_d2.data.coco.build_coco`).
+    uses_points : bool
+        False: the method reads no annotation, so it runs once, not per ratio/shift/seed.
+    select_metric : str
+        Val metric that selects the checkpoint of a method trained as one model (no pipeline).
+    """
+
+    module: str
+    config: str
+    quick_config: str
+    annotation: str = "points"
+    uses_points: bool = True
+    select_metric: str = "nuclei/AJI"
+
+
+METHODS = {
+    "classical": BenchMethod(
+        "nucleiweak_d2.methods.classical",
+        "configs/classical/monuseg.yaml",
+        "configs/classical/synthetic.yaml",
+        uses_points=False,
+    ),
+    "qu2020": BenchMethod(
+        "nucleiweak_d2.methods.qu2020",
+        "configs/qu2020/R18_monuseg_p10_cpu.yaml",
+        "configs/quick/qu2020_instant_test.yaml",
+    ),
+}
+
+#: Published numbers of docs/protocol.md (fractions). ``ratio``/``shift`` None: not stated there,
+#: so the entry is listed but never put beside one of our rows.
+PUBLISHED = (
+    dict(
+        method="qu2020",
+        dataset="monuseg_mo",
+        ratio=0.1,
+        shift="0",
+        source="Qu 2020, Tables II-III",
+        pixel_F1=0.7490,
+        Dice_obj=0.7033,
+        AJI=0.5031,
+        det_P=0.8238,
+        det_R=0.8328,
+        det_F1=0.8282,
+    ),
+    dict(
+        method="qu2020",
+        dataset="monuseg_mo",
+        ratio=1.0,
+        shift="0",
+        source="Qu 2020, Table III",
+        pixel_F1=0.7716,
+        Dice_obj=0.7242,
+        AJI=0.5174,
+    ),
+    dict(
+        method="liu2022",
+        dataset="monuseg_mo",
+        ratio=None,
+        shift=None,
+        source="Liu 2022, Table 2 (SPN+IEN)",
+        pixel_F1=0.7967,
+        Dice_obj=0.7437,
+        AJI=0.5357,
+    ),
+    dict(
+        method="nam2023",
+        dataset="monuseg_mo",
+        ratio=None,
+        shift="0",
+        source="Nam 2023, Table 1",
+        Dice_obj=0.750,
+        AJI=0.555,
+    ),
+    dict(
+        method="nam2023",
+        dataset="monuseg_mo",
+        ratio=None,
+        shift="6-8",
+        source="Nam 2023, Table 1",
+        Dice_obj=0.725,
+        AJI=0.509,
+    ),
+    dict(
+        method="wang2024",
+        dataset="tnbc",
+        ratio=None,
+        shift=None,
+        source="Wang 2024, Table 1 (5-fold 3:1:1, not our split)",
+        Dice_obj=0.6399,
+        AJI=0.5006,
+        PQ=0.4064,
+    ),
+)
+
+
+def shift_label(shift):
+    """Canonical label of a shift range: ``"0"`` or ``"<min>-<max>"`` (e.g. ``"2-4"``)."""
+    from ..data.points import parse_shift
+
+    lo, hi = parse_shift(shift)
+    return "0" if hi == 0 else f"{lo:g}-{hi:g}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a method at one ratio, shift and seed (all None for a method without points)."""
+
+    method: str
+    ratio: float = None
+    shift: str = None
+    seed: int = None
+
+    @property
+    def name(self):
+        """Folder name under ``<out>/runs``."""
+        if self.ratio is None:
+            return self.method
+        return f"{self.method}_r{self.ratio:g}_s{self.shift}_seed{self.seed}"
+
+    def key(self):
+        return [self.method, self.ratio, self.shift, self.seed]

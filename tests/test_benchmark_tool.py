@@ -1,0 +1,148 @@
+"""tools/benchmark.py: the --quick smoke run, resume by results.jsonl, the leaderboard maths."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+from nucleiweak_d2 import benchmarking  # noqa: E402
+from nucleiweak_d2.cli import run_cli  # noqa: E402
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("nucleiweak_benchmark_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_quick_run_writes_rows_leaderboard_and_rerun_skips(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["--quick", "--methods", "classical", "qu2020", "--out", str(out)]
+    assert run_cli(_tool().main, argv) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rows] == [["classical", None, None, None], ["qu2020", 0.5, "0", 0]]
+    for row in rows:
+        assert 0.0 <= row["metrics"]["test"]["AJI"] <= 1.0 and "det_F1" in row["metrics"]["test"]
+        assert row["wall_min"] >= 0 and row["cpu_min"] >= 0 and row["config_hash"] and row["commit"]
+        assert (out / row["run_dir"] / "metrics.json").is_file()
+    assert (
+        rows[1]["run_dir"] == "runs/qu2020_r0.5_s0_seed0"
+        and "test" in rows[1]["extra"]["detection"]
+    )
+    board = (out / "LEADERBOARD.md").read_text()
+    assert "| classical | n/a |" in board and "| qu2020 | 0.5 | 0 | 0 |" in board
+    assert (out / "aji_vs_cpu.png").is_file()  # 2 points; ratio and shift plots have 1: skipped
+    assert not (out / "aji_vs_ratio.png").exists()
+    first = capsys.readouterr().out
+    assert "[1/2] classical: running" in first and "[2/2] qu2020_r0.5_s0_seed0: AJI" in first
+
+    assert run_cli(_tool().main, argv) == 0  # rerun: both rows found, nothing runs again
+    again = capsys.readouterr().out
+    assert again.count("skipped") == 2 and "running" not in again
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    tool = _tool()
+    assert run_cli(tool.main, ["--out", str(tmp_path), "--methods", "nope"]) == 2
+    assert "unknown method(s) ['nope']" in capsys.readouterr().err
+    assert (
+        run_cli(
+            tool.main,
+            ["--out", str(tmp_path), "--methods", "classical", "--data", str(tmp_path / "x")],
+        )
+        == 2
+    )
+    assert "is not a folder" in capsys.readouterr().err
+    argv = [
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--methods",
+        "classical",
+        "--config",
+        "qu2020=x.yaml",
+    ]
+    assert run_cli(tool.main, argv) == 2
+    assert "--config 'qu2020=x.yaml'" in capsys.readouterr().err
+
+
+def test_folder_of_another_config_is_refused_unless_overwrite(tmp_path, synthetic_root):
+    configs = {"classical": benchmarking.METHODS["classical"].quick_config}
+    configs = {m: str(benchmarking.REPO / c) for m, c in configs.items()}
+    bench = benchmarking.Benchmark(synthetic_root, tmp_path, configs, ["test"])
+    (spec,) = bench.plan([0.1], ["0"], [0])
+    _, run_hash = bench.run_cfg(spec)
+    folder = tmp_path / "runs" / "classical"
+    folder.mkdir(parents=True)
+    (folder / benchmarking.MARKER).write_text(json.dumps({"config_hash": "other"}))
+    bench.check_folder(spec, "other")  # same config: kept
+    with pytest.raises(ValueError, match="another config"):
+        bench.check_folder(spec, run_hash)
+    benchmarking.Benchmark(
+        synthetic_root, tmp_path, configs, ["test"], overwrite=True
+    ).check_folder(spec, run_hash)
+    assert not folder.exists()
+
+
+def test_method_opts_and_plan():
+    opts = benchmarking.Benchmark._method_opts(
+        ["SOLVER.MAX_ITER", "5", "qu2020:NUCLEIWEAK.QU2020.SEG.MAX_ITER", "3"], "qu2020"
+    )
+    assert opts == ["SOLVER.MAX_ITER", "5", "NUCLEIWEAK.QU2020.SEG.MAX_ITER", "3"]
+    assert benchmarking.Benchmark._method_opts(["qu2020:SOLVER.MAX_ITER", "5"], "classical") == []
+    with pytest.raises(ValueError, match="not a method"):
+        benchmarking.Benchmark._method_opts(["nope:SOLVER.MAX_ITER", "5"], "qu2020")
+    assert benchmarking.shift_label("2-4") == "2-4" and benchmarking.shift_label("0") == "0"
+    assert benchmarking.RunSpec("qu2020", 0.25, "2-4", 1).name == "qu2020_r0.25_s2-4_seed1"
+
+
+def _row(method, ratio, shift, seed, aji, cpu=1.0):
+    return {
+        "key": [method, ratio, shift, seed],
+        "method": method,
+        "ratio": ratio,
+        "shift": shift,
+        "seed": seed,
+        "data": "/d/monuseg_mo",
+        "metrics": {"test": {"AJI": aji, "Dice_obj": 0.5}},
+        "wall_min": 2.0,
+        "cpu_min": cpu,
+        "commit": "abc",
+        "hardware": "cpu",
+        "command": "c",
+    }
+
+
+def test_leaderboard_mean_std_over_seeds_latest_row_wins_and_published():
+    rows = [_row("qu2020", 0.1, "0", s, a) for s, a in [(0, 0.40), (1, 0.50), (2, 0.60)]]
+    rows.append(_row("qu2020", 0.1, "0", 2, 0.45))  # a later run of seed 2 replaces the first
+    rows.append(_row("qu2020", 0.1, "0", 0, 0.99) | {"data": "/other/monuseg_mo"})  # other data
+    text = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test"])
+    line = next(x for x in text.splitlines() if x.startswith("| qu2020 | 0.1 |"))
+    assert "| 0,1,2 | 0.4500 ± 0.0500 | 0.5000 ± 0.0000 |" in line
+    assert "0.5031 / 0.7033 / 0.7490 (Qu 2020, Tables II-III)" in line
+    assert "Published numbers" in text and "Nam 2023" in text
+    rows.append(
+        _row("classical", None, None, None, 0.41) | {"key": ["classical", None, None, None]}
+    )
+    points, references = benchmarking.plot_points(rows, "/d/monuseg_mo", "test")
+    assert points["aji_vs_ratio"] == [
+        ("qu2020, shift 0", (0.1,), (pytest.approx(0.45),), (pytest.approx(0.05),))
+    ]
+    assert references == [("classical", 0.41)] and len(points["aji_vs_cpu"]) == 2
