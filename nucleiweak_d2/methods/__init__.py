@@ -48,6 +48,7 @@ BUILTIN_METHODS = (
     "classical",
     "qu2020",
     "feng2019",
+    "nam2023",
 )
 
 

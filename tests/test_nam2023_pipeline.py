@@ -1,0 +1,168 @@
+"""Two-iteration CPU smoke tests of every stage of the PROnet pipeline on tiny synthetic data
+with shifted points, and of the model's training and inference outputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("detectron2")
+
+import nucleiweak_d2.methods.nam2023  # noqa: E402,F401  (registers the method before setup_cfg)
+from nucleiweak_d2.config import setup_cfg  # noqa: E402
+from nucleiweak_d2.engine import NUCLEIWEAK_PIPELINE_REGISTRY  # noqa: E402
+from nucleiweak_d2.methods.nam2023 import NucleiWeakNam2023Pipeline  # noqa: E402
+
+QUICK = "configs/quick/nam2023_instant_test.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread: several-fold faster on a shared CPU (no OpenMP spin-waiting); restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """4 synthetic 96x96 images (2 train / 1 val / 1 test), every point shifted by 2-4 px."""
+    from nucleiweak_d2.data.coco import export_coco_splits
+    from nucleiweak_d2.data.datasets import register_nuclei_splits
+    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
+
+    tmp = tmp_path_factory.mktemp("nam2023")
+    root = make_synthetic_dataset(tmp / "data", n_images=4, size=(96, 96), seed=0)
+    export_coco_splits(root, tmp / "coco", ratio=1.0, shift=(2, 4), seed=0)
+    names = register_nuclei_splits("nam2023_smoke", tmp / "coco", root)
+    assert {"nam2023_smoke_train", "nam2023_smoke_val", "nam2023_smoke_test"} <= set(names)
+    return tmp
+
+
+def _cfg(out, opts=()):
+    return setup_cfg(
+        QUICK,
+        [
+            "DATASETS.TRAIN",
+            "('nam2023_smoke_train',)",
+            "DATASETS.TEST",
+            "('nam2023_smoke_val',)",
+            "NUCLEIWEAK.EVAL_DATASETS",
+            "['nam2023_smoke_test']",
+            "OUTPUT_DIR",
+            str(out),
+            *opts,
+        ],
+    )
+
+
+def test_model_losses_and_outputs(tiny_dataset):
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils.events import EventStorage
+
+    from nucleiweak_d2.engine.trainer import Trainer
+
+    cfg = _cfg(tiny_dataset / "model")
+    model = Trainer.build_model(cfg)
+    mapper = Trainer.build_mapper(cfg, True)
+    batch = [mapper(r) for r in DatasetCatalog.get("nam2023_smoke_train")]
+    assert batch[0]["sem_seg"].shape == (2, 64, 64) and batch[0]["center_target"].shape == (
+        1,
+        64,
+        64,
+    )
+    assert "offset_target" not in batch[0]  # warm-up: no offset targets
+    ones = torch.ones(1, 64, 64)
+    for x in batch:
+        x["offset_target"], x["offset_weight"] = torch.zeros(2, 64, 64), ones
+    model.train()
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == {"loss_sem_seg_t0", "loss_sem_seg_t1", "loss_center", "loss_offset"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    test = Trainer.build_mapper(cfg, False)(DatasetCatalog.get("nam2023_smoke_test")[0])
+    out = model([test])[0]
+    assert out["sem_seg"].shape == (2, 96, 96) and out["offsets"].shape == (2, 96, 96)
+    assert out["center_heatmap"].shape == (96, 96) and out["instance_map"].dtype == torch.int32
+    assert out["pred_points"].shape[1] == 2
+    with torch.no_grad():  # a constant heatmap above the threshold, foreground everywhere:
+        model.sem_seg_head.center_predictor.weight.zero_()  # one plateau -> one peak, one nucleus
+        model.sem_seg_head.center_predictor.bias.fill_(3.0)
+        model.sem_seg_head.binary_predictor.weight.zero_()
+        model.sem_seg_head.binary_predictor.bias.copy_(torch.tensor([-3.0, 3.0]))
+    out = model([test])[0]
+    assert len(out["pred_points"]) == 1 and int(out["instance_map"].max()) == 1
+    assert bool((out["instance_map"] == 1).all())
+
+
+def test_full_pipeline_two_iterations_per_stage_with_shifted_points(tiny_dataset):
+    out = tiny_dataset / "run"
+    cfg = _cfg(out)
+    pipeline = NUCLEIWEAK_PIPELINE_REGISTRY.get("NucleiWeakNam2023Pipeline")
+    result = pipeline(cfg, resume=False, eval_only=False).run()
+    for stage in ("warmup", "round0", "round1"):
+        assert (out / stage / "model_final.pth").is_file(), stage
+        assert (out / stage / "stage_done.json").is_file(), stage
+    assert (out / "round1" / "model_best.pth").is_file()  # only the last stage is selected on val
+    assert not (out / "warmup" / "model_best.pth").exists()
+    assert len(list((out / "pseudo_labels" / "labels").glob("*.npz"))) == 2
+    assert len(list((out / "pseudo_labels" / "val_cells").glob("*.npz"))) == 1
+    for k in (0, 1):
+        assert len(list((out / f"round{k}" / "targets").glob("*.npz"))) == 2
+    # the refined points of round 1, per image, as many as the annotations
+    from detectron2.data import DatasetCatalog
+
+    for split, ds in (("train", "nam2023_smoke_train"), ("val", "nam2023_smoke_val")):
+        refined = json.loads((out / "round1" / f"points_{split}.json").read_text())
+        for record in DatasetCatalog.get(ds):
+            pts = np.asarray(refined[str(record["image_id"])])
+            assert pts.shape == (len(record["annotations"]), 2)
+    # distance to the true centres (point - point_shift): 2-4 px before any refinement
+    start = json.loads((out / "pseudo_labels" / "stage_done.json").read_text())["info"][
+        "point_error"
+    ]
+    assert 2.0 <= start["train"]["mean"] <= 4.0 and 2.0 <= start["val"]["mean"] <= 4.0
+    info = json.loads((out / "round1" / "stage_done.json").read_text())["info"]
+    assert set(info["point_error"]) == {"train", "val"} and set(info["moved"]) == {"train", "val"}
+    assert info["point_error"]["train"]["n"] == start["train"]["n"]
+    seg = result["segmentation"]["nam2023_smoke_test"]["nuclei"]
+    assert 0.0 <= seg["AJI"] <= 1.0 and "det_F1" in seg
+    assert result["weights"] == str(out / "round1" / "model_best.pth")
+    assert (out / "model_final.pth").read_bytes() == (
+        out / "round1" / "model_best.pth"
+    ).read_bytes()
+    assert (out / "eval" / "nam2023_smoke_test" / "pred").is_dir()
+
+    # --resume of a finished run: nothing retrained, rewritten or re-evaluated
+    watched = sorted(
+        p for p in out.rglob("*") if p.is_file() and p.suffix in (".pth", ".npz", ".json")
+    )
+    stamps = {p: p.stat().st_mtime_ns for p in watched}
+    again = pipeline(cfg, resume=True, eval_only=False).run()
+    assert {p: p.stat().st_mtime_ns for p in watched if p.name != "metrics.json"} == {
+        p: s for p, s in stamps.items() if p.name != "metrics.json"
+    }
+    assert again["segmentation"] == result["segmentation"]
+
+    # --eval-only in the training folder: the same scores, written into eval_only/
+    ev = pipeline(cfg, resume=False, eval_only=True).run()
+    assert ev["segmentation"]["nam2023_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
+    assert (out / "eval_only" / "metrics.json").is_file()
+
+
+def test_schedule_checks_and_no_refinement_rounds(tiny_dataset):
+    with pytest.raises(ValueError, match="WARMUP_ITER and OFFSET_ITER"):
+        NucleiWeakNam2023Pipeline(
+            _cfg(tiny_dataset / "bad", ["NUCLEIWEAK.NAM2023.OFFSET_ITER", "0"])
+        )
+    p = NucleiWeakNam2023Pipeline(_cfg(tiny_dataset / "r0", ["NUCLEIWEAK.NAM2023.EM.ROUNDS", "0"]))
+    assert [s.name for s in p.stages()] == ["pseudo_labels", "warmup", "round0"]
+    c = p.stage_cfg("round0")
+    assert c.MODEL.WEIGHTS.endswith("warmup/model_final.pth") and c.SOLVER.MAX_ITER == 2
+    assert c.TEST.EVAL_PERIOD == 2 and p.stage_cfg("warmup").TEST.EVAL_PERIOD == 0
