@@ -202,8 +202,9 @@ class StagedPipeline:
         """Write (new run) or check (``--resume``) ``OUTPUT_DIR/nucleiweak_run.json``."""
         current = self._run_record()
         run_file = self.root / RUN_FILE
-        if run_file.is_file():
-            recorded = json.loads(run_file.read_text())
+        recorded = json.loads(run_file.read_text()) if run_file.is_file() else None
+        comm.synchronize()  # every process has looked before the main process writes the file
+        if recorded is not None:
             if recorded.get("config_hash") != current["config_hash"]:
                 raise ValueError(
                     f"OUTPUT_DIR {self.root} holds a run made with another config "

@@ -31,6 +31,7 @@ __all__ = [
     "dataset_fingerprint",
     "config_diff",
     "short_hash",
+    "METHOD_NODES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ IGNORED_KEYS = (
     "DATALOADER.NUM_WORKERS",
 )
 _SINGLE_MODEL_FILES = ("last_checkpoint", "model_final.pth")
+#: ``{"NUCLEIWEAK.<NODE>": names of the pipelines that read it}``, filled when the methods' configs
+#: are composed (``nucleiweak_d2.methods.add_methods_config``): a run's fingerprint leaves out the
+#: nodes of the methods it does not use, so registering another method keeps it resumable.
+METHOD_NODES = {}
 
 
 def holds_run(folder):
@@ -58,16 +63,22 @@ def holds_run(folder):
 
 
 def flat_config(cfg):
-    """``{"A.B.C": value}`` of a config, without :data:`IGNORED_KEYS`; values JSON-safe."""
+    """``{"A.B.C": value}`` of a config, without :data:`IGNORED_KEYS` and without the nodes of
+    methods other than the one whose pipeline the config runs; values as JSON holds them."""
     out = {}
+    pipeline = cfg.get("NUCLEIWEAK", {}).get("PIPELINE", "")
+    others = {node for node, pipelines in METHOD_NODES.items() if pipeline not in pipelines}
 
     def walk(node, prefix):
         for key, value in node.items():
             name = f"{prefix}{key}"
+            if name in others or name in IGNORED_KEYS:
+                continue
             if isinstance(value, dict):
                 walk(value, name + ".")
-            elif name not in IGNORED_KEYS:
-                out[name] = list(value) if isinstance(value, (list, tuple)) else value
+            else:
+                out[name] = json.loads(json.dumps(value, default=str))  # nested tuples -> lists
+
     walk(cfg, "")
     return out
 
@@ -152,9 +163,13 @@ def resolve_output_dir(cfg, *, resume=False, eval_only=False, overwrite=False):
     from detectron2.utils import comm
 
     folder = Path(cfg.OUTPUT_DIR)
+    # One view for every process: the main process's, taken before any process goes on.
+    has_run = holds_run(folder)
+    if comm.get_world_size() > 1:
+        has_run = comm.all_gather(has_run)[0]
     if eval_only:
-        return _eval_only_dir(folder) if holds_run(folder) else folder
-    if not holds_run(folder) or resume:
+        return _eval_only_dir(folder) if has_run else folder
+    if not has_run or resume:
         return folder
     if not overwrite:
         raise FileExistsError(

@@ -83,9 +83,18 @@ def registered_methods():
 
 
 def add_methods_config(cfg):
-    """Add every registered method's config node."""
+    """Add every registered method's config node, and record which pipelines own each node
+    (a run's fingerprint leaves out the nodes of the methods it does not use)."""
+    from ..engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY
+    from ..engine.run_dir import METHOD_NODES
+
     for spec in registered_methods().values():
+        before = set(cfg.NUCLEIWEAK.keys())
         spec.add_config(cfg)
+        own = {NUCLEIWEAK_PIPELINE_REGISTRY.get(p) for p in spec.pipelines}
+        names = frozenset(n for n, obj in NUCLEIWEAK_PIPELINE_REGISTRY if obj in own)
+        for node in set(cfg.NUCLEIWEAK.keys()) - before:
+            METHOD_NODES[f"NUCLEIWEAK.{node}"] = names
 
 
 _import_methods()

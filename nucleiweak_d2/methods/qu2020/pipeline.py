@@ -155,7 +155,7 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
     def detect_and_merge(self):
         k = self.selected_round()
         c, trainer = self.det_cfg(k)
-        model = self.load_model(c, self.stage_info(f"det_round{k}")["weights"], trainer)
+        model = self.load_model(c, self.best_weights(self.stage_dir(f"det_round{k}")), trainer)
         detected = self.infer(c, model, self.train_set, lambda inp, out: out["pred_points"].cpu().numpy(), trainer)
         info = {"round": k}
         if detected:  # main process
@@ -204,7 +204,7 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
             return {}
         k = self.stage_info("detect")["round"]
         c, trainer = self.det_cfg(k)
-        model = self.load_model(c, self.stage_info(f"det_round{k}")["weights"], trainer)
+        model = self.load_model(c, self.best_weights(self.stage_dir(f"det_round{k}")), trainer)
         metrics = {}
         for ds in dict.fromkeys([self.val_set, *self.eval_sets]):
             if ds:
