@@ -49,6 +49,7 @@ BUILTIN_METHODS = (
     "qu2020",
     "feng2019",
     "nam2023",
+    "wang2024",
 )
 
 
