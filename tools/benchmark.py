@@ -11,7 +11,7 @@ each run with NucleiEvaluator on every test split. In ``--out`` it writes:
 - ``results.jsonl``: one row per run (method, ratio, shift, seed, git commit, config hash,
   wall and CPU minutes, hardware, command, every metric on each test split);
 - ``LEADERBOARD.md``: mean ± std over seeds per method, ratio and shift, beside the published
-  numbers of docs/protocol.md where they exist;
+  numbers of docs/PROTOCOL.md where they exist;
 - ``aji_vs_ratio.png``, ``aji_vs_shift.png``, ``aji_vs_cpu.png`` (first test split; a plot
   with fewer than 2 points is not drawn);
 - ``runs/<method>_r<ratio>_s<shift>_seed<seed>/``: each run's own OUTPUT_DIR (``runs/<method>/``

@@ -3,7 +3,7 @@
 The library behind ``tools/benchmark.py`` (its docstring has the command line):
 
 - :mod:`.table`: the per-method table :data:`METHODS` (adding a method is one entry), the
-  published numbers of docs/protocol.md, :class:`RunSpec`;
+  published numbers of docs/PROTOCOL.md, :class:`RunSpec`;
 - :mod:`.runs`: :class:`Benchmark` exports the data, builds each run's config, runs it
   (resuming its folder) and appends its row to ``results.jsonl``;
 - :mod:`.report`: ``LEADERBOARD.md`` (mean +- std over seeds, beside published numbers) and

@@ -79,7 +79,7 @@ def leaderboard(rows, data, test_splits):
         f"# Leaderboard: {data.name}",
         "",
         f"Data `{data}`. Mean ± sample std over seeds (std omitted for one seed); every metric "
-        "from NucleiEvaluator (docs/protocol.md); models selected on `val` only. Ratio, shift "
+        "from NucleiEvaluator (docs/PROTOCOL.md); models selected on `val` only. Ratio, shift "
         "and seed are n/a for methods that read no annotation.",
         "",
     ]
@@ -108,7 +108,7 @@ def leaderboard(rows, data, test_splits):
     published = [p for p in PUBLISHED if p["dataset"] == data.name]
     if published:
         lines += [
-            "## Published numbers (docs/protocol.md)",
+            "## Published numbers (docs/PROTOCOL.md)",
             "",
             "| method | ratio | shift | source | " + " | ".join(COLUMNS) + " |",
             "|---" * (4 + len(COLUMNS)) + "|",

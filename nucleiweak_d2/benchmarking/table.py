@@ -70,7 +70,7 @@ METHODS = {
     ),
 }
 
-#: Published numbers of docs/protocol.md (fractions). ``ratio``/``shift`` None: not stated there,
+#: Published numbers of docs/PROTOCOL.md (fractions). ``ratio``/``shift`` None: not stated there,
 #: so the entry is listed but never put beside one of our rows.
 PUBLISHED = (
     dict(

@@ -1,6 +1,6 @@
 """Centre-type targets: Feng-lab centerness, DoNuSeg initial label, PROnet heatmap and offsets.
 
-- Feng et al. (2019; ``feng-lab/nuclei``, ``docs/methods.md`` section 2): on the stride-4
+- Feng et al. (2019; ``feng-lab/nuclei``, ``docs/REFERENCE_CODE.md`` section 2): on the stride-4
   feature map, the centre box (30 % of the width and height of the bounding box) of every
   labelled nucleus is positive (1), the rest of its projected mask negative (0), everything
   else ignored (-1), since unlabelled nuclei may lie there.
