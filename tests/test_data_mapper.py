@@ -90,9 +90,11 @@ EXPECTED_SIZE = {
 
 
 def _instance_of_point(out):
-    """Original id of each output instance, read from the transformed image (channel 0 / 30)."""
+    """Original id of each output instance whose point is inside the image, read from the
+    transformed image (channel 0 / 30)."""
     image = out["image"].numpy()
-    pts = out["instances"].gt_points.numpy()
+    inst = out["instances"]
+    pts = inst.gt_points.numpy()[inst.gt_point_inside.numpy()]
     px, py = np.floor(pts[:, 0]).astype(int), np.floor(pts[:, 1]).astype(int)
     return image[0, py, px] // 30, px, py
 
@@ -104,7 +106,16 @@ def test_points_stay_on_their_masks(records, name):
     inst = out["instances"]
     assert tuple(out["image"].shape[1:]) == EXPECTED_SIZE.get(name, (H, W)) == inst.image_size
     ids, px, py = _instance_of_point(out)
+    inside = inst.gt_point_inside.numpy()
+    assert (inst.gt_points.numpy()[~inside] == -1).all()
     masks = inst.gt_masks.tensor.numpy()
+    boxes = inst.gt_boxes.tensor.numpy()
+    for k in range(len(masks)):  # every instance, cut ones too: its box is its mask's box
+        rows, cols = np.nonzero(masks[k])
+        np.testing.assert_allclose(
+            boxes[k], [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+        )
+    masks = masks[inside]
     assert len(ids) == len(masks) and len(ids) > 0
     for k in range(len(ids)):
         assert masks[k, py[k], px[k]], f"point {k} is off its mask after {name}"
@@ -113,12 +124,6 @@ def test_points_stay_on_their_masks(records, name):
         inner = binary_erosion(masks[k], iterations=2) if name in ("resize", "all") else masks[k]
         assert inner.any() and np.all(out["image"].numpy()[0][inner] == 30 * ids[k])
     assert len(set(ids.tolist())) == len(ids)
-    boxes = inst.gt_boxes.tensor.numpy()
-    for k in range(len(ids)):
-        rows, cols = np.nonzero(masks[k])
-        np.testing.assert_allclose(
-            boxes[k], [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
-        )
 
 
 def test_crop_drops_points_that_leave(records):
@@ -136,6 +141,38 @@ def test_crop_drops_points_that_leave(records):
             [40.5 - 30, 50.5 - 5],
         ],
     )
+
+
+def test_crop_keeps_the_visible_part_of_a_cut_mask(records):
+    # crop x in [15, 80): nucleus 1 (centre row 10, col 12, radius 6: cols 7-17) loses its
+    # point but keeps cols 15-17; nucleus 3 (centre col 20) keeps its point
+    crop = [T.CropTransform(15, 0, 65, 60)]
+    out = NucleiDatasetMapper(is_train=True, augmentations=crop)(records["partial_mask"][0])
+    inst = out["instances"]
+    assert len(inst) == len(CENTRES)  # nothing dropped: every nucleus is partly visible
+    inside = inst.gt_point_inside.numpy()
+    masks = inst.gt_masks.tensor.numpy()
+    image_ids = out["image"].numpy()[0] // 30
+    cut = np.flatnonzero(~inside)
+    assert len(cut) == 1
+    (k,) = cut
+    assert set(image_ids[masks[k]].tolist()) == {1}  # it is nucleus 1, all its visible pixels
+    assert masks[k].sum() == (image_ids == 1).sum() > 0
+    rows, cols = np.nonzero(masks[k])
+    np.testing.assert_allclose(inst.gt_boxes.tensor[k].numpy(),
+                               [0, rows.min(), cols.max() + 1, rows.max() + 1])
+    np.testing.assert_allclose(inst.gt_points[k].numpy(), [-1, -1])
+    # the union of the masks is every nucleus pixel of the crop: no annotated pixel turns
+    # into background
+    assert np.array_equal(masks.any(axis=0), image_ids > 0)
+    # old behaviour, kept as an option: the cut nucleus is dropped
+    old = NucleiDatasetMapper(is_train=True, augmentations=crop, keep_cut_masks=False)(
+        records["partial_mask"][0])["instances"]
+    assert len(old) == len(CENTRES) - 1 and old.gt_point_inside.all()
+    # without masks an instance is its point: one that leaves is still dropped
+    pts = NucleiDatasetMapper(is_train=True, augmentations=crop, use_masks=False)(
+        records["points"][0])["instances"]
+    assert len(pts) == len(CENTRES) - 1 and pts.gt_point_inside.all()
 
 
 def test_exact_point_coordinates_after_flip_and_rot(records):
@@ -226,8 +263,9 @@ def test_from_config_random_augmentations(records):
         out = mapper(records["points"][0])
         assert tuple(out["image"].shape) == (3, 40, 40)
         ids, px, py = _instance_of_point(out)
-        masks = out["instances"].gt_masks.tensor.numpy()
-        pts = out["instances"].gt_points.numpy()
+        inside = out["instances"].gt_point_inside.numpy()
+        masks = out["instances"].gt_masks.tensor.numpy()[inside]
+        pts = out["instances"].gt_points.numpy()[inside]
         assert (pts >= 0).all() and (pts < 40).all()
         for k in range(len(ids)):
             assert masks[k, py[k], px[k]] and ids[k] > 0

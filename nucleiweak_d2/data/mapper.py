@@ -24,7 +24,9 @@ class NucleiDatasetMapper:
 
     Training output: ``image`` (CHW uint8 tensor in ``image_format``) and ``instances`` with
     ``gt_points`` ((N, 2) float32, augmented continuous coordinates, pixel centre at +0.5),
-    ``gt_point_labeled`` ((N,) bool), ``gt_classes`` (zeros), and
+    ``gt_point_labeled`` ((N,) bool), ``gt_point_inside`` ((N,) bool, False for an instance
+    whose point left the image, whose ``gt_points`` row is then ``(-1, -1)``), ``gt_classes``
+    (zeros), and
 
     * with masks: ``gt_masks`` (BitMasks) and ``gt_boxes`` recomputed from the augmented masks;
     * without: ``gt_boxes`` = squares of side ``point_box_size`` centred on the points and
@@ -32,9 +34,16 @@ class NucleiDatasetMapper:
       ``point_box_size`` is 0.
 
     The same transforms move image, masks and points (masks are painted into one label map,
-    transformed once with nearest-neighbour resampling, then split again). An instance whose
-    point leaves the image is dropped; with masks, an instance whose mask becomes empty is
-    dropped too. Points-only records (no ``segmentation``/``bbox``) work without masks.
+    transformed once with nearest-neighbour resampling, then split again). Without masks, an
+    instance whose point leaves the image is dropped. With masks, an instance is kept as long
+    as part of its mask is visible (``keep_cut_masks``): a random crop that cuts a nucleus
+    keeps its visible part, with the box of that part, and marks its point as outside
+    (``gt_point_inside`` False, point ``(-1, -1)``; point-based losses must skip such rows).
+    Dropping it instead, as this mapper did before, made its visible pixels background, i.e. a
+    false negative in every crop for every mask-trained model; Detectron2's own mapper keeps
+    such instances too (``filter_empty_instances`` only removes empty ones). An instance whose
+    mask becomes empty is dropped. Points-only records (no ``segmentation``/``bbox``) work
+    without masks.
 
     At test time (``is_train=False``) the image is transformed by the test augmentations
     (none by default) and ``annotations`` are kept untouched, in original coordinates, so
@@ -51,6 +60,7 @@ class NucleiDatasetMapper:
         use_masks="auto",
         labeled_only=True,
         point_box_size=16,
+        keep_cut_masks=True,
     ):
         """
         Parameters
@@ -68,6 +78,10 @@ class NucleiDatasetMapper:
             Keep only annotations with ``point_labeled`` in training.
         point_box_size : int
             Side of the point-centred boxes used when masks are not used (0 = no boxes).
+        keep_cut_masks : bool
+            With masks, keep an instance whose point left the image while part of its mask is
+            visible (True, the default since the fix of issue 17); False restores the old
+            behaviour (dropped, its pixels become background), for comparisons only.
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
@@ -79,6 +93,7 @@ class NucleiDatasetMapper:
         self.use_masks = use_masks
         self.labeled_only = labeled_only
         self.point_box_size = float(point_box_size)
+        self.keep_cut_masks = bool(keep_cut_masks)
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -143,26 +158,30 @@ class NucleiDatasetMapper:
 
         points = np.asarray([a["point"] for a in annos], dtype=np.float64).reshape(-1, 2) + 0.5
         points = transforms.apply_coords(points) if len(points) else points
-        keep = (
+        inside = (
             (points[:, 0] >= 0)
             & (points[:, 0] < width)
             & (points[:, 1] >= 0)
             & (points[:, 1] < height)
         )
+        keep = inside.copy()
         masks = None
         if use_masks:
             index = np.rint(aug_input.sem_seg).astype(np.int64)
             ids = np.arange(1, len(annos) + 1)
             masks = index[None, :, :] == ids[:, None, None]
-            keep &= masks.reshape(len(annos), -1).any(axis=1)
+            visible = masks.reshape(len(annos), -1).any(axis=1)
+            keep = visible if self.keep_cut_masks else keep & visible
             masks = masks[keep]
-        points = points[keep]
+        points, inside = points[keep], inside[keep]
+        points[~inside] = -1.0
         labeled = np.asarray([bool(a.get("point_labeled", True)) for a in annos], dtype=bool)[keep]
 
         instances = Instances((height, width))
         instances.gt_classes = torch.zeros(len(points), dtype=torch.int64)
         instances.gt_points = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
         instances.gt_point_labeled = torch.as_tensor(labeled, dtype=torch.bool)
+        instances.gt_point_inside = torch.as_tensor(inside, dtype=torch.bool)
         if masks is not None:
             instances.gt_masks = BitMasks(
                 torch.from_numpy(np.ascontiguousarray(masks)).reshape(-1, height, width)

@@ -32,3 +32,36 @@ def add_evaluation_config(cfg):
     # 0.5 for Detectron2's continuous coordinates (pixel centre at +0.5, as the mapper's
     # gt_points).
     _C.NUCLEIWEAK.EVAL.PRED_POINTS_OFFSET = 0.0
+    # "instances" outputs: masks scored below this are left out of the instance map that the
+    # nuclei metrics score (0.0 = every detection the model returns, i.e. all above
+    # MODEL.ROI_HEADS.SCORE_THRESH_TEST). Low-score fragments and false positives lower AJI,
+    # PQ and object precision, by an amount that differs between models: choose it on val per
+    # model (benchmarks/feng2019_monuseg.py --score-thresh-candidates), never on test.
+    _C.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH = 0.0
+    # "instances" outputs: how overlapping masks share pixels. "score": the higher score wins
+    # each pixel (masks painted in ascending score order); "mask_nms": in descending score
+    # order each mask keeps its unclaimed pixels, and is dropped when more than
+    # INSTANCE_OVERLAP_THRESH of its area is already claimed.
+    _C.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP = "score"
+    # "instances" outputs, rule "mask_nms": largest fraction of a mask's area that higher-score
+    # masks may cover before the mask is dropped (1.0 = never dropped: same map as "score").
+    _C.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP_THRESH = 0.5
+
+
+def instance_map_options(cfg):
+    """Keyword arguments of :func:`~nucleiweak_d2.evaluation.outputs.output_instance_map` for
+    ``instances`` outputs, from ``cfg.NUCLEIWEAK.EVAL.INSTANCE_*``.
+
+    Parameters
+    ----------
+    cfg : detectron2.config.CfgNode
+        With :func:`add_evaluation_config` applied.
+
+    Returns
+    -------
+    dict
+        ``score_thresh``, ``overlap`` and ``overlap_thresh``.
+    """
+    ev = cfg.NUCLEIWEAK.EVAL
+    return {"score_thresh": float(ev.INSTANCE_SCORE_THRESH), "overlap": str(ev.INSTANCE_OVERLAP),
+            "overlap_thresh": float(ev.INSTANCE_OVERLAP_THRESH)}

@@ -55,7 +55,8 @@ class NucleiEvaluator(DatasetEvaluator):
     def __init__(self, dataset_name, output_dir=None, *, distributed=True, radius=11.0,
                  det_method="greedy", hausdorff=False, gt_point_mode="bbox_center",
                  foreground_classes=(1,), connectivity=2, mask_threshold=0.5,
-                 pred_points_offset=0.0, dataset_dicts=None):
+                 pred_points_offset=0.0, dataset_dicts=None, instance_score_thresh=0.0,
+                 instance_overlap="score", instance_overlap_thresh=0.5):
         """
         Parameters
         ----------
@@ -83,6 +84,10 @@ class NucleiEvaluator(DatasetEvaluator):
             +0.5, like the mapper's ``gt_points``) need 0.5.
         dataset_dicts : list of dict, optional
             Records to use instead of ``DatasetCatalog.get(dataset_name)``.
+        instance_score_thresh, instance_overlap, instance_overlap_thresh
+            ``score_thresh``, ``overlap`` and ``overlap_thresh`` of
+            :func:`~nucleiweak_d2.evaluation.outputs.output_instance_map` (``instances``
+            outputs; the defaults paint every instance, the higher score winning overlaps).
         """
         self._logger = logging.getLogger(__name__)
         self._dataset_name = dataset_name
@@ -96,7 +101,10 @@ class NucleiEvaluator(DatasetEvaluator):
         self._points_offset = float(pred_points_offset)
         self._output_args = {"foreground_classes": tuple(foreground_classes),
                              "connectivity": int(connectivity),
-                             "mask_threshold": float(mask_threshold)}
+                             "mask_threshold": float(mask_threshold),
+                             "score_thresh": float(instance_score_thresh),
+                             "overlap": str(instance_overlap),
+                             "overlap_thresh": float(instance_overlap_thresh)}
         records = DatasetCatalog.get(dataset_name) if dataset_dicts is None else dataset_dicts
         self._by_file = {r["file_name"]: r for r in records if "file_name" in r}
         self._by_id = {r["image_id"]: r for r in records if "image_id" in r}
@@ -221,4 +229,7 @@ def build_nuclei_evaluator(cfg, dataset_name, output_folder=None):
                            gt_point_mode=ev.POINT_MODE,
                            foreground_classes=ev.SEM_SEG_FOREGROUND_CLASSES,
                            connectivity=ev.CONNECTIVITY, mask_threshold=ev.MASK_THRESHOLD,
-                           pred_points_offset=ev.PRED_POINTS_OFFSET)
+                           pred_points_offset=ev.PRED_POINTS_OFFSET,
+                           instance_score_thresh=ev.INSTANCE_SCORE_THRESH,
+                           instance_overlap=ev.INSTANCE_OVERLAP,
+                           instance_overlap_thresh=ev.INSTANCE_OVERLAP_THRESH)

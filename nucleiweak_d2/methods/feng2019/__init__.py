@@ -7,6 +7,8 @@ Importing this package registers:
 - ``NucleiWeakFeng2019RPN`` in ``PROPOSAL_GENERATOR_REGISTRY`` (blocked anchors);
 - ``NucleiWeakFeng2019ROIHeads`` in ``ROI_HEADS_REGISTRY`` (blocked proposals);
 - ``NucleiWeakFeng2019RCNN`` in ``META_ARCH_REGISTRY`` (centerness/box head, pseudo-boxes);
+- ``NucleiWeakFeng2019BaselineRCNN`` in ``META_ARCH_REGISTRY`` (``GeneralizedRCNN`` with the
+  paper's optional 3x3 mask dilation, for the baselines);
 - the method ``feng2019`` (config node ``NUCLEIWEAK.FENG2019``; a single model trained by
   ``tools/train_net.py``).
 
@@ -16,9 +18,18 @@ aliases, so older configs load.
 
 The partial-mask training data are read by the data layer's ``NucleiDatasetMapper``, which
 already keeps only annotations with ``point_labeled == 1`` and puts their masks on the instances.
+
+Evaluation helpers (no registration): :mod:`.crops` makes the fully annotated crops of the
+paper's "DH25crop" baseline (numpy), :mod:`.quality` measures the pseudo-boxes against the
+unannotated nuclei, :mod:`.postprocess` holds the 3x3 mask dilation. See docs/methods/feng2019.md.
 """
 
-from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
+from detectron2.modeling import (
+    BACKBONE_REGISTRY,
+    META_ARCH_REGISTRY,
+    PROPOSAL_GENERATOR_REGISTRY,
+    ROI_HEADS_REGISTRY,
+)
 
 from ...data.registry import register_alias
 from .. import register_method
@@ -26,7 +37,10 @@ from .attention import DecomposedSelfAttention, decomposed_attention
 from .backbone import AttentionFPN, build_nucleiweak_feng2019_attention_fpn_backbone
 from .centerness import CenternessBoxHead, centerness_targets, union_of_masks
 from .config import add_feng2019_config
-from .rcnn import NucleiWeakFeng2019RCNN
+from .crops import crop_fully_annotated, crop_seed, crop_window
+from .postprocess import dilate_masks, dilate_results
+from .quality import evaluate_pseudo_boxes, pseudo_box_quality, sum_quality
+from .rcnn import NucleiWeakFeng2019BaselineRCNN, NucleiWeakFeng2019RCNN
 from .roi_heads import NucleiWeakFeng2019ROIHeads
 from .rpn import NucleiWeakFeng2019RPN, split_ignored, with_blocked_boxes
 
@@ -39,6 +53,15 @@ __all__ = [
     "centerness_targets",
     "union_of_masks",
     "add_feng2019_config",
+    "crop_fully_annotated",
+    "crop_seed",
+    "crop_window",
+    "dilate_masks",
+    "dilate_results",
+    "evaluate_pseudo_boxes",
+    "pseudo_box_quality",
+    "sum_quality",
+    "NucleiWeakFeng2019BaselineRCNN",
     "NucleiWeakFeng2019RCNN",
     "NucleiWeakFeng2019ROIHeads",
     "NucleiWeakFeng2019RPN",

@@ -9,11 +9,10 @@ as the Feng lab code does (``MODEL.FPN.USE_DA``). Parameter names of the FPN are
 blocks then start from their identity initialisation).
 """
 
-from torch import nn
-
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from torch import nn
 
 from .attention import DecomposedSelfAttention
 

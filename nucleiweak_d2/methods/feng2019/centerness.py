@@ -30,7 +30,7 @@ with any mapper that drops the unannotated instances. This is the definition of 
 (same labels and boxes on the ``ceil(H / s) x ceil(W / s)`` grid, checked in
 ``tests/test_feng2019_centerness.py``): change both together.
 
-Deviations from the Feng lab code (docs/methods.md section 2): its anchor boxes sit at
+Deviations from the Feng lab code (docs/REFERENCE_CODE.md section 2): its anchor boxes sit at
 ``(4x, 4y)`` (cell corners) with a fixed 32x32 size; here they sit at the cell centres, the
 convention of the area-averaged mask projection, with the configurable median box size the
 paper describes. The cell holding an instance's box centre is forced positive (the paper's
@@ -42,15 +42,14 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fvcore.nn import smooth_l1_loss
-from scipy import ndimage
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, nms
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.sampling import subsample_labels
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from fvcore.nn import smooth_l1_loss
+from scipy import ndimage
+from torch import nn
 
 __all__ = ["centerness_targets", "union_of_masks", "CenternessBoxHead"]
 
@@ -144,7 +143,8 @@ class CenternessBoxHead(nn.Module):
     stride : int
         Its stride (4 for P2).
     conv_dim : int
-        Channels of the shared 3x3 convolution.
+        Channels of the 3x3 convolution shared by the two branches (with ``own_conv`` False:
+        the output channels of the convolution passed to :meth:`forward`).
     anchor_size : tuple of float
         ``(width, height)`` of the anchor box at each location, in input pixels.
     box2box_transform : Box2BoxTransform
@@ -165,6 +165,10 @@ class CenternessBoxHead(nn.Module):
         NMS IoU threshold over the pseudo-boxes of one image.
     max_boxes : int
         At most this many pseudo-boxes per image.
+    own_conv : bool
+        Build the head's own 3x3 convolution (True). False: the head has none, and
+        :meth:`forward` must be given the convolution to use (the RPN head's, as the Feng lab
+        code does; ``NUCLEIWEAK.FENG2019.SHARE_RPN_CONV``).
     """
 
     @configurable
@@ -185,6 +189,7 @@ class CenternessBoxHead(nn.Module):
         score_thresh=0.95,
         nms_thresh=0.5,
         max_boxes=2000,
+        own_conv=True,
     ):
         super().__init__()
         self.stride = int(stride)
@@ -198,12 +203,13 @@ class CenternessBoxHead(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.max_boxes = max_boxes
-        self.conv = nn.Conv2d(in_channels, conv_dim, 3, padding=1)
+        self.conv = nn.Conv2d(in_channels, conv_dim, 3, padding=1) if own_conv else None
         self.centerness = nn.Conv2d(conv_dim, 1, 1)
         self.box_deltas = nn.Conv2d(conv_dim, 4, 1)
         for layer in (self.conv, self.centerness, self.box_deltas):
-            nn.init.normal_(layer.weight, std=0.01)
-            nn.init.zeros_(layer.bias)
+            if layer is not None:
+                nn.init.normal_(layer.weight, std=0.01)
+                nn.init.zeros_(layer.bias)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -223,11 +229,20 @@ class CenternessBoxHead(nn.Module):
             "score_thresh": f.SCORE_THRESH,
             "nms_thresh": f.NMS_THRESH,
             "max_boxes": f.MAX_PSEUDO_BOXES,
+            "own_conv": not f.SHARE_RPN_CONV,
         }
 
-    def forward(self, feature):
-        """Return ``(logits (B, 1, Hf, Wf), deltas (B, 4, Hf, Wf))`` for a ``(B, C, Hf, Wf)`` map."""
-        x = F.relu(self.conv(feature))
+    def forward(self, feature, conv=None):
+        """Return ``(logits (B, 1, Hf, Wf), deltas (B, 4, Hf, Wf))`` for a ``(B, C, Hf, Wf)`` map.
+
+        ``conv`` replaces the head's own 3x3 convolution (required when it has none); a ReLU
+        follows it either way (a no-op after the RPN head's convolution, which has its own).
+        """
+        conv = conv if conv is not None else self.conv
+        if conv is None:
+            raise ValueError("this CenternessBoxHead has no convolution of its own (own_conv=False): "
+                             "pass the shared one, e.g. the RPN head's conv")
+        x = F.relu(conv(feature))
         return self.centerness(x), self.box_deltas(x)
 
     def anchors(self, feature_size, device):
@@ -275,7 +290,7 @@ class CenternessBoxHead(nn.Module):
         return {k: v * self.loss_weights[k] for k, v in losses.items()}
 
     @torch.no_grad()
-    def predict_boxes(self, logits, deltas, image_sizes):
+    def predict_boxes(self, logits, deltas, image_sizes, score_thresh=None):
         """Pseudo-boxes: peaks of the components of ``sigmoid(logits) > score_thresh``.
 
         Parameters
@@ -284,6 +299,8 @@ class CenternessBoxHead(nn.Module):
             Outputs of :meth:`forward`.
         image_sizes : list of tuple
             ``(h, w)`` of each image before padding; cells beyond it are not used.
+        score_thresh : float, optional
+            Instead of the head's ``score_thresh`` (e.g. to compare thresholds on one forward).
 
         Returns
         -------
@@ -291,6 +308,7 @@ class CenternessBoxHead(nn.Module):
             Per image, ``pred_boxes`` (Boxes, clipped, after NMS) and ``scores`` (peak
             centerness probability), highest score first.
         """
+        score_thresh = self.score_thresh if score_thresh is None else float(score_thresh)
         probs = logits.sigmoid()[:, 0]
         anchors = self.anchors(tuple(logits.shape[-2:]), logits.device)
         wf = logits.shape[-1]
@@ -299,7 +317,7 @@ class CenternessBoxHead(nn.Module):
             vh, vw = math.ceil(h / self.stride), math.ceil(w / self.stride)
             prob = probs[i, :vh, :vw]
             prob_np = prob.float().cpu().numpy()
-            components, n = ndimage.label(prob_np > self.score_thresh)
+            components, n = ndimage.label(prob_np > score_thresh)
             result = Instances((h, w))
             if n == 0:
                 result.pred_boxes = Boxes(torch.zeros((0, 4), device=logits.device))

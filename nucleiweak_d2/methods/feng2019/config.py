@@ -29,8 +29,13 @@ def add_feng2019_config(cfg):
     _F.ATTENTION_VALUE_CHANNELS = 64
     # Feature map of the centerness/box head: the stride-4 FPN level ("fpn1" in the paper).
     _F.CENTERNESS_IN_FEATURE = "p2"
-    # Channels of the 3x3 convolution shared by the centerness and box branches.
+    # Channels of the 3x3 convolution shared by the centerness and box branches (unused with
+    # SHARE_RPN_CONV).
     _F.CENTERNESS_CONV_DIM = 256
+    # The centerness and box branches read the RPN head's 3x3 convolution (shared with the RPN
+    # and trained by both losses), as the Feng lab code does (rpn/rpn.py, PRED_TARGETS);
+    # False: the head has its own 3x3 convolution of CENTERNESS_CONV_DIM channels.
+    _F.SHARE_RPN_CONV = False
     # Side of the positive centre box as a fraction of the instance box (paper: 0.3).
     _F.CENTER_FRACTION = 0.3
     # (width, height) in input pixels of the anchor box at every location; the paper uses the
@@ -60,6 +65,12 @@ def add_feng2019_config(cfg):
     _F.BLOCK_FALSE_NEGATIVES = True
     # Inference: the pseudo-boxes join the RPN proposals.
     _F.PSEUDO_PROPOSALS_AT_TEST = True
+    # Inference: dilate every output mask by a 3x3 square (after pasting at image size; boxes
+    # unchanged), the paper's post-processing (section III). Read by NucleiWeakFeng2019RCNN and
+    # by the baseline meta-architecture NucleiWeakFeng2019BaselineRCNN; off by default (our
+    # protocol: no post-processing unless the method's own, which this is: switch it on for
+    # every model of a comparison or for none).
+    _F.DILATE_MASKS = False
     # Objectness logit given to the pseudo-box proposals ("high score"; Feng code: objectness 2
     # on a 0-1 probability scale, i.e. above every RPN proposal).
     _F.PSEUDO_PROPOSAL_LOGIT = 10.0

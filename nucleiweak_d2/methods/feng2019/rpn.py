@@ -13,7 +13,6 @@ the annotated boxes only. Without blocking boxes the class behaves exactly as ``
 from typing import List, Optional
 
 import torch
-
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
