@@ -50,6 +50,7 @@ BUILTIN_METHODS = (
     "feng2019",
     "nam2023",
     "wang2024",
+    "liu2022",
 )
 
 

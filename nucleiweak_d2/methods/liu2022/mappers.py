@@ -1,0 +1,238 @@
+"""Dataset mappers of Liu et al.: targets made once per full image, then augmented with it.
+
+- ``NucleiWeakLiu2022SPNMapper``: Voronoi and *adaptive* k-means cluster labels (0 background,
+  1 nucleus, 2 ignore) as a ``(2, H, W)`` long ``"sem_seg"`` (the SPN's two targets).
+- ``NucleiWeakLiu2022IENMapper``: the instance pseudo-label of :mod:`.pseudo_labels` from the
+  SPN probability of the image as ``"ins_seg"`` ``(H, W)`` long (0 ignore, 1 background,
+  ``2 + k`` instance of point ``k``), and the CoordConv coordinates of :mod:`.coords` as
+  ``"coords"`` ``(2, H, W)`` float.
+
+Targets are computed on the whole image (Voronoi cells and k-means see the whole tissue),
+cached in memory and, with ``cache_dir``, on disk (``<image_id>.npz``). At test time only the
+image is produced (annotations are kept for the evaluator).
+"""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import transforms as T
+
+from ...data.atomic import savez_compressed
+from ...data.io import read_image
+from ...data.records import cache_key, record_points
+from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
+from ...data.transforms import build_nuclei_augmentation
+from .coords import coordinate_grid
+
+__all__ = ["NucleiWeakLiu2022SPNMapper", "NucleiWeakLiu2022IENMapper"]
+
+
+class _CachedTargetsMapper:
+    """Reading, target cache and augmentation; subclasses define ``_targets`` and ``_put``.
+
+    (The same mechanism as Qu et al.'s mappers; see the report for moving it to ``data/``.)
+    """
+
+    @configurable
+    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir=""):
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.cache_dir = str(cache_dir)
+        self._cache = {}
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        return {
+            "is_train": is_train,
+            "augmentations": build_nuclei_augmentation(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    def cached_targets(self, record, image):
+        """Targets of ``record`` (a dict of full-size arrays), from the cache or computed."""
+        key = cache_key(record)
+        if key in self._cache:
+            return self._cache[key]
+        path = Path(self.cache_dir) / f"{key}.npz" if self.cache_dir else None
+        if path is not None and path.is_file():
+            with np.load(path) as z:
+                maps = {k: z[k] for k in z.files}
+        else:
+            maps = self._targets(record, image)
+            if path is not None:
+                savez_compressed(path, **maps)
+        self._cache[key] = maps
+        return maps
+
+    def __call__(self, dataset_dict):
+        d = copy.deepcopy(dataset_dict)
+        image = np.array(read_image(d["file_name"]))  # RGB uint8, writable
+        if image.shape[:2] != (d["height"], d["width"]):
+            raise ValueError(
+                f"{d['file_name']}: image is {image.shape[:2]}, record says "
+                f"{(d['height'], d['width'])}"
+            )
+        if self.is_train:
+            maps = self.cached_targets(d, image)
+            aug = T.AugInput(image)
+            transforms = self.augmentations(aug)
+            self._put(d, maps, transforms, image.shape[:2])
+            image = aug.image
+        if self.image_format == "BGR":
+            image = image[:, :, ::-1]
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return d
+
+
+@NUCLEIWEAK_MAPPER_REGISTRY.register()
+class NucleiWeakLiu2022SPNMapper(_CachedTargetsMapper):
+    """Voronoi + adaptive k-means labels of Liu et al., stacked as ``"sem_seg"`` ``(2, H, W)``.
+
+    Points are the record's annotated points (``point_labeled``); an image without points gets
+    all-ignored targets.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train=True,
+        *,
+        augmentations,
+        image_format="RGB",
+        cache_dir="",
+        color_weight=0.2,
+        patch_size=60,
+        d_max=20.0,
+    ):
+        """
+        Parameters
+        ----------
+        is_train : bool
+        augmentations : list of Augmentation
+        image_format : {"RGB", "BGR"}
+        cache_dir : str
+            Folder caching ``<image_id>.npz`` with ``voronoi`` and ``cluster``; "" = memory
+            only (the pipeline passes its ``pseudo_labels/labels`` folder).
+        color_weight, patch_size, d_max
+            lambda, L and d* of :func:`~nucleiweak_d2.pseudo_labels.adaptive_cluster_label`.
+        """
+        super().__init__(
+            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+        )
+        self.color_weight, self.patch_size, self.d_max = (
+            float(color_weight),
+            int(patch_size),
+            float(d_max),
+        )
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        ret = super().from_config(cfg, is_train)
+        c = cfg.NUCLEIWEAK.LIU2022.CLUSTER
+        ret.update(color_weight=c.LAMBDA, patch_size=c.PATCH_SIZE, d_max=c.D_MAX)
+        return ret
+
+    def _targets(self, record, image):
+        from ...pseudo_labels.adaptive import adaptive_cluster_label
+        from ...pseudo_labels.voronoi import voronoi_label
+
+        pts = record_points(record)
+        if len(pts) == 0:
+            ignore = np.full(image.shape[:2], 2, dtype=np.uint8)
+            return {"voronoi": ignore, "cluster": ignore.copy()}
+        cluster = adaptive_cluster_label(
+            image, pts, alpha=self.color_weight, patch_size=self.patch_size, d_max=self.d_max
+        )
+        return {
+            "voronoi": voronoi_label(pts, image.shape[:2]).astype(np.uint8),
+            "cluster": cluster.astype(np.uint8),
+        }
+
+    def _put(self, d, maps, transforms, shape):
+        vor = transforms.apply_segmentation(maps["voronoi"])
+        clu = transforms.apply_segmentation(maps["cluster"])
+        d["sem_seg"] = torch.as_tensor(np.stack([vor, clu]).astype(np.int64))
+
+
+@NUCLEIWEAK_MAPPER_REGISTRY.register()
+class NucleiWeakLiu2022IENMapper(_CachedTargetsMapper):
+    """Instance pseudo-labels (``"ins_seg"``) and CoordConv coordinates (``"coords"``).
+
+    The instance label of an image is made from the SPN probability that the ``spn_predict``
+    stage wrote (``prob_dir/<image_id>.npz``, array ``prob``) and the record's annotated
+    points. ``"coords"`` holds the normalised full-image coordinates of every pixel after the
+    augmentation (:func:`~.coords.coordinate_grid` moved by the same transforms as the image).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train=True,
+        *,
+        augmentations,
+        image_format="RGB",
+        cache_dir="",
+        prob_dir="",
+        t_fg=0.5,
+        t_bg=0.3,
+        min_area=20,
+    ):
+        """
+        Parameters
+        ----------
+        is_train, augmentations, image_format
+            As :class:`NucleiWeakLiu2022SPNMapper`.
+        cache_dir : str
+            Folder caching ``<image_id>.npz`` with ``instances``; "" = memory only.
+        prob_dir : str
+            Folder of the SPN probabilities of the training images (the pipeline passes it;
+            needed in training only).
+        t_fg, t_bg, min_area
+            See :func:`~.pseudo_labels.instance_pseudo_label`.
+        """
+        super().__init__(
+            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+        )
+        self.prob_dir = str(prob_dir)
+        self.t_fg, self.t_bg, self.min_area = float(t_fg), float(t_bg), int(min_area)
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        ret = super().from_config(cfg, is_train)
+        ien = cfg.NUCLEIWEAK.LIU2022.IEN
+        ret.update(t_fg=ien.T_FG, t_bg=ien.T_BG, min_area=ien.LABEL_MIN_AREA)
+        return ret
+
+    def _targets(self, record, image):
+        from .pseudo_labels import instance_pseudo_label
+
+        if not self.prob_dir:
+            raise ValueError(
+                "NucleiWeakLiu2022IENMapper needs prob_dir (the SPN probabilities "
+                "of the training images) in training"
+            )
+        path = Path(self.prob_dir) / f"{cache_key(record)}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"no SPN probability for {record['file_name']}: {path}")
+        with np.load(path) as z:
+            prob = z["prob"].astype(np.float32)
+        if prob.shape != image.shape[:2]:
+            raise ValueError(
+                f"SPN probability of {record['file_name']} is {prob.shape}, image "
+                f"is {image.shape[:2]}"
+            )
+        label = instance_pseudo_label(
+            prob, record_points(record), t_fg=self.t_fg, t_bg=self.t_bg, min_area=self.min_area
+        )
+        return {"instances": label}
+
+    def _put(self, d, maps, transforms, shape):
+        # float32 holds ids exactly up to 2**24; Detectron2's resize has no integer path
+        ins = transforms.apply_segmentation(maps["instances"].astype(np.float32))
+        d["ins_seg"] = torch.as_tensor(np.rint(ins).astype(np.int64))
+        coords = transforms.apply_image(coordinate_grid(*shape))
+        d["coords"] = torch.as_tensor(np.ascontiguousarray(coords.transpose(2, 0, 1)))

@@ -1,0 +1,104 @@
+"""Fast mean-shift against scikit-learn's MeanShift, and the instance map built from it."""
+
+import numpy as np
+import pytest
+import torch
+
+from nucleiweak_d2.methods.liu2022.grouping import mean_shift
+from nucleiweak_d2.methods.liu2022.instances import group_foreground, tile_edges
+
+
+def blobs(seed, n_clusters=12, dim=16, std=0.15, spread=3.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim)) * spread
+    sizes = rng.integers(5, 80, n_clusters)
+    x = np.concatenate([c + rng.normal(size=(s, dim)) * std for c, s in zip(centres, sizes)])
+    truth = np.repeat(np.arange(n_clusters), sizes)
+    return x.astype(np.float32), truth
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_same_grouping_as_sklearn_on_separated_blobs(seed):
+    from sklearn.cluster import MeanShift
+    from sklearn.metrics import adjusted_rand_score
+
+    x, truth = blobs(seed)
+    ref = MeanShift(bandwidth=1.5).fit(x)
+    labels, centres = mean_shift(x, 1.5, sample_size=128)  # a subsample smaller than the data
+    assert adjusted_rand_score(ref.labels_, labels) == 1.0
+    assert adjusted_rand_score(truth, labels) == 1.0
+    # the same modes (up to order), at the same places
+    order = np.argsort(centres[:, 0])
+    ref_c = ref.cluster_centers_[np.argsort(ref.cluster_centers_[:, 0])]
+    np.testing.assert_allclose(centres[order], ref_c, atol=1e-4)
+
+
+def bridges(seed, n_clusters=8, dim=16):
+    """Compact clusters, a background cluster, and points spread along the segments between
+    each cluster and the background (pixels between a nucleus and the background): there
+    scikit-learn's modes sit on plateaux and depend on every point."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters + 1, dim)) * 2.0
+    parts = [c + rng.normal(size=(30, dim)) * 0.1 for c in centres]
+    for c in centres[1:]:
+        t = rng.uniform(0, 1, size=(25, 1))
+        parts.append(t * c + (1 - t) * centres[0] + rng.normal(size=(25, dim)) * 0.1)
+    return np.concatenate(parts).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_same_grouping_as_sklearn_between_clusters(seed):
+    from sklearn.cluster import MeanShift
+    from sklearn.metrics import adjusted_rand_score
+
+    x = bridges(seed)
+    ref = MeanShift(bandwidth=1.5).fit(x)
+    labels, centres = mean_shift(x, 1.5, sample_size=64)
+    assert len(ref.cluster_centers_) > 9  # the bridges hold modes of their own
+    assert adjusted_rand_score(ref.labels_, labels) >= 0.98
+
+
+def test_small_cluster_missed_by_the_subsample_is_recovered():
+    x, _ = blobs(3, n_clusters=4)
+    lonely = np.full((2, 16), 20.0, dtype=np.float32)  # two points, far from everything
+    x = np.concatenate([x, lonely])
+    labels, centres = mean_shift(x, 1.5, sample_size=8, random_state=0)
+    assert len(centres) == 5
+    assert labels[-1] == labels[-2] and (labels[:-2] != labels[-1]).all()
+
+
+def test_degenerate_inputs():
+    labels, centres = mean_shift(np.zeros((0, 4)), 1.5)
+    assert labels.shape == (0,) and centres.shape == (0, 4)
+    labels, centres = mean_shift(np.ones((7, 3)), 1.5)
+    assert (labels == 0).all() and len(centres) == 1
+    with pytest.raises(ValueError, match="bandwidth"):
+        mean_shift(np.ones((3, 2)), 0)
+    with pytest.raises(ValueError, match="NaN"):
+        mean_shift(np.array([[0.0, np.nan]]), 1.5)
+
+
+def test_instances_from_embeddings_across_tiles_and_background_removal():
+    """Two nuclei with distinct embeddings, one of them cut by the tile seam at x = 20; a
+    background-like cluster scattered in 6 specks is removed (>= 5 fragments)."""
+    h, w = 40, 40
+    emb = torch.zeros(2, h, w)
+    fg = np.zeros((h, w), dtype=bool)
+    fg[5:15, 14:27] = True  # nucleus A, across the seam between tiles
+    emb[:, 5:15, 14:27] = torch.tensor([3.0, 0.0])[:, None, None]
+    fg[25:35, 5:12] = True  # nucleus B
+    emb[:, 25:35, 5:12] = torch.tensor([0.0, 3.0])[:, None, None]
+    fg[25:35, 12:16] = True  # nucleus C touches B, other embedding
+    emb[:, 25:35, 12:16] = torch.tensor([6.0, 6.0])[:, None, None]
+    for k in range(6):  # 6 background specks in the bottom-left tile
+        fg[22 + 3 * k, 0:2] = True
+        emb[:, 22 + 3 * k, 0:2] = torch.tensor([-5.0, -5.0])[:, None]
+    label = group_foreground(emb, fg, bandwidth=1.5, tile=20, bg_min_fragments=5, min_area=1)
+    assert label.max() == 3
+    assert len(np.unique(label[5:15, 14:27])) == 1 and label[5, 14] > 0  # stitched across the seam
+    assert label[30, 8] != label[30, 13] and label[30, 8] > 0 and label[30, 13] > 0
+    assert (label[22:40, 0:2] == 0).all()  # background cluster removed
+    kept = group_foreground(emb, fg, bandwidth=1.5, tile=20, bg_min_fragments=0, min_area=1)
+    assert kept.max() == 3 + 6
+    assert list(tile_edges(1000, 224)) == [0, 200, 400, 600, 800, 1000]
+    assert list(tile_edges(50, 0)) == [0, 50]
