@@ -1,4 +1,5 @@
-"""Tests of the detectron2 glue: NucleiDatasetMapper, Rot90Transform, register_nuclei_dataset."""
+"""Tests of the detectron2 glue: NucleiDatasetMapper, CachedTargetsMapper, Rot90Transform,
+register_nuclei_dataset."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import pytest
 pytest.importorskip("detectron2")
 import torch  # noqa: E402
 from detectron2.config import CfgNode as CN  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
+from detectron2.config import configurable, get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
@@ -20,7 +21,7 @@ from nucleiweak_d2.data.datasets import (
     register_nuclei_splits,
 )  # noqa: E402
 from nucleiweak_d2.data.io import write_image, write_label  # noqa: E402
-from nucleiweak_d2.data.mapper import NucleiDatasetMapper  # noqa: E402
+from nucleiweak_d2.data.mapper import CachedTargetsMapper, NucleiDatasetMapper  # noqa: E402
 from nucleiweak_d2.data.registry import NUCLEIWEAK_MAPPER_REGISTRY, build_mapper  # noqa: E402
 from nucleiweak_d2.data.transforms import RandomRot90, RandomScale, Rot90Transform  # noqa: E402
 
@@ -241,6 +242,95 @@ def test_mapper_size_mismatch_error(records):
     record = dict(records["points"][0], height=H + 1)
     with pytest.raises(ValueError, match="a.png"):
         NucleiDatasetMapper(is_train=True, augmentations=[])(record)
+
+
+
+class _RowColumnMapper(CachedTargetsMapper):
+    """Targets: the row and column index of every full-image pixel; counts its computations."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.computed, self.put_args = 0, []
+
+    def _targets(self, record, image):
+        self.computed += 1
+        rows, cols = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+        return {"row": rows.astype(np.float32), "col": cols.astype(np.float32)}
+
+    def _put(self, d, maps, transforms, shape):
+        self.put_args.append((transforms, shape))
+        d["rc"] = np.stack([transforms.apply_segmentation(maps[k]) for k in ("row", "col")])
+
+
+def test_cached_targets_mapper_moves_targets_with_the_image(records):
+    record = records["points"][0]
+    moves = [T.HFlipTransform(W), Rot90Transform(H, W, 1), T.CropTransform(10, 10, 40, 50)]
+    mapper = _RowColumnMapper(True, augmentations=moves)
+    out = mapper(record)
+    transforms, shape = mapper.put_args[0]
+    assert isinstance(transforms, T.TransformList) and len(transforms.transforms) == 3
+    assert shape == (50, 40) == tuple(out["image"].shape[1:])
+    assert out["rc"].shape == (2, *shape)
+    # every output pixel's targets name the full-image pixel it came from; the image says so
+    # too (channel 1 = 3 * column, channel 2 = 4 * row)
+    rows, cols = np.rint(out["rc"]).astype(int)
+    image = out["image"].numpy().astype(int)
+    np.testing.assert_array_equal(image[1], 3 * cols)
+    np.testing.assert_array_equal(image[2], 4 * rows)
+    assert len(np.unique(rows)) > 1 and len(np.unique(cols)) > 1
+
+
+def test_cached_targets_mapper_caches_in_memory_and_on_disk(records, tmp_path):
+    record = dict(records["points"][0], image_id="a/1")
+    mapper = _RowColumnMapper(True, augmentations=[], cache_dir=str(tmp_path))
+    first = mapper(record)
+    second = mapper(record)
+    assert mapper.computed == 1
+    np.testing.assert_array_equal(first["rc"], second["rc"])
+    assert (tmp_path / "a_1.npz").is_file()  # the cache key is file-system safe
+    again = _RowColumnMapper(True, augmentations=[], cache_dir=str(tmp_path))
+    maps = again.cached_targets(record, None)  # read back, not recomputed
+    assert again.computed == 0 and sorted(maps) == ["col", "row"]
+    np.testing.assert_array_equal(again(record)["rc"], first["rc"])
+    assert again.cached_targets(record, None) is again.cached_targets(record, None)
+    memory = _RowColumnMapper(True, augmentations=[])
+    memory(record), memory(record)
+    assert memory.computed == 1 and list(tmp_path.iterdir()) == [tmp_path / "a_1.npz"]
+
+
+def test_cached_targets_mapper_test_mode_bgr_and_errors(records):
+    record = records["points"][0]
+    mapper = _RowColumnMapper(False, augmentations=[], image_format="BGR")
+    out = mapper(record)
+    assert mapper.computed == 0 and not mapper.put_args and "rc" not in out
+    assert out["annotations"] == record["annotations"]
+    assert out["image"].shape == (3, H, W) and out["image"].dtype == torch.uint8
+    assert out["image"][2, CENTRES[0][0], CENTRES[0][1]] == 30  # red channel is last in BGR
+    with pytest.raises(ValueError, match="a.png"):
+        _RowColumnMapper(True, augmentations=[])(dict(record, width=W + 1))
+    with pytest.raises(ValueError, match="image_format"):
+        _RowColumnMapper(True, augmentations=[], image_format="L")
+    with pytest.raises(TypeError):
+        CachedTargetsMapper(True, augmentations=[])  # abstract
+
+
+def test_cached_targets_mapper_from_config():
+    cfg = _cfg()
+    cfg.INPUT.FORMAT = "BGR"
+    cfg.NUCLEIWEAK.DATA.CROP_SIZE = [32, 32]
+
+    class _Configured(_RowColumnMapper):
+        @configurable
+        def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir=""):
+            super().__init__(
+                is_train, augmentations=augmentations, image_format=image_format,
+                cache_dir=cache_dir,
+            )
+
+    train, test = _Configured(cfg, True), _Configured(cfg, is_train=False)
+    assert train.is_train and train.image_format == "BGR" and train.cache_dir == ""
+    assert isinstance(train.augmentations.augs[-1], T.RandomCrop)
+    assert not test.is_train and test.augmentations.augs == []
 
 
 def _cfg():

@@ -152,6 +152,25 @@ def test_seg_mapper_points_file_and_cache(tmp_path):
     assert "sem_seg" not in test_out and test_out["image"].shape == (3, 60, 80)
 
 
+
+def test_seg_mapper_moves_the_full_image_labels_with_the_image(tmp_path):
+    from detectron2.data import transforms as T
+
+    from nucleiweak_d2.data.mapper import CachedTargetsMapper
+    from nucleiweak_d2.data.transforms import Rot90Transform
+
+    rec = _record(tmp_path, [(20, 20), (60, 40)], [True, True])
+    moves = [T.HFlipTransform(80), Rot90Transform(60, 80, 1), T.CropTransform(5, 8, 40, 50)]
+    mapper = NucleiWeakQu2020SegMapper(True, augmentations=moves)
+    assert isinstance(mapper, CachedTargetsMapper)
+    sem = mapper(rec)["sem_seg"].numpy()
+    full = mapper.cached_targets(rec, None)  # computed on the whole image by the call above
+    want = T.TransformList(moves)
+    for i, name in enumerate(("voronoi", "cluster")):
+        np.testing.assert_array_equal(sem[i], want.apply_segmentation(full[name]))
+    assert sem.shape == (2, 50, 40) and full["voronoi"].shape == (60, 80)
+
+
 # ----------------------------------------------------------------- meta-architectures
 def test_point_detector_loss_gradients_and_inference():
     from detectron2.modeling import build_model

@@ -1,6 +1,14 @@
-"""Dataset mapper that carries point annotations (and optionally masks) through augmentation."""
+"""Dataset mappers of the data layer.
 
+- ``NucleiDatasetMapper``: carries point annotations (and optionally masks) through
+  augmentation, onto ``Instances``.
+- ``CachedTargetsMapper``: base of the method mappers whose dense training targets are made
+  once per full image, cached, and augmented together with the image.
+"""
+
+import abc
 import copy
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -8,12 +16,14 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
+from .atomic import savez_compressed
 from .io import read_image
+from .records import cache_key
 from .registry import NUCLEIWEAK_MAPPER_REGISTRY
 from .rle import paint_rles
 from .transforms import build_nuclei_augmentation
 
-__all__ = ["NucleiDatasetMapper"]
+__all__ = ["NucleiDatasetMapper", "CachedTargetsMapper"]
 
 _USE_MASKS = {"auto": "auto", "always": True, "never": False}
 
@@ -198,6 +208,144 @@ class NucleiDatasetMapper:
         return dataset_dict
 
     def _to_tensor(self, image):
-        if self.image_format == "BGR":
-            image = image[:, :, ::-1]
-        return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return _image_tensor(image, self.image_format)
+
+
+def _image_tensor(image, image_format):
+    """CHW uint8 tensor of an ``(H, W, 3)`` RGB ``image`` in ``image_format`` channel order."""
+    if image_format == "BGR":
+        image = image[:, :, ::-1]
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+class CachedTargetsMapper(abc.ABC):
+    """Base of the mappers whose dense training targets are made once per full image.
+
+    A call reads the image (RGB uint8, checked against the record's ``height``/``width``)
+    and, in training, takes the targets of the record from :meth:`cached_targets`: they are
+    computed by :meth:`_targets` on the *whole* image (never on a crop, so e.g. Voronoi cells
+    and k-means see the whole tissue) the first time the image is seen, then kept in memory
+    and, when ``cache_dir`` is set, in ``cache_dir/<image_id>.npz`` (read back instead of
+    recomputed, also by a later mapper). The image is then augmented, and :meth:`_put` moves
+    the full-size targets with the same transforms and puts them into the dataset dict.
+
+    The output holds ``image`` (CHW uint8 tensor in ``image_format``) and, in training, what
+    :meth:`_put` adds. At test time (``is_train=False``) only the image is produced, moved by
+    the test augmentations (none from the config), and the annotations are kept for the
+    evaluator.
+
+    Subclasses implement :meth:`_targets` and :meth:`_put`, and extend ``__init__`` and
+    ``from_config`` with their own arguments (``@configurable`` on their ``__init__`` too).
+    """
+
+    @configurable
+    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir=""):
+        """
+        Parameters
+        ----------
+        is_train : bool
+            Training (image and targets) or inference (image only) mode.
+        augmentations : list
+            Detectron2 ``Augmentation`` or ``Transform`` objects.
+        image_format : {"RGB", "BGR"}
+            Channel order of the output image.
+        cache_dir : str
+            Folder caching the targets as ``<image_id>.npz``; "" = memory only.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.cache_dir = str(cache_dir)
+        self._cache = {}
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        """``is_train``, the augmentations of ``cfg`` and its ``INPUT.FORMAT``."""
+        return {
+            "is_train": is_train,
+            "augmentations": build_nuclei_augmentation(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    @abc.abstractmethod
+    def _targets(self, record, image):
+        """Compute the full-size targets of one image.
+
+        Parameters
+        ----------
+        record : dict
+            Detectron2 dataset dict of the image.
+        image : numpy.ndarray
+            ``(H, W, 3)`` RGB uint8 image of ``record`` (not augmented).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Named arrays (stored as such in the ``.npz`` cache).
+        """
+
+    @abc.abstractmethod
+    def _put(self, d, maps, transforms, shape):
+        """Move the targets by the augmentation and put them into the dataset dict.
+
+        Parameters
+        ----------
+        d : dict
+            The (copied) dataset dict being built; modified in place.
+        maps : dict of str to numpy.ndarray
+            The full-size targets of :meth:`_targets`, shared with the cache: do not modify
+            them in place.
+        transforms : detectron2.data.transforms.TransformList
+            The transforms that moved the image.
+        shape : tuple of int
+            ``(H, W)`` of the augmented image (the full image's is ``d["height"]``,
+            ``d["width"]``).
+        """
+
+    def cached_targets(self, record, image):
+        """Targets of ``record``, from the cache or computed.
+
+        Parameters
+        ----------
+        record : dict
+            Detectron2 dataset dict (its ``image_id`` is the cache key).
+        image : numpy.ndarray
+            ``(H, W, 3)`` RGB uint8 full image of ``record``.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            The full-size targets of :meth:`_targets` (the cached object itself).
+        """
+        key = cache_key(record)
+        if key in self._cache:
+            return self._cache[key]
+        path = Path(self.cache_dir) / f"{key}.npz" if self.cache_dir else None
+        if path is not None and path.is_file():
+            with np.load(path) as z:
+                maps = {k: z[k] for k in z.files}
+        else:
+            maps = self._targets(record, image)
+            if path is not None:
+                savez_compressed(path, **maps)
+        self._cache[key] = maps
+        return maps
+
+    def __call__(self, dataset_dict):
+        d = copy.deepcopy(dataset_dict)
+        image = np.array(read_image(d["file_name"]))  # RGB uint8, writable
+        if image.shape[:2] != (d["height"], d["width"]):
+            raise ValueError(
+                f"{d['file_name']}: image is {image.shape[:2]}, record says "
+                f"{(d['height'], d['width'])}"
+            )
+        maps = self.cached_targets(d, image) if self.is_train else None
+        aug = T.AugInput(image)
+        transforms = self.augmentations(aug)
+        image = aug.image
+        if self.is_train:
+            self._put(d, maps, transforms, image.shape[:2])
+        d["image"] = _image_tensor(image, self.image_format)
+        return d

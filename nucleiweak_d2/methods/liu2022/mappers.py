@@ -8,88 +8,27 @@
   ``"coords"`` ``(2, H, W)`` float.
 
 Targets are computed on the whole image (Voronoi cells and k-means see the whole tissue),
-cached in memory and, with ``cache_dir``, on disk (``<image_id>.npz``). At test time only the
-image is produced (annotations are kept for the evaluator).
+cached in memory and, with ``cache_dir``, on disk (``<image_id>.npz``), by
+:class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`. At test time only the image is
+produced (annotations are kept for the evaluator).
 """
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import transforms as T
 
-from ...data.atomic import savez_compressed
-from ...data.io import read_image
+from ...data.mapper import CachedTargetsMapper
 from ...data.records import cache_key, record_points
 from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
-from ...data.transforms import build_nuclei_augmentation
 from .coords import coordinate_grid
 
 __all__ = ["NucleiWeakLiu2022SPNMapper", "NucleiWeakLiu2022IENMapper"]
 
 
-class _CachedTargetsMapper:
-    """Reading, target cache and augmentation; subclasses define ``_targets`` and ``_put``.
-
-    (The same mechanism as Qu et al.'s mappers; see the report for moving it to ``data/``.)
-    """
-
-    @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir=""):
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.cache_dir = str(cache_dir)
-        self._cache = {}
-
-    @classmethod
-    def from_config(cls, cfg, is_train=True):
-        return {
-            "is_train": is_train,
-            "augmentations": build_nuclei_augmentation(cfg, is_train),
-            "image_format": cfg.INPUT.FORMAT,
-        }
-
-    def cached_targets(self, record, image):
-        """Targets of ``record`` (a dict of full-size arrays), from the cache or computed."""
-        key = cache_key(record)
-        if key in self._cache:
-            return self._cache[key]
-        path = Path(self.cache_dir) / f"{key}.npz" if self.cache_dir else None
-        if path is not None and path.is_file():
-            with np.load(path) as z:
-                maps = {k: z[k] for k in z.files}
-        else:
-            maps = self._targets(record, image)
-            if path is not None:
-                savez_compressed(path, **maps)
-        self._cache[key] = maps
-        return maps
-
-    def __call__(self, dataset_dict):
-        d = copy.deepcopy(dataset_dict)
-        image = np.array(read_image(d["file_name"]))  # RGB uint8, writable
-        if image.shape[:2] != (d["height"], d["width"]):
-            raise ValueError(
-                f"{d['file_name']}: image is {image.shape[:2]}, record says "
-                f"{(d['height'], d['width'])}"
-            )
-        if self.is_train:
-            maps = self.cached_targets(d, image)
-            aug = T.AugInput(image)
-            transforms = self.augmentations(aug)
-            self._put(d, maps, transforms, image.shape[:2])
-            image = aug.image
-        if self.image_format == "BGR":
-            image = image[:, :, ::-1]
-        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return d
-
-
 @NUCLEIWEAK_MAPPER_REGISTRY.register()
-class NucleiWeakLiu2022SPNMapper(_CachedTargetsMapper):
+class NucleiWeakLiu2022SPNMapper(CachedTargetsMapper):
     """Voronoi + adaptive k-means labels of Liu et al., stacked as ``"sem_seg"`` ``(2, H, W)``.
 
     Points are the record's annotated points (``point_labeled``); an image without points gets
@@ -159,7 +98,7 @@ class NucleiWeakLiu2022SPNMapper(_CachedTargetsMapper):
 
 
 @NUCLEIWEAK_MAPPER_REGISTRY.register()
-class NucleiWeakLiu2022IENMapper(_CachedTargetsMapper):
+class NucleiWeakLiu2022IENMapper(CachedTargetsMapper):
     """Instance pseudo-labels (``"ins_seg"``) and CoordConv coordinates (``"coords"``).
 
     The instance label of an image is made from the SPN probability that the ``spn_predict``
@@ -234,5 +173,6 @@ class NucleiWeakLiu2022IENMapper(_CachedTargetsMapper):
         # float32 holds ids exactly up to 2**24; Detectron2's resize has no integer path
         ins = transforms.apply_segmentation(maps["instances"].astype(np.float32))
         d["ins_seg"] = torch.as_tensor(np.rint(ins).astype(np.int64))
-        coords = transforms.apply_image(coordinate_grid(*shape))
+        # the grid of the full image (``shape`` is the augmented one's), moved like the image
+        coords = transforms.apply_image(coordinate_grid(d["height"], d["width"]))
         d["coords"] = torch.as_tensor(np.ascontiguousarray(coords.transpose(2, 0, 1)))

@@ -5,7 +5,8 @@ Per training image:
 - ``"sem_seg"`` ``(2, H, W)`` long: the Voronoi and cluster labels of the *annotated* points
   (the paper keeps V and K from the clicks; only the centre map follows the refined points);
   computed once on the whole image with the Voronoi cells, cached in memory and in
-  ``cache_dir/<image_id>.npz`` (``voronoi``, ``cluster``, ``cells``);
+  ``cache_dir/<image_id>.npz`` (``voronoi``, ``cluster``, ``cells``) by
+  :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`;
 - ``"center_target"`` ``(1, H, W)`` float: the Gaussian centre map of the current points
   (``points_file``, written by the pipeline after each E-step; the annotated points without it),
   drawn after augmentation;
@@ -17,20 +18,16 @@ Per training image:
 At test time only the image is produced (annotations are kept for the evaluator).
 """
 
-import copy
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import transforms as T
 
-from ...data.atomic import savez_compressed
-from ...data.io import read_image
+from ...data.mapper import CachedTargetsMapper
 from ...data.records import cache_key, record_points
 from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
-from ...data.transforms import build_nuclei_augmentation
 from .labels import binary_labels
 from .targets import center_target, offset_target
 
@@ -46,7 +43,7 @@ def _move_points(transforms, points):
 
 
 @NUCLEIWEAK_MAPPER_REGISTRY.register()
-class NucleiWeakNam2023Mapper:
+class NucleiWeakNam2023Mapper(CachedTargetsMapper):
     """Binary labels, centre map and (from round 0 on) offset targets; see the module docstring."""
 
     @configurable
@@ -86,50 +83,50 @@ class NucleiWeakNam2023Mapper:
         targets_dir : str
             Folder of the shape-guided offset targets; "" = no offset targets (warm-up).
         """
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
+        super().__init__(
+            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+        )
         self.label_args = {"geodesic": bool(geodesic), "beta": float(beta), "d_max": float(d_max)}
         self.center_radius = float(center_radius)
         self.offset_background_weight = float(offset_background_weight)
-        self.cache_dir, self.targets_dir = str(cache_dir), str(targets_dir)
+        self.targets_dir = str(targets_dir)
         self.points_by_image = None
         if points_file and is_train:  # test time needs only the image
             with open(points_file) as f:
                 self.points_by_image = {str(k): v for k, v in json.load(f).items()}
-        self._cache = {}
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
         n = cfg.NUCLEIWEAK.NAM2023
-        return {
-            "is_train": is_train,
-            "augmentations": build_nuclei_augmentation(cfg, is_train),
-            "image_format": cfg.INPUT.FORMAT,
-            "geodesic": n.LABELS.GEODESIC,
-            "beta": n.LABELS.BETA,
-            "d_max": n.LABELS.D_MAX,
-            "center_radius": n.CENTER.RADIUS,
-            "offset_background_weight": n.LOSS.OFFSET_BACKGROUND_WEIGHT,
-        }
+        ret = super().from_config(cfg, is_train)
+        ret.update(
+            geodesic=n.LABELS.GEODESIC,
+            beta=n.LABELS.BETA,
+            d_max=n.LABELS.D_MAX,
+            center_radius=n.CENTER.RADIUS,
+            offset_background_weight=n.LOSS.OFFSET_BACKGROUND_WEIGHT,
+        )
+        return ret
 
     def binary_labels(self, record, image):
-        """``{"voronoi", "cluster", "cells"}`` of ``record`` (full size), cached."""
-        key = cache_key(record)
-        if key in self._cache:
-            return self._cache[key]
-        path = Path(self.cache_dir) / f"{key}.npz" if self.cache_dir else None
-        if path is not None and path.is_file():
-            with np.load(path) as z:
-                maps = {k: z[k] for k in z.files}
-        else:
-            maps = binary_labels(image, record_points(record), **self.label_args)
-            if path is not None:
-                savez_compressed(path, **maps)
-        self._cache[key] = maps
-        return maps
+        """``{"voronoi", "cluster", "cells"}`` of ``record`` (full size), cached.
+
+        Parameters
+        ----------
+        record : dict
+            Detectron2 dataset dict.
+        image : numpy.ndarray
+            ``(H, W, 3)`` RGB uint8 full image of ``record``.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            :meth:`cached_targets` (the labels of :func:`~.labels.binary_labels`).
+        """
+        return self.cached_targets(record, image)
+
+    def _targets(self, record, image):
+        return binary_labels(image, record_points(record), **self.label_args)
 
     def _offset_maps(self, record):
         path = Path(self.targets_dir) / f"{cache_key(record)}.npz"
@@ -140,28 +137,12 @@ class NucleiWeakNam2023Mapper:
         with np.load(path) as z:
             return z["nuclei"], z["centres"]
 
-    def __call__(self, dataset_dict):
-        d = copy.deepcopy(dataset_dict)
-        image = np.array(read_image(d["file_name"]))  # RGB uint8, writable
-        if image.shape[:2] != (d["height"], d["width"]):
-            raise ValueError(
-                f"{d['file_name']}: image is {image.shape[:2]}, record says "
-                f"{(d['height'], d['width'])}"
-            )
-        original = image
-        aug = T.AugInput(image)
-        transforms = self.augmentations(aug)
-        image = aug.image
-        if self.is_train:
-            self._put_targets(d, original, transforms, image.shape[:2])
-        if self.image_format == "BGR":
-            image = image[:, :, ::-1]
-        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return d
+    def _put(self, d, maps, transforms, shape):
+        """Add the targets of record ``d`` moved by ``transforms``.
 
-    def _put_targets(self, d, image, transforms, shape):
-        """Add the targets of record ``d`` (original ``image``) moved by ``transforms``."""
-        maps = self.binary_labels(d, image)
+        See :meth:`~nucleiweak_d2.data.mapper.CachedTargetsMapper._put`; ``maps`` are the
+        full-size binary labels, ``shape`` is the augmented image's ``(H, W)``.
+        """
         seg = [transforms.apply_segmentation(maps[k]) for k in ("voronoi", "cluster")]
         d["sem_seg"] = torch.as_tensor(np.stack(seg).astype(np.int64))
         points = _move_points(transforms, record_points(d, self.points_by_image))

@@ -7,85 +7,31 @@ augmented together with the image.
   background of the previous self-training round) as ``"det_target"`` / ``"det_weight"``.
 
 Targets are computed once per image on the whole image (never on a crop, so Voronoi cells and
-k-means see the whole tissue), cached in memory and, when ``cache_dir`` is set, on disk.
+k-means see the whole tissue), cached in memory and, when ``cache_dir`` is set, on disk
+(:class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`).
 """
 
-import copy
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import transforms as T
 
-from ...data.atomic import savez_compressed
-from ...data.io import read_image
+from ...data.mapper import CachedTargetsMapper
 from ...data.records import cache_key, record_points
 from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
-from ...data.transforms import build_nuclei_augmentation
 
 __all__ = ["NucleiWeakQu2020SegMapper", "NucleiWeakQu2020DetMapper"]
 
-logger = logging.getLogger(__name__)
 
-
-class _Qu2020MapperBase:
-    """Shared reading, caching and augmentation; subclasses define ``_targets``/``_put``."""
-
-    @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir=""):
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.cache_dir = str(cache_dir)
-        self._cache = {}
-
-    @classmethod
-    def from_config(cls, cfg, is_train=True):
-        return {
-            "is_train": is_train,
-            "augmentations": build_nuclei_augmentation(cfg, is_train),
-            "image_format": cfg.INPUT.FORMAT,
-        }
-
-    def cached_targets(self, record, image):
-        """Targets of ``record`` (a dict of full-size arrays), from the cache or computed."""
-        key = cache_key(record)
-        if key in self._cache:
-            return self._cache[key]
-        path = Path(self.cache_dir) / f"{key}.npz" if self.cache_dir else None
-        if path is not None and path.is_file():
-            with np.load(path) as z:
-                maps = {k: z[k] for k in z.files}
-        else:
-            maps = self._targets(record, image)
-            if path is not None:
-                savez_compressed(path, **maps)
-        self._cache[key] = maps
-        return maps
-
-    def __call__(self, dataset_dict):
-        d = copy.deepcopy(dataset_dict)
-        image = np.array(read_image(d["file_name"]))  # RGB uint8, writable
-        if image.shape[:2] != (d["height"], d["width"]):
-            raise ValueError(f"{d['file_name']}: image is {image.shape[:2]}, record says "
-                             f"{(d['height'], d['width'])}")
-        if self.is_train:
-            maps = self.cached_targets(d, image)
-            aug = T.AugInput(image)
-            transforms = self.augmentations(aug)
-            image = aug.image
-            self._put(d, {k: transforms.apply_segmentation(v) for k, v in maps.items()})
-        if self.image_format == "BGR":
-            image = image[:, :, ::-1]
-        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return d
+def _moved(maps, transforms):
+    """Every map of ``maps`` moved by ``transforms.apply_segmentation``, in ``maps`` order."""
+    return {k: transforms.apply_segmentation(v) for k, v in maps.items()}
 
 
 @NUCLEIWEAK_MAPPER_REGISTRY.register()
-class NucleiWeakQu2020SegMapper(_Qu2020MapperBase):
+class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
     """Voronoi + cluster pseudo-labels of Qu et al., stacked as ``"sem_seg"`` ``(2, H, W)``.
 
     Points come from ``points_file`` (the merged annotated + detected points written by the
@@ -130,12 +76,13 @@ class NucleiWeakQu2020SegMapper(_Qu2020MapperBase):
         return {"voronoi": voronoi_label(pts, image.shape[:2]).astype(np.uint8),
                 "cluster": cluster_label(image, pts).astype(np.uint8)}
 
-    def _put(self, d, maps):
+    def _put(self, d, maps, transforms, shape):
+        maps = _moved(maps, transforms)
         d["sem_seg"] = torch.as_tensor(np.stack([maps["voronoi"], maps["cluster"]]).astype(np.int64))
 
 
 @NUCLEIWEAK_MAPPER_REGISTRY.register()
-class NucleiWeakQu2020DetMapper(_Qu2020MapperBase):
+class NucleiWeakQu2020DetMapper(CachedTargetsMapper):
     """Extended Gaussian mask of Qu et al. (Eq. 1, 3) as ``"det_target"``/``"det_weight"``.
 
     ``det_target`` is ``exp(-D^2 / 2 sigma^2)`` within r1 of an annotated point, 0 elsewhere;
@@ -194,6 +141,7 @@ class NucleiWeakQu2020DetMapper(_Qu2020MapperBase):
             weight[new_bg] = 1.0
         return {"target": target, "weight": weight}
 
-    def _put(self, d, maps):
+    def _put(self, d, maps, transforms, shape):
+        maps = _moved(maps, transforms)
         d["det_target"] = torch.as_tensor(np.ascontiguousarray(maps["target"])[None])
         d["det_weight"] = torch.as_tensor(np.ascontiguousarray(maps["weight"])[None])
