@@ -24,8 +24,11 @@ from nucleiweak_d2.modeling.losses import BilateralGrid, dense_crf_loss
 # MoNuSeg images: $NUCLEIWEAK_DATA/images, else ../shared/data/monuseg_mo/images next to the repo
 DATA = os.path.join(
     os.environ.get("NUCLEIWEAK_DATA")
-    or os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                     "shared", "data", "monuseg_mo")),
+    or os.path.normpath(
+        os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "monuseg_mo"
+        )
+    ),
     "images",
 )
 

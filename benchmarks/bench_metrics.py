@@ -37,8 +37,10 @@ def synthetic_pair(size=1000, grid=27, seed=0):
             cy, cx = (gy + 0.5) * step + rng.uniform(-6, 6), (gx + 0.5) * step + rng.uniform(-6, 6)
             r = rng.uniform(7, 14)
             n += 1
-            box = (slice(max(int(cy - r - 4), 0), int(cy + r + 5)),
-                   slice(max(int(cx - r - 4), 0), int(cx + r + 5)))
+            box = (
+                slice(max(int(cy - r - 4), 0), int(cy + r + 5)),
+                slice(max(int(cx - r - 4), 0), int(cx + r + 5)),
+            )
             d2 = (yy[box] - cy) ** 2 + (xx[box] - cx) ** 2
             gt[box][d2 <= r * r] = 1000 + 3 * n  # non-contiguous ids
             if rng.random() > 0.05:
@@ -48,8 +50,10 @@ def synthetic_pair(size=1000, grid=27, seed=0):
                 pred[box][d2 <= pr * pr] = 7 * n
             if rng.random() < 0.05:  # a false positive between nuclei
                 fy, fx = cy + step / 2, cx + step / 2
-                fb = (slice(max(int(fy - 8), 0), int(fy + 8)),
-                      slice(max(int(fx - 8), 0), int(fx + 8)))
+                fb = (
+                    slice(max(int(fy - 8), 0), int(fy + 8)),
+                    slice(max(int(fx - 8), 0), int(fx + 8)),
+                )
                 pred[fb][((yy[fb] - fy) ** 2 + (xx[fb] - fx) ** 2) <= 25] = 50000 + n
     return gt, pred
 
@@ -74,10 +78,14 @@ def bench(name, gt, pred, repeats):
     det = timeit(lambda: detection_metrics(gp, pp, 11.0), repeats)
     det_h = timeit(lambda: detection_metrics(gp, pp, 11.0, "hungarian"), repeats)
     haus = timeit(lambda: object_hausdorff(gt, pred), repeats)
-    every = timeit(lambda: (segmentation_metrics(gt, pred, hausdorff=True),
-                            detection_metrics(gp, pp, 11.0)), repeats)
-    print(f"[{name}] {gt.shape[0]}x{gt.shape[1]}, {len(np.unique(gt)) - 1} gt / "
-          f"{len(np.unique(pred)) - 1} pred nuclei (median of {repeats})")
+    every = timeit(
+        lambda: (segmentation_metrics(gt, pred, hausdorff=True), detection_metrics(gp, pp, 11.0)),
+        repeats,
+    )
+    print(
+        f"[{name}] {gt.shape[0]}x{gt.shape[1]}, {len(np.unique(gt)) - 1} gt / "
+        f"{len(np.unique(pred)) - 1} pred nuclei (median of {repeats})"
+    )
     print(f"  segmentation_metrics (AJI, AJI+, Dice_obj, pixel, PQ, mAP, NCS): {seg:.4f} s")
     print(f"  detection_metrics greedy:                                      {det:.4f} s")
     print(f"  detection_metrics hungarian:                                   {det_h:.4f} s")
@@ -95,8 +103,12 @@ def main():
     segmentation_metrics(gt, pred)  # warm-up (imports, caches)
     bench("synthetic", gt, pred, args.repeats)
     if args.real:
-        root = Path(os.environ.get("NUCLEIWEAK_DATA", Path(__file__).resolve().parents[2]
-                                   / "shared" / "data" / "monuseg_mo"))
+        root = Path(
+            os.environ.get(
+                "NUCLEIWEAK_DATA",
+                Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg_mo",
+            )
+        )
         files = sorted((root / "labels").glob("*.png"))
         if not files:
             print(f"no labels under {root}; skipping --real")

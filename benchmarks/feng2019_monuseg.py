@@ -65,47 +65,143 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "configs/feng2019/mask_rcnn_R_18_FPN_baseline.yaml"
 PARTIAL = REPO / "configs/feng2019/mask_rcnn_R_18_FPN_partial.yaml"
-CONFIGS = {"baseline": BASELINE, "baseline_crop": BASELINE, "partial": PARTIAL, "baseline_full": BASELINE}
+CONFIGS = {
+    "baseline": BASELINE,
+    "baseline_crop": BASELINE,
+    "partial": PARTIAL,
+    "baseline_full": BASELINE,
+}
 # CPU-sized overrides applied to every model (same for all, so the comparison stays fair);
 # trailing KEY VALUE arguments override them.
 CPU_OPTS = [
-    "SOLVER.IMS_PER_BATCH", "2", "NUCLEIWEAK.DATA.CROP_SIZE", "[256, 256]", "SOLVER.WARMUP_ITERS", "20",
-    "DATALOADER.NUM_WORKERS", "1", "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "256",
-    "MODEL.ROI_MASK_HEAD.CONV_DIM", "64", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "256",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "500", "NUCLEIWEAK.FENG2019.CENTERNESS_CONV_DIM", "64",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "NUCLEIWEAK.DATA.CROP_SIZE",
+    "[256, 256]",
+    "SOLVER.WARMUP_ITERS",
+    "20",
+    "DATALOADER.NUM_WORKERS",
+    "1",
+    "MODEL.FPN.OUT_CHANNELS",
+    "64",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "256",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    "64",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "256",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "500",
+    "NUCLEIWEAK.FENG2019.CENTERNESS_CONV_DIM",
+    "64",
 ]
-COLUMNS = ["iters", "score_thresh", "P_iou50", "R_iou50", "AJI", "PQ", "mAP_kaggle", "NCS", "segm_AP",
-           "bbox_AP", "det_P_r11", "det_R_r11", "AJI_thr0", "PQ_thr0"]
-NUCLEI_KEYS = {"P_iou50": "obj_P", "R_iou50": "obj_R", "AJI": "AJI", "PQ": "PQ", "mAP_kaggle": "mAP_kaggle",
-               "NCS": "NCS", "det_P_r11": "det_P", "det_R_r11": "det_R"}
+COLUMNS = [
+    "iters",
+    "score_thresh",
+    "P_iou50",
+    "R_iou50",
+    "AJI",
+    "PQ",
+    "mAP_kaggle",
+    "NCS",
+    "segm_AP",
+    "bbox_AP",
+    "det_P_r11",
+    "det_R_r11",
+    "AJI_thr0",
+    "PQ_thr0",
+]
+NUCLEI_KEYS = {
+    "P_iou50": "obj_P",
+    "R_iou50": "obj_R",
+    "AJI": "AJI",
+    "PQ": "PQ",
+    "mAP_kaggle": "mAP_kaggle",
+    "NCS": "NCS",
+    "det_P_r11": "det_P",
+    "det_R_r11": "det_R",
+}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(REPO.parent / "shared/data/monuseg_mo"), help="MoNuSeg folder")
-    p.add_argument("--out", default="/tmp/feng2019_monuseg", help="output folder (outside the repo)")
-    p.add_argument("--models", nargs="+", default=["baseline", "baseline_crop", "partial", "baseline_full"],
-                   choices=sorted(CONFIGS))
-    p.add_argument("--budget-minutes", type=float, default=120.0,
-                   help="training wall time per model (ignored with --iters)")
-    p.add_argument("--iters", type=int, default=None,
-                   help="train every model for exactly this many iterations (equal iterations, deterministic)")
-    p.add_argument("--ratio", type=float, default=0.25,
-                   help="fraction of train instances annotated (and crop area of baseline_crop), e.g. 0.25 or 0.5")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the annotation subset, crops and training")
+    p.add_argument(
+        "--data", default=str(REPO.parent / "shared/data/monuseg_mo"), help="MoNuSeg folder"
+    )
+    p.add_argument(
+        "--out", default="/tmp/feng2019_monuseg", help="output folder (outside the repo)"
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["baseline", "baseline_crop", "partial", "baseline_full"],
+        choices=sorted(CONFIGS),
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=120.0,
+        help="training wall time per model (ignored with --iters)",
+    )
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="train every model for exactly this many iterations (equal iterations, deterministic)",
+    )
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=0.25,
+        help="fraction of train instances annotated (and crop area of baseline_crop), e.g. 0.25 or 0.5",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds of the annotation subset, crops and training",
+    )
     p.add_argument("--val-split", default="val", help="split of every choice (thresholds)")
     p.add_argument("--eval-split", default="test", help="split that is reported")
-    p.add_argument("--score-thresh-candidates", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9],
-                   help="instance score thresholds tried on val (0.0 = every detection)")
+    p.add_argument(
+        "--score-thresh-candidates",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.3, 0.5, 0.7, 0.9],
+        help="instance score thresholds tried on val (0.0 = every detection)",
+    )
     p.add_argument("--select-metric", default="AJI", help="NucleiEvaluator metric maximised on val")
-    p.add_argument("--overlap", default="score", choices=["score", "mask_nms"], help="overlap rule of instance maps")
-    p.add_argument("--overlap-thresh", type=float, default=0.5, help="covered fraction that drops a mask (mask_nms)")
-    p.add_argument("--quality-period", type=int, default=200,
-                   help="iterations between pseudo-box quality checks of 'partial' (0 = never)")
-    p.add_argument("--pseudo-thresh-candidates", type=float, nargs="+", default=None,
-                   help="choose NUCLEIWEAK.FENG2019.SCORE_THRESH among these on val (pseudo-box F1)")
-    p.add_argument("--dilate-masks", action="store_true",
-                   help="the paper's 3x3 dilation of output masks, for every model (NUCLEIWEAK.FENG2019.DILATE_MASKS)")
+    p.add_argument(
+        "--overlap",
+        default="score",
+        choices=["score", "mask_nms"],
+        help="overlap rule of instance maps",
+    )
+    p.add_argument(
+        "--overlap-thresh",
+        type=float,
+        default=0.5,
+        help="covered fraction that drops a mask (mask_nms)",
+    )
+    p.add_argument(
+        "--quality-period",
+        type=int,
+        default=200,
+        help="iterations between pseudo-box quality checks of 'partial' (0 = never)",
+    )
+    p.add_argument(
+        "--pseudo-thresh-candidates",
+        type=float,
+        nargs="+",
+        default=None,
+        help="choose NUCLEIWEAK.FENG2019.SCORE_THRESH among these on val (pseudo-box F1)",
+    )
+    p.add_argument(
+        "--dilate-masks",
+        action="store_true",
+        help="the paper's 3x3 dilation of output masks, for every model (NUCLEIWEAK.FENG2019.DILATE_MASKS)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides KEY VALUE ...")
     return p.parse_args(argv)
@@ -126,8 +222,16 @@ def prepare_data(data, out, ratio, seed, splits):
     from nucleiweak_d2.data.coco import export_coco_splits
 
     coco_dir = Path(out) / f"coco_r{ratio:g}_seed{seed}"
-    files = export_coco_splits(data, coco_dir, ratio=ratio, seed=seed, annotation="partial_mask",
-                               splits=["train", *splits], weak_splits=["train"], overwrite=True)
+    files = export_coco_splits(
+        data,
+        coco_dir,
+        ratio=ratio,
+        seed=seed,
+        annotation="partial_mask",
+        splits=["train", *splits],
+        weak_splits=["train"],
+        overwrite=True,
+    )
     return _register(files, data, f"r{ratio:g}_s{seed}")
 
 
@@ -153,8 +257,15 @@ def prepare_crop_data(data, out, ratio, seed):
         names.append(sample["name"])
         n_nuclei += int(label.max())
     (root / "split.json").write_text(json.dumps({"train": names}))
-    files = export_coco_splits(root, root / "coco", ratio=1.0, seed=seed, annotation="partial_mask",
-                               splits=["train"], overwrite=True)
+    files = export_coco_splits(
+        root,
+        root / "coco",
+        ratio=1.0,
+        seed=seed,
+        annotation="partial_mask",
+        splits=["train"],
+        overwrite=True,
+    )
     return _register(files, root, f"crop_r{ratio:g}_s{seed}")["train"], n_nuclei
 
 
@@ -162,8 +273,12 @@ def median_box_size(dataset_name):
     """Median (width, height) of the annotated training boxes (the paper's anchor box)."""
     from detectron2.data import DatasetCatalog
 
-    wh = [a["bbox"][2:4] for r in DatasetCatalog.get(dataset_name) for a in r["annotations"]
-          if a.get("point_labeled", True)]
+    wh = [
+        a["bbox"][2:4]
+        for r in DatasetCatalog.get(dataset_name)
+        for a in r["annotations"]
+        if a.get("point_labeled", True)
+    ]
     return [float(v) for v in np.median(np.asarray(wh, dtype=np.float64), axis=0)]
 
 
@@ -200,9 +315,19 @@ def train_for(cfg, budget_s, max_iter, logger, check=None, period=0):
             optimizer.step()
             scheduler.step()
             if it % 20 == 0:
-                extra = {k: round(v[0], 3) for k, v in storage.latest().items() if k.startswith("feng2019/")}
-                logger.info("iter %d  %.1f min  total %.3f  %s %s", it, (time.perf_counter() - start - paused) / 60,
-                            total.item(), {k: round(v.item(), 3) for k, v in losses.items()}, extra)
+                extra = {
+                    k: round(v[0], 3)
+                    for k, v in storage.latest().items()
+                    if k.startswith("feng2019/")
+                }
+                logger.info(
+                    "iter %d  %.1f min  total %.3f  %s %s",
+                    it,
+                    (time.perf_counter() - start - paused) / 60,
+                    total.item(),
+                    {k: round(v.item(), 3) for k, v in losses.items()},
+                    extra,
+                )
             storage.step()
             it += 1
             if check is not None and period > 0 and it % period == 0:
@@ -245,17 +370,29 @@ class PseudoBoxMonitor:
         head = model.centerness_head
         entry = {"iter": it}
         if self.candidates:
-            val = evaluate_pseudo_boxes(model, self.val_records, self.mapper, self.candidates, target="all")
+            val = evaluate_pseudo_boxes(
+                model, self.val_records, self.mapper, self.candidates, target="all"
+            )
             head.score_thresh = _best({t: q["f1"] for t, q in val.items()})
             entry["val"] = {f"{t:g}": q for t, q in val.items()}
         threshs = sorted({float(head.score_thresh), *(self.candidates or [])})
-        train = evaluate_pseudo_boxes(model, self.train_records, self.mapper, threshs, target="unannotated")
+        train = evaluate_pseudo_boxes(
+            model, self.train_records, self.mapper, threshs, target="unannotated"
+        )
         entry["score_thresh"] = float(head.score_thresh)
         entry["train"] = {f"{t:g}": q for t, q in train.items()}
         q = train[float(head.score_thresh)]
-        self.logger.info("iter %d  pseudo-boxes (thresh %.2f) on the training images: %d, on unannotated "
-                         "nuclei P %.3f R %.3f (%d of %d)", it, head.score_thresh, q["num_pseudo"],
-                         q["precision"], q["recall"], q["tp"], q["num_unannotated"])
+        self.logger.info(
+            "iter %d  pseudo-boxes (thresh %.2f) on the training images: %d, on unannotated "
+            "nuclei P %.3f R %.3f (%d of %d)",
+            it,
+            head.score_thresh,
+            q["num_pseudo"],
+            q["precision"],
+            q["recall"],
+            q["tp"],
+            q["num_unannotated"],
+        )
         self.curve.append(entry)
 
 
@@ -275,12 +412,27 @@ def score_dataset(model, cfg, name, threshs, overlap, overlap_thresh, coco_dir=N
     from nucleiweak_d2.evaluation.outputs import output_instance_map
 
     ev = cfg.NUCLEIWEAK.EVAL
-    evaluators = {t: NucleiEvaluator(name, None, distributed=False, radius=ev.DET_RADIUS, det_method=ev.DET_MATCHING,
-                                     hausdorff=ev.HAUSDORFF, gt_point_mode=ev.POINT_MODE) for t in threshs}
+    evaluators = {
+        t: NucleiEvaluator(
+            name,
+            None,
+            distributed=False,
+            radius=ev.DET_RADIUS,
+            det_method=ev.DET_MATCHING,
+            hausdorff=ev.HAUSDORFF,
+            gt_point_mode=ev.POINT_MODE,
+        )
+        for t in threshs
+    }
     coco = None
     if coco_dir is not None and cfg.NUCLEIWEAK.COCO_EVAL:
-        coco = COCOEvaluator(name, tasks=("bbox", "segm"), distributed=False, output_dir=str(coco_dir),
-                             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        coco = COCOEvaluator(
+            name,
+            tasks=("bbox", "segm"),
+            distributed=False,
+            output_dir=str(coco_dir),
+            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        )
     for e in [*evaluators.values(), *([coco] if coco else [])]:
         e.reset()
     model.eval()
@@ -288,23 +440,47 @@ def score_dataset(model, cfg, name, threshs, overlap, overlap_thresh, coco_dir=N
         for inputs in Trainer.build_test_loader(cfg, name):
             outputs = model(inputs)
             for t, e in evaluators.items():
-                maps = [{"instance_map": output_instance_map(o, mask_threshold=ev.MASK_THRESHOLD, score_thresh=t,
-                                                             overlap=overlap, overlap_thresh=overlap_thresh)}
-                        for o in outputs]
+                maps = [
+                    {
+                        "instance_map": output_instance_map(
+                            o,
+                            mask_threshold=ev.MASK_THRESHOLD,
+                            score_thresh=t,
+                            overlap=overlap,
+                            overlap_thresh=overlap_thresh,
+                        )
+                    }
+                    for o in outputs
+                ]
                 e.process(inputs, maps)
             if coco:
                 coco.process(inputs, [{"instances": o["instances"].to("cpu")} for o in outputs])
-    return {t: e.evaluate().get("nuclei", {}) for t, e in evaluators.items()}, (coco.evaluate() if coco else {})
+    return {t: e.evaluate().get("nuclei", {}) for t, e in evaluators.items()}, (
+        coco.evaluate() if coco else {}
+    )
 
 
 def run_model(kind, seed, args, names, anchor, logger):
     from nucleiweak_d2.config import setup_cfg
 
     out_dir = Path(args.out) / f"seed{seed}" / kind
-    opts = ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", f"('{names['train']}',)",
-            "DATASETS.TEST", f"('{names[args.val_split]}',)", "OUTPUT_DIR", str(out_dir),
-            "SEED", str(seed), "SOLVER.MAX_ITER", str(args.iters or 1000000), *CPU_OPTS,
-            "NUCLEIWEAK.FENG2019.ANCHOR_SIZE", str(anchor)]
+    opts = [
+        "MODEL.DEVICE",
+        "cpu",
+        "DATASETS.TRAIN",
+        f"('{names['train']}',)",
+        "DATASETS.TEST",
+        f"('{names[args.val_split]}',)",
+        "OUTPUT_DIR",
+        str(out_dir),
+        "SEED",
+        str(seed),
+        "SOLVER.MAX_ITER",
+        str(args.iters or 1000000),
+        *CPU_OPTS,
+        "NUCLEIWEAK.FENG2019.ANCHOR_SIZE",
+        str(anchor),
+    ]
     if args.dilate_masks:
         opts += ["NUCLEIWEAK.FENG2019.DILATE_MASKS", "True"]
         if kind != "partial":
@@ -312,26 +488,50 @@ def run_model(kind, seed, args, names, anchor, logger):
     cfg = setup_cfg(str(CONFIGS[kind]), [*opts, *args.opts])
     monitor = None
     if kind == "partial" and (args.quality_period > 0 or args.pseudo_thresh_candidates):
-        monitor = PseudoBoxMonitor(cfg, names["train"], names[args.val_split], args.pseudo_thresh_candidates, logger)
+        monitor = PseudoBoxMonitor(
+            cfg, names["train"], names[args.val_split], args.pseudo_thresh_candidates, logger
+        )
     budget_s = math.inf if args.iters else args.budget_minutes * 60
-    model, iters, train_s = train_for(cfg, budget_s, cfg.SOLVER.MAX_ITER, logger, monitor, args.quality_period)
+    model, iters, train_s = train_for(
+        cfg, budget_s, cfg.SOLVER.MAX_ITER, logger, monitor, args.quality_period
+    )
     start = time.perf_counter()
     candidates = sorted(set(args.score_thresh_candidates))
-    val, _ = score_dataset(model, cfg, names[args.val_split], candidates, args.overlap, args.overlap_thresh)
+    val, _ = score_dataset(
+        model, cfg, names[args.val_split], candidates, args.overlap, args.overlap_thresh
+    )
     val_scores = {t: val[t].get(args.select_metric) for t in candidates}
     chosen = _best(val_scores)
-    logger.info("%s: val %s per instance score threshold %s -> %g", kind, args.select_metric,
-                {f"{t:g}": None if v is None else round(v, 4) for t, v in val_scores.items()}, chosen)
-    test, coco = score_dataset(model, cfg, names[args.eval_split], sorted({chosen, 0.0}), args.overlap,
-                               args.overlap_thresh, coco_dir=out_dir / "inference")
+    logger.info(
+        "%s: val %s per instance score threshold %s -> %g",
+        kind,
+        args.select_metric,
+        {f"{t:g}": None if v is None else round(v, 4) for t, v in val_scores.items()},
+        chosen,
+    )
+    test, coco = score_dataset(
+        model,
+        cfg,
+        names[args.eval_split],
+        sorted({chosen, 0.0}),
+        args.overlap,
+        args.overlap_thresh,
+        coco_dir=out_dir / "inference",
+    )
     nuclei, raw = test[chosen], test[0.0]
     result = {
-        "config": str(CONFIGS[kind].relative_to(REPO)), "iters": iters, "train_min": train_s / 60,
-        "eval_min": (time.perf_counter() - start) / 60, "score_thresh": chosen,
+        "config": str(CONFIGS[kind].relative_to(REPO)),
+        "iters": iters,
+        "train_min": train_s / 60,
+        "eval_min": (time.perf_counter() - start) / 60,
+        "score_thresh": chosen,
         "val_select": {f"{t:g}": v for t, v in val_scores.items()},
         **{col: nuclei.get(key) for col, key in NUCLEI_KEYS.items()},
-        "segm_AP": coco.get("segm", {}).get("AP"), "bbox_AP": coco.get("bbox", {}).get("AP"),
-        "AJI_thr0": raw.get("AJI"), "PQ_thr0": raw.get("PQ"), "test_nuclei": nuclei,
+        "segm_AP": coco.get("segm", {}).get("AP"),
+        "bbox_AP": coco.get("bbox", {}).get("AP"),
+        "AJI_thr0": raw.get("AJI"),
+        "PQ_thr0": raw.get("PQ"),
+        "test_nuclei": nuclei,
     }
     if kind == "partial":
         result["pseudo_score_thresh"] = float(model.centerness_head.score_thresh)
@@ -356,24 +556,34 @@ def summarise(runs, models):
     for kind in models:
         cols = {}
         for col in COLUMNS:
-            values = [r[kind][col] for r in runs.values() if kind in r and r[kind].get(col) is not None]
+            values = [
+                r[kind][col] for r in runs.values() if kind in r and r[kind].get(col) is not None
+            ]
             values = [float(v) for v in values if math.isfinite(float(v))]
             if values:
-                cols[col] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+                cols[col] = {
+                    "mean": float(np.mean(values)),
+                    "std": float(np.std(values)),
+                    "n": len(values),
+                }
         summary[kind] = cols
     return summary
 
 
 def print_table(summary, args):
     budget = f"{args.iters} iterations" if args.iters else f"{args.budget_minutes:g} min CPU"
-    print(f"\nMoNuSeg {args.eval_split}, train ratio {args.ratio:g}, {budget} per model, seeds {args.seeds} "
-          f"(mean ± std), instance threshold chosen on {args.val_split} by {args.select_metric}")
+    print(
+        f"\nMoNuSeg {args.eval_split}, train ratio {args.ratio:g}, {budget} per model, seeds {args.seeds} "
+        f"(mean ± std), instance threshold chosen on {args.val_split} by {args.select_metric}"
+    )
     print(f"{'model':<14}" + "".join(f"{c:>17}" for c in COLUMNS))
     for kind, cols in summary.items():
         cells = []
         for c in COLUMNS:
             s = cols.get(c)
-            cells.append(f"{'nan':>17}" if s is None else f"{s['mean']:.4g} ± {s['std']:.2g}".rjust(17))
+            cells.append(
+                f"{'nan':>17}" if s is None else f"{s['mean']:.4g} ± {s['std']:.2g}".rjust(17)
+            )
         print(f"{kind:<14}" + "".join(cells))
     print("(COCO AP in percent; the other scores are fractions)")
 
@@ -394,7 +604,9 @@ def main(argv=None):
         partial = prepare_data(args.data, args.out, args.ratio, seed, held_out)
         names = {"baseline": partial, "partial": partial}
         if "baseline_full" in args.models:
-            names["baseline_full"] = dict(partial, train=prepare_data(args.data, args.out, 1.0, seed, held_out)["train"])
+            names["baseline_full"] = dict(
+                partial, train=prepare_data(args.data, args.out, 1.0, seed, held_out)["train"]
+            )
         info[seed] = {"anchor": median_box_size(partial["train"])}
         if "baseline_crop" in args.models:
             crop_train, n_crop = prepare_crop_data(args.data, args.out, args.ratio, seed)
@@ -403,9 +615,15 @@ def main(argv=None):
         logger.info("seed %d: median annotated training box (w, h) %s", seed, info[seed]["anchor"])
         runs[seed] = OrderedDict()
         for kind in args.models:
-            logger.info("=== seed %d, %s: %s", seed, kind,
-                        f"{args.iters} iterations" if args.iters else f"{args.budget_minutes:g} min")
-            runs[seed][kind] = run_model(kind, seed, args, names[kind], info[seed]["anchor"], logger)
+            logger.info(
+                "=== seed %d, %s: %s",
+                seed,
+                kind,
+                f"{args.iters} iterations" if args.iters else f"{args.budget_minutes:g} min",
+            )
+            runs[seed][kind] = run_model(
+                kind, seed, args, names[kind], info[seed]["anchor"], logger
+            )
             summary = summarise(runs, args.models)
             content = {"args": vars(args), "seeds": info, "runs": runs, "summary": summary}
             (Path(args.out) / "results.json").write_text(json.dumps(_finite(content), indent=1))

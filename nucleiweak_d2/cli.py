@@ -28,8 +28,18 @@ to fail on bad input.
 import functools
 import sys
 
-__all__ = ["UserInputError", "USER_ERRORS", "EXIT_OK", "EXIT_PARTIAL", "EXIT_BAD_INPUT",
-           "DEBUG_FLAG", "add_debug_flag", "error_line", "run_cli", "cli_guard"]
+__all__ = [
+    "UserInputError",
+    "USER_ERRORS",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_BAD_INPUT",
+    "DEBUG_FLAG",
+    "add_debug_flag",
+    "error_line",
+    "run_cli",
+    "cli_guard",
+]
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1  # the tool ran but some items failed; it listed them itself
@@ -50,8 +60,11 @@ def add_debug_flag(parser):
     :func:`run_cli` removes the flag from ``argv`` before calling ``main``, so ``main`` need
     not handle it.
     """
-    parser.add_argument(DEBUG_FLAG, action="store_true",
-                        help="on bad input, show the Python traceback instead of one line")
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help="on bad input, show the Python traceback instead of one line",
+    )
     return parser
 
 

@@ -60,9 +60,23 @@ def route_commands(route, arg, python, download_dir):
         return [pip + ["install", "--no-build-isolation", arg]]
     if route == "sal_wheel":
         return [
-            pip + ["download", "--no-deps", "--only-binary=:all:", "--python-version", "3.10",
-                   "-d", str(download_dir), arg],
-            pip + ["install", "--no-deps", str(Path(download_dir) / "sal_detectron2-0.7.2-py3-none-any.whl")],
+            pip
+            + [
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.10",
+                "-d",
+                str(download_dir),
+                arg,
+            ],
+            pip
+            + [
+                "install",
+                "--no-deps",
+                str(Path(download_dir) / "sal_detectron2-0.7.2-py3-none-any.whl"),
+            ],
         ]
     raise ValueError(f"unknown route {route!r}")
 

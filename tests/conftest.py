@@ -54,4 +54,8 @@ def synthetic_root(tmp_path_factory):
     """A tiny synthetic H&E dataset in the folder layout (6 images, 128x128, seed 0)."""
     from nucleiweak_d2.data.synthetic import make_synthetic_dataset
 
-    return Path(make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_images=6, size=(128, 128), seed=0))
+    return Path(
+        make_synthetic_dataset(
+            tmp_path_factory.mktemp("synthetic"), n_images=6, size=(128, 128), seed=0
+        )
+    )

@@ -17,13 +17,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run_tool(name, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
 
 
-@pytest.mark.parametrize("exc", [ValueError("bad value\nsecond line"),
-                                 FileNotFoundError("no such file: x.png"),
-                                 FileExistsError("x.png exists")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("bad value\nsecond line"),
+        FileNotFoundError("no such file: x.png"),
+        FileExistsError("x.png exists"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(exc, capsys):
     from nucleiweak_d2.cli import run_cli
 
@@ -79,8 +89,10 @@ def test_exit_code_from_the_return_value():
 
 
 def test_cli_module_imports_no_torch():
-    code = ("import sys, nucleiweak_d2.cli; "
-            "assert not {'torch', 'detectron2'} & set(sys.modules), sorted(sys.modules)")
+    code = (
+        "import sys, nucleiweak_d2.cli; "
+        "assert not {'torch', 'detectron2'} & set(sys.modules), sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -89,13 +101,28 @@ def test_predict_bad_input_exit_2(tmp_path):
     image.parent.mkdir()
     image.write_bytes(b"not read before the config check")
     missing = tmp_path / "missing.yaml"
-    proc = _run_tool("predict.py", "--config-file", missing, "--input", image.parent,
-                     "--output", tmp_path / "out")
+    proc = _run_tool(
+        "predict.py",
+        "--config-file",
+        missing,
+        "--input",
+        image.parent,
+        "--output",
+        tmp_path / "out",
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"error: config file not found: {missing}"
     assert not (tmp_path / "out").exists()
-    proc = _run_tool("predict.py", "--config-file", missing, "--input", image.parent,
-                     "--output", tmp_path / "out", "--debug")
+    proc = _run_tool(
+        "predict.py",
+        "--config-file",
+        missing,
+        "--input",
+        image.parent,
+        "--output",
+        tmp_path / "out",
+        "--debug",
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr  # --debug: the traceback
 
 
@@ -110,8 +137,9 @@ def test_make_synthetic_bad_input_exit_2(tmp_path):
 
 def test_make_pseudo_labels_bad_input_exit_2(tmp_path):
     missing = tmp_path / "train.json"
-    proc = _run_tool("make_pseudo_labels.py", missing, "--image-root", tmp_path,
-                     "--out", tmp_path / "pl")
+    proc = _run_tool(
+        "make_pseudo_labels.py", missing, "--image-root", tmp_path, "--out", tmp_path / "pl"
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: cannot read COCO file {missing}")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

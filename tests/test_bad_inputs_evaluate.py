@@ -52,44 +52,92 @@ PATTERN = ["--pattern", "{name}_instances.png"]
 
 def test_predict_output_names_are_found_by_default(dataset, tmp_path):
     root, pred = dataset
-    summary = _tool().main(["--gt", str(root), "--pred", str(pred), "--output",
-                            str(tmp_path / "out")])
+    summary = _tool().main(
+        ["--gt", str(root), "--pred", str(pred), "--output", str(tmp_path / "out")]
+    )
     assert summary["num_images"] == 2 and summary["AJI"] == 1.0
 
 
 def test_coco_from_prepare_dataset_finds_its_root(dataset, tmp_path):
     root, pred = dataset
     written = export_coco_splits(root, root / "coco_r1", splits=["test"])
-    summary = _tool().main(["--gt", str(written["test"]), "--pred", str(pred),
-                            "--output", str(tmp_path / "out"), *PATTERN])
+    summary = _tool().main(
+        [
+            "--gt",
+            str(written["test"]),
+            "--pred",
+            str(pred),
+            "--output",
+            str(tmp_path / "out"),
+            *PATTERN,
+        ]
+    )
     assert summary["num_images"] == 2 and summary["AJI"] == 1.0
 
 
 def test_coco_root_from_parent_with_images_folder(dataset, tmp_path):
     root, pred = dataset
-    coco = {"images": [{"id": 1, "file_name": "images/b.png", "height": SIZE, "width": SIZE,
-                        "label_file_name": "labels/b.png"}],
-            "annotations": [], "categories": [{"id": 1, "name": "nucleus"}]}
+    coco = {
+        "images": [
+            {
+                "id": 1,
+                "file_name": "images/b.png",
+                "height": SIZE,
+                "width": SIZE,
+                "label_file_name": "labels/b.png",
+            }
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "nucleus"}],
+    }
     (root / "sub").mkdir()
     (root / "sub" / "test.json").write_text(json.dumps(coco))
-    summary = _tool().main(["--gt", str(root / "sub" / "test.json"), "--pred", str(pred),
-                            "--output", str(tmp_path / "out"), *PATTERN])
+    summary = _tool().main(
+        [
+            "--gt",
+            str(root / "sub" / "test.json"),
+            "--pred",
+            str(pred),
+            "--output",
+            str(tmp_path / "out"),
+            *PATTERN,
+        ]
+    )
     assert summary["num_images"] == 1
 
 
 def test_coco_without_image_root_names_the_option(dataset, tmp_path):
     _, pred = dataset
-    coco = {"images": [{"id": 1, "file_name": "images/b.png", "height": SIZE, "width": SIZE,
-                        "label_file_name": "labels/b.png"}],
-            "annotations": [], "categories": [{"id": 1, "name": "nucleus"}]}
+    coco = {
+        "images": [
+            {
+                "id": 1,
+                "file_name": "images/b.png",
+                "height": SIZE,
+                "width": SIZE,
+                "label_file_name": "labels/b.png",
+            }
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "nucleus"}],
+    }
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "test.json").write_text(json.dumps(coco))
     with pytest.raises(ValueError, match=r"test\.json.*--image-root"):
         _tool().main(["--gt", str(lone / "test.json"), "--pred", str(pred), *PATTERN])
     with pytest.raises(ValueError, match=r"b\.png.*--image-root"):
-        _tool().main(["--gt", str(lone / "test.json"), "--pred", str(pred),
-                      "--image-root", str(lone), *PATTERN])
+        _tool().main(
+            [
+                "--gt",
+                str(lone / "test.json"),
+                "--pred",
+                str(pred),
+                "--image-root",
+                str(lone),
+                *PATTERN,
+            ]
+        )
     assert not any(p.name.startswith("nuclei_") for p in pred.iterdir())
 
 
@@ -107,8 +155,9 @@ def test_existing_results_are_not_overwritten(dataset, capsys):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True,
-                          text=True)
+    return subprocess.run(
+        [sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True
+    )
 
 
 def test_command_line_bad_split_one_line_exit_2(dataset):

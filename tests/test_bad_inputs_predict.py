@@ -92,8 +92,7 @@ def setup(tmp_path):
 
 
 def _args(config, in_dir, out, *extra):
-    return ["--config-file", str(config), "--input", str(in_dir), "--output", str(out),
-            *extra]
+    return ["--config-file", str(config), "--input", str(in_dir), "--output", str(out), *extra]
 
 
 def test_no_weights_is_refused_unless_allowed(setup, tmp_path, capsys):
@@ -115,10 +114,14 @@ def test_weights_of_another_model_are_refused(setup, tmp_path):
     other = tmp_path / "other.pth"
     torch.save({"model": torch.nn.Linear(4, 2).state_dict()}, other)
     out = tmp_path / "pred"
-    with pytest.raises(ValueError, match=(
+    with pytest.raises(
+        ValueError,
+        match=(
             rf"MODEL.WEIGHTS {other} does not fit the model of this config: 5 model key\(s\) "
             r"missing from it \(threshold, norm.weight, norm.bias and 2 more\); 2 key\(s\) "
-            r"unknown to the model \(weight, bias\)")):
+            r"unknown to the model \(weight, bias\)"
+        ),
+    ):
         _tool().main(_args(config, in_dir, out, "--opts", "MODEL.WEIGHTS", str(other)))
     assert not out.exists()
 
@@ -129,10 +132,12 @@ def test_weights_of_another_shape_are_refused(setup, tmp_path):
     state["threshold"] = torch.zeros(3)
     bad = tmp_path / "bad.pth"
     torch.save({"model": state}, bad)
-    with pytest.raises(ValueError, match=r"1 tensor\(s\) of another shape \(threshold \(3,\) "
-                                         r"vs model \(\)\)"):
-        _tool().main(_args(config, in_dir, tmp_path / "pred", "--opts", "MODEL.WEIGHTS",
-                           str(bad)))
+    with pytest.raises(
+        ValueError,
+        match=r"1 tensor\(s\) of another shape \(threshold \(3,\) "
+        r"vs model \(\)\)",
+    ):
+        _tool().main(_args(config, in_dir, tmp_path / "pred", "--opts", "MODEL.WEIGHTS", str(bad)))
     assert not (tmp_path / "pred").exists()
 
 
@@ -169,8 +174,13 @@ def test_unreadable_image_is_skipped_and_reported(setup, tmp_path, capsys):
     assert f"cannot read {in_dir / 'tile2.png'}" in err.split("failed and have no outputs:")[1]
     from nucleiweak_d2.cli import run_cli
 
-    assert run_cli(_tool().main, _args(config, in_dir, tmp_path / "again", "--opts",
-                                       "MODEL.WEIGHTS", str(weights))) == 1
+    assert (
+        run_cli(
+            _tool().main,
+            _args(config, in_dir, tmp_path / "again", "--opts", "MODEL.WEIGHTS", str(weights)),
+        )
+        == 1
+    )
 
 
 def test_skip_existing_resumes_and_partial_outputs_are_refused(setup, tmp_path, capsys):
@@ -180,8 +190,9 @@ def test_skip_existing_resumes_and_partial_outputs_are_refused(setup, tmp_path, 
     opts = ["--opts", "MODEL.WEIGHTS", str(weights)]
     tool.main(_args(config, in_dir / "tile1.png", out, *opts))
     first = _mtimes(out)
-    with pytest.raises(ValueError, match="outputs already exist: .*tile1_instances.png.*"
-                                         "--skip-existing"):
+    with pytest.raises(
+        ValueError, match="outputs already exist: .*tile1_instances.png.*--skip-existing"
+    ):
         tool.main(_args(config, in_dir, out, *opts))
     run = tool.main(_args(config, in_dir, out, "--skip-existing", *opts))
     assert [Path(p).name for p in run.skipped] == ["tile1.png"]
@@ -191,8 +202,11 @@ def test_skip_existing_resumes_and_partial_outputs_are_refused(setup, tmp_path, 
     # an interrupted image (overlay but no instance map) needs --overwrite as well
     (out / "tile3_instances.png").unlink()
     before = _snapshot(out)
-    with pytest.raises(ValueError, match=r"incomplete outputs of an earlier run: "
-                                         r".*tile3_overlay.png.*--overwrite"):
+    with pytest.raises(
+        ValueError,
+        match=r"incomplete outputs of an earlier run: "
+        r".*tile3_overlay.png.*--overwrite",
+    ):
         tool.main(_args(config, in_dir, out, "--skip-existing", *opts))
     assert _snapshot(out) == before
     run = tool.main(_args(config, in_dir, out, "--skip-existing", "--overwrite", *opts))
@@ -213,8 +227,7 @@ def test_more_than_65535_nuclei_are_written_as_32bit_tiff(tmp_path, capsys):
     label = read_label(out / "dense_instances.tif")
     np.testing.assert_array_equal(label, np.arange(1, 256 * 257 + 1).reshape(256, 257))
     # a rerun with a model finding fewer nuclei replaces the TIFF by a PNG
-    (tmp_path / "few.yaml").write_text(f"MODEL:\n  META_ARCHITECTURE: {THRESHOLD}\n"
-                                       f"  DEVICE: cpu\n")
+    (tmp_path / "few.yaml").write_text(f"MODEL:\n  META_ARCHITECTURE: {THRESHOLD}\n  DEVICE: cpu\n")
     tool.main(_args(tmp_path / "few.yaml", image, out, "--allow-random-weights", "--overwrite"))
     assert sorted(p.name for p in out.iterdir()) == ["dense_instances.png", "dense_overlay.png"]
     assert f"removed {out / 'dense_instances.tif'}" in capsys.readouterr().out
@@ -231,6 +244,7 @@ def test_an_interrupted_write_leaves_no_half_file(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(io, "write_image", half_write)
     out = tmp_path / "pred"
     with pytest.raises(OSError, match="disk full"):
-        _tool().main(_args(config, in_dir / "tile1.png", out, "--opts", "MODEL.WEIGHTS",
-                           str(weights)))
+        _tool().main(
+            _args(config, in_dir / "tile1.png", out, "--opts", "MODEL.WEIGHTS", str(weights))
+        )
     assert sorted(p.name for p in out.iterdir()) == []  # no overlay, no temporary file

@@ -18,8 +18,9 @@ SMALL = ["--n-images", "3", "--size", "32", "32", "--seed", "1"]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("make_synthetic_tool",
-                                                  REPO / "tools" / "make_synthetic.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic_tool", REPO / "tools" / "make_synthetic.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -27,8 +28,9 @@ def _tool():
 
 def _snapshot(root):
     """Every file under ``root`` (hidden ones too) with its bytes."""
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in Path(root).rglob("*") if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()
+    }
 
 
 def _real_dataset(root):
@@ -70,10 +72,13 @@ def test_overwrite_deletes_only_the_files_of_its_manifest(tmp_path, capsys):
     assert tool.main([str(root), "--overwrite", "--n-images", "2", "--size", "32", "32"]) == 0
     after = _snapshot(root)
     assert after["notes.txt"] == b"my notes"
-    assert sorted(after) == sorted([MANIFEST, "notes.txt", "split.json"] + [
-        f"{d}/synth_{i:03d}.png" for d in ("images", "labels") for i in range(2)])
+    assert sorted(after) == sorted(
+        [MANIFEST, "notes.txt", "split.json"]
+        + [f"{d}/synth_{i:03d}.png" for d in ("images", "labels") for i in range(2)]
+    )
     assert sorted(json.loads(after[MANIFEST])["files"]) == sorted(
-        p for p in after if p not in (MANIFEST, "notes.txt"))
+        p for p in after if p not in (MANIFEST, "notes.txt")
+    )
 
 
 def test_a_file_changed_after_writing_is_not_deleted(tmp_path, capsys):
@@ -108,8 +113,7 @@ def test_bad_arguments_change_nothing(tmp_path):
     root = make_synthetic_dataset(tmp_path / "synth", n_images=2, size=(32, 32), seed=1)
     before = _snapshot(root)
     with pytest.raises(ValueError, match="radius_range"):
-        make_synthetic_dataset(root, n_images=2, size=(32, 32), overwrite=True,
-                               radius_range=(5, 2))
+        make_synthetic_dataset(root, n_images=2, size=(32, 32), overwrite=True, radius_range=(5, 2))
     with pytest.raises(ValueError, match="size"):
         make_synthetic_dataset(root, n_images=2, size=(8, 8), overwrite=True)
     assert _snapshot(root) == before

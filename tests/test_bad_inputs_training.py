@@ -34,12 +34,28 @@ def data(tmp_path_factory):
 
 
 def _cfg(out, train="tc_train", test="tc_val", opts=()):
-    return setup_cfg(QUICK, ["MODEL.META_ARCHITECTURE", "NucleiWeakUNetPointDetector",
-                             "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "1",
-                             "NUCLEIWEAK.MAPPER", "NucleiWeakQu2020DetMapper",
-                             "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{test}',)",
-                             "NUCLEIWEAK.EVAL_DATASETS", "[]", "TEST.EVAL_PERIOD", "0",
-                             "OUTPUT_DIR", str(out), *opts])
+    return setup_cfg(
+        QUICK,
+        [
+            "MODEL.META_ARCHITECTURE",
+            "NucleiWeakUNetPointDetector",
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+            "1",
+            "NUCLEIWEAK.MAPPER",
+            "NucleiWeakQu2020DetMapper",
+            "DATASETS.TRAIN",
+            f"('{train}',)",
+            "DATASETS.TEST",
+            f"('{test}',)",
+            "NUCLEIWEAK.EVAL_DATASETS",
+            "[]",
+            "TEST.EVAL_PERIOD",
+            "0",
+            "OUTPUT_DIR",
+            str(out),
+            *opts,
+        ],
+    )
 
 
 def test_training_without_annotated_points_is_refused(data):
@@ -66,8 +82,16 @@ def _train(cfg, resume=False):
 def test_interrupted_training_resumes_bit_for_bit(data):
     """N iterations in one go == N/2, stop, resume, N/2 (same seed, CPU, 0 loader workers)."""
     torch.set_num_threads(1)
-    opts = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "DATALOADER.NUM_WORKERS", "0",
-            "NUCLEIWEAK.UNET.DROPOUT", "0.5"]  # dropout: the torch RNG matters too
+    opts = [
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "3",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "NUCLEIWEAK.UNET.DROPOUT",
+        "0.5",
+    ]  # dropout: the torch RNG matters too
     whole = _train(_cfg(data / "whole", opts=opts))
     # the "interrupted" run: only the checkpoint of iteration 3 survives
     half = data / "half"

@@ -175,7 +175,9 @@ def test_pipeline_scores_the_baseline_without_training(tiny_dataset):
     # the saved prediction is the numpy function's map of the test image
     (pred,) = list((out / "eval" / "classical_smoke_test" / "pred").glob("*.png"))
     test_image = sorted((tiny_dataset / "data" / "images").glob("*.png"))[-1]
-    expected = classical_instances(read_image(test_image), min_area=cfg.NUCLEIWEAK.CLASSICAL.MIN_AREA)
+    expected = classical_instances(
+        read_image(test_image), min_area=cfg.NUCLEIWEAK.CLASSICAL.MIN_AREA
+    )
     np.testing.assert_array_equal(read_label(pred), expected)
     # --eval-only of the finished run scores the same
     again = NucleiWeakClassicalPipeline(cfg, eval_only=True).run()

@@ -198,7 +198,9 @@ def test_points_csv_errors(tmp_path):
     (tmp_path / "e.csv").write_text("x,y\n")
     with pytest.raises(ValueError, match="no points.*e.csv"):
         read_points_csv(tmp_path / "e.csv")
-    (tmp_path / "f.csv").write_text("-1,2\n")  # float coordinates are rounded, a negative one is outside
+    (tmp_path / "f.csv").write_text(
+        "-1,2\n"
+    )  # float coordinates are rounded, a negative one is outside
     with pytest.raises(ValueError, match="f.csv line 1"):
         read_points_csv(tmp_path / "f.csv")
     (tmp_path / "n.csv").write_text("x,y\n3,4\nnan,2\n")

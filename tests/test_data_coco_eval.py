@@ -21,8 +21,13 @@ def test_coco_ap_of_ground_truth_predictions_is_100(tmp_path):
     files = export_coco_splits(root, tmp_path / "coco", ratio=0.5, seed=0, splits=["test"])
     register_nuclei_dataset("nw_cocoeval_test", files["test"], root)
     records = DatasetCatalog.get("nw_cocoeval_test")
-    ev = COCOEvaluator("nw_cocoeval_test", tasks=("segm",), distributed=False,
-                       output_dir=str(tmp_path / "out"), max_dets_per_image=1000)
+    ev = COCOEvaluator(
+        "nw_cocoeval_test",
+        tasks=("segm",),
+        distributed=False,
+        output_dir=str(tmp_path / "out"),
+        max_dets_per_image=1000,
+    )
     ev.reset()
     for record in records:
         label = read_label(record["label_file_name"])

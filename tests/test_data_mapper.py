@@ -160,19 +160,22 @@ def test_crop_keeps_the_visible_part_of_a_cut_mask(records):
     assert set(image_ids[masks[k]].tolist()) == {1}  # it is nucleus 1, all its visible pixels
     assert masks[k].sum() == (image_ids == 1).sum() > 0
     rows, cols = np.nonzero(masks[k])
-    np.testing.assert_allclose(inst.gt_boxes.tensor[k].numpy(),
-                               [0, rows.min(), cols.max() + 1, rows.max() + 1])
+    np.testing.assert_allclose(
+        inst.gt_boxes.tensor[k].numpy(), [0, rows.min(), cols.max() + 1, rows.max() + 1]
+    )
     np.testing.assert_allclose(inst.gt_points[k].numpy(), [-1, -1])
     # the union of the masks is every nucleus pixel of the crop: no annotated pixel turns
     # into background
     assert np.array_equal(masks.any(axis=0), image_ids > 0)
     # old behaviour, kept as an option: the cut nucleus is dropped
     old = NucleiDatasetMapper(is_train=True, augmentations=crop, keep_cut_masks=False)(
-        records["partial_mask"][0])["instances"]
+        records["partial_mask"][0]
+    )["instances"]
     assert len(old) == len(CENTRES) - 1 and old.gt_point_inside.all()
     # without masks an instance is its point: one that leaves is still dropped
     pts = NucleiDatasetMapper(is_train=True, augmentations=crop, use_masks=False)(
-        records["points"][0])["instances"]
+        records["points"][0]
+    )["instances"]
     assert len(pts) == len(CENTRES) - 1 and pts.gt_point_inside.all()
 
 
@@ -242,7 +245,6 @@ def test_mapper_size_mismatch_error(records):
     record = dict(records["points"][0], height=H + 1)
     with pytest.raises(ValueError, match="a.png"):
         NucleiDatasetMapper(is_train=True, augmentations=[])(record)
-
 
 
 class _RowColumnMapper(CachedTargetsMapper):
@@ -323,7 +325,9 @@ def test_cached_targets_mapper_from_config():
         @configurable
         def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir=""):
             super().__init__(
-                is_train, augmentations=augmentations, image_format=image_format,
+                is_train,
+                augmentations=augmentations,
+                image_format=image_format,
                 cache_dir=cache_dir,
             )
 

@@ -13,7 +13,8 @@ def test_splits_and_sizes(shared_monuseg):
     assert {"train", "val", "test", "testA", "testB"} <= set(list_splits(shared_monuseg))
     assert "organ" not in list_splits(shared_monuseg)
     sizes = {
-        k: len(load_folder_dataset(shared_monuseg, k)) for k in ("train", "val", "test", "testA", "testB")
+        k: len(load_folder_dataset(shared_monuseg, k))
+        for k in ("train", "val", "test", "testA", "testB")
     }
     assert sizes == {"train": 12, "val": 4, "test": 14, "testA": 8, "testB": 6}
     sample = load_folder_dataset(shared_monuseg, "val")[0]

@@ -47,7 +47,7 @@ def rel_err(a, b):
 def smooth_field(gen, n, c, size, sigma):
     z = torch.randn(n, c, size, size, generator=gen, dtype=torch.float64)
     r = int(3 * sigma)
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * sigma**2))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float64) ** 2) / (2 * sigma**2))
     k = (k / k.sum()).view(1, 1, 1, -1).repeat(c, 1, 1, 1)
     z = F.pad(z, (r, r, r, r), mode="reflect")
     z = F.conv2d(F.conv2d(z, k, groups=c), k.transpose(2, 3), groups=c)

@@ -12,16 +12,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"determinism_{name}",
-                                                  REPO / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"determinism_{name}", REPO / "tools" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in Path(root).rglob("*") if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()
+    }
 
 
 def _assert_same_files(a, b):
@@ -39,8 +41,10 @@ def test_make_synthetic_is_deterministic(tmp_path):
     assert tool.main([str(tmp_path / "b")] + args) == 0
     _assert_same_files(tmp_path / "a", tmp_path / "b")
     assert tool.main([str(tmp_path / "c")] + args[:-1] + ["8"]) == 0
-    assert _files(tmp_path / "c")["images/synth_000.png"] != _files(tmp_path / "a")[
-        "images/synth_000.png"]
+    assert (
+        _files(tmp_path / "c")["images/synth_000.png"]
+        != _files(tmp_path / "a")["images/synth_000.png"]
+    )
 
 
 def test_make_pseudo_labels_is_deterministic(tmp_path):
@@ -51,8 +55,21 @@ def test_make_pseudo_labels_is_deterministic(tmp_path):
     coco = export_coco_splits(root, tmp_path / "coco", ratio=0.5, seed=3, splits=["train"])
     tool = _tool("make_pseudo_labels")
     for out in ("a", "b"):
-        assert tool.main([str(coco["train"]), "--image-root", str(root), "--out",
-                          str(tmp_path / out), "--kinds", "voronoi", "cluster"]) == 0
+        assert (
+            tool.main(
+                [
+                    str(coco["train"]),
+                    "--image-root",
+                    str(root),
+                    "--out",
+                    str(tmp_path / out),
+                    "--kinds",
+                    "voronoi",
+                    "cluster",
+                ]
+            )
+            == 0
+        )
     _assert_same_files(tmp_path / "a", tmp_path / "b")
 
 
@@ -66,9 +83,20 @@ def test_predict_with_random_weights_is_deterministic(tmp_path):
     tool = _tool("predict")
     outputs = []
     for out in ("a", "b"):
-        run = tool.main(["--config-file", str(REPO / "configs/quick/qu2020_instant_test.yaml"),
-                         "--input", str(tmp_path / "images"), "--output", str(tmp_path / out),
-                         "--allow-random-weights", "--opts", "MODEL.DEVICE", "cpu"])
+        run = tool.main(
+            [
+                "--config-file",
+                str(REPO / "configs/quick/qu2020_instant_test.yaml"),
+                "--input",
+                str(tmp_path / "images"),
+                "--output",
+                str(tmp_path / out),
+                "--allow-random-weights",
+                "--opts",
+                "MODEL.DEVICE",
+                "cpu",
+            ]
+        )
         assert len(run) == 2 and run.exit_code == 0
         outputs.append(tmp_path / out)
     _assert_same_files(*outputs)
@@ -76,5 +104,9 @@ def test_predict_with_random_weights_is_deterministic(tmp_path):
 
     # the compared files are real predictions: decodable pictures of the input's size
     assert read_image(outputs[0] / "t1_overlay.png").shape == (64, 64, 3)
-    assert set(_files(outputs[0])) >= {"t1_overlay.png", "t1_instances.png", "t2_overlay.png",
-                                       "t2_instances.png"}
+    assert set(_files(outputs[0])) >= {
+        "t1_overlay.png",
+        "t1_instances.png",
+        "t2_overlay.png",
+        "t2_instances.png",
+    }

@@ -48,8 +48,19 @@ def dataset(tmp_path):
 def test_folder_dataset_table_csv_json(dataset, tmp_path, capsys):
     root, pred = dataset
     out = tmp_path / "out"
-    summary = _tool().main(["--gt", str(root), "--split", "test", "--pred", str(pred),
-                            "--output", str(out), "--hausdorff"])
+    summary = _tool().main(
+        [
+            "--gt",
+            str(root),
+            "--split",
+            "test",
+            "--pred",
+            str(pred),
+            "--output",
+            str(out),
+            "--hausdorff",
+        ]
+    )
     assert summary["AJI"] == pytest.approx((1 + 0.5) / 2)
     assert summary["AJI_plus"] == pytest.approx((1 + 1 / 3) / 2)
     # b: the merged object spans columns 2-9, each 4-px-wide nucleus is 4 px from its far end.
@@ -68,15 +79,35 @@ def test_folder_dataset_table_csv_json(dataset, tmp_path, capsys):
 
 def test_coco_json_dataset_and_points_folder(dataset, tmp_path):
     root, pred = dataset
-    coco = {"images": [{"id": 1, "file_name": "images/b.png", "height": SIZE, "width": SIZE,
-                        "label_file_name": "labels/b.png"}],
-            "annotations": [], "categories": [{"id": 1, "name": "nucleus"}]}
+    coco = {
+        "images": [
+            {
+                "id": 1,
+                "file_name": "images/b.png",
+                "height": SIZE,
+                "width": SIZE,
+                "label_file_name": "labels/b.png",
+            }
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "nucleus"}],
+    }
     (root / "test.json").write_text(json.dumps(coco))
     points = tmp_path / "points"
     points.mkdir()
     (points / "b.csv").write_text("x,y\n3.0,3.0\n7.4,3.0\n")
-    summary = _tool().main(["--gt", str(root / "test.json"), "--pred", str(pred), "--points",
-                            str(points), "--radius", "3"])
+    summary = _tool().main(
+        [
+            "--gt",
+            str(root / "test.json"),
+            "--pred",
+            str(pred),
+            "--points",
+            str(points),
+            "--radius",
+            "3",
+        ]
+    )
     assert summary["AJI"] == pytest.approx(0.5)
     assert (summary["det_TP"], summary["det_FP"], summary["det_FN"]) == (2, 0, 0)
     assert (pred / "nuclei_per_image_test.csv").is_file()
@@ -104,15 +135,28 @@ def test_bad_predictions_name_the_file(dataset, tmp_path):
 
 def test_command_line_reports_errors(dataset, tmp_path):
     root, pred = dataset
-    proc = subprocess.run([sys.executable, str(TOOL), "--gt", str(root), "--pred",
-                           str(tmp_path / "nope")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), "--gt", str(root), "--pred", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "prediction folder" in proc.stderr and "does not exist" in proc.stderr
 
 
 def test_real_ground_truth_against_itself(shared_monuseg, tmp_path):
-    summary = _tool().main(["--gt", str(shared_monuseg), "--split", "val", "--pred",
-                            str(shared_monuseg / "labels"), "--output", str(tmp_path)])
+    summary = _tool().main(
+        [
+            "--gt",
+            str(shared_monuseg),
+            "--split",
+            "val",
+            "--pred",
+            str(shared_monuseg / "labels"),
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert summary["num_images"] == 4
     for key in ("AJI", "AJI_plus", "Dice_obj", "PQ", "pixel_F1", "mAP_kaggle", "NCS", "det_F1"):
         assert summary[key] == 1.0, key

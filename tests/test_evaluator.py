@@ -35,9 +35,20 @@ def _annotations(label):
         rle = mask_util.encode(m)
         rle["counts"] = rle["counts"].decode("ascii")
         rows, cols = np.nonzero(m)
-        anns.append({"bbox": [int(cols.min()), int(rows.min()), int(np.ptp(cols)) + 1,
-                              int(np.ptp(rows)) + 1], "bbox_mode": BoxMode.XYWH_ABS,
-                     "category_id": 0, "iscrowd": 0, "segmentation": rle})
+        anns.append(
+            {
+                "bbox": [
+                    int(cols.min()),
+                    int(rows.min()),
+                    int(np.ptp(cols)) + 1,
+                    int(np.ptp(rows)) + 1,
+                ],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": 0,
+                "iscrowd": 0,
+                "segmentation": rle,
+            }
+        )
     return anns
 
 
@@ -47,10 +58,21 @@ def tiny_dataset(tmp_path):
     label = _two_nuclei()
     write_label(tmp_path / "a_label.png", label)
     records = [
-        {"file_name": str(tmp_path / "a.png"), "image_id": 0, "height": SIZE, "width": SIZE,
-         "label_file_name": str(tmp_path / "a_label.png"), "annotations": _annotations(label)},
-        {"file_name": str(tmp_path / "b.png"), "image_id": 1, "height": SIZE, "width": SIZE,
-         "annotations": _annotations(label)},
+        {
+            "file_name": str(tmp_path / "a.png"),
+            "image_id": 0,
+            "height": SIZE,
+            "width": SIZE,
+            "label_file_name": str(tmp_path / "a_label.png"),
+            "annotations": _annotations(label),
+        },
+        {
+            "file_name": str(tmp_path / "b.png"),
+            "image_id": 1,
+            "height": SIZE,
+            "width": SIZE,
+            "annotations": _annotations(label),
+        },
     ]
     name = f"nucleiweak_test_eval_{tmp_path.name}"
     DatasetCatalog.register(name, lambda: records)
@@ -67,9 +89,15 @@ def _instances(label, scores=None):
     inst.pred_masks = masks
     inst.scores = torch.tensor(scores if scores is not None else [0.9] * len(ids))
     inst.pred_classes = torch.zeros(len(ids), dtype=torch.int64)
-    boxes = [[np.nonzero(m.any(0))[0].min(), np.nonzero(m.any(1))[0].min(),
-              np.nonzero(m.any(0))[0].max() + 1, np.nonzero(m.any(1))[0].max() + 1]
-             for m in masks.numpy()]
+    boxes = [
+        [
+            np.nonzero(m.any(0))[0].min(),
+            np.nonzero(m.any(1))[0].min(),
+            np.nonzero(m.any(0))[0].max() + 1,
+            np.nonzero(m.any(1))[0].max() + 1,
+        ]
+        for m in masks.numpy()
+    ]
     inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
     return inst
 
@@ -130,8 +158,15 @@ def test_sem_seg_output_and_pred_points(tiny_dataset):
     sem[1][label == 4] = 2.0
     sem[1][2:6, 7:10] = 2.0  # nucleus 9 minus its first column: 4-/8-connected apart
     ev = NucleiEvaluator(name, distributed=False, radius=3.0, pred_points_offset=0.5)
-    ev.process(_inputs(records[:1]), [{"sem_seg": torch.from_numpy(sem),
-                                       "pred_points": torch.tensor([[3.5, 3.5], [12.0, 12.0]])}])
+    ev.process(
+        _inputs(records[:1]),
+        [
+            {
+                "sem_seg": torch.from_numpy(sem),
+                "pred_points": torch.tensor([[3.5, 3.5], [12.0, 12.0]]),
+            }
+        ],
+    )
     r = ev.evaluate()["nuclei"]
     # Nucleus 9 (16 px) vs its 12-px prediction: IoU 0.75; AJI = (16 + 12) / (16 + 16).
     assert r["AJI"] == pytest.approx(28 / 32)
@@ -156,10 +191,18 @@ def test_highest_score_wins_overlapping_masks(tiny_dataset):
 
 def test_combines_with_coco_evaluator(tiny_dataset, tmp_path):
     name, records, label = tiny_dataset
-    evaluators = DatasetEvaluators([
-        COCOEvaluator(name, tasks=("segm",), distributed=False, output_dir=str(tmp_path / "coco"),
-                      use_fast_impl=False),
-        NucleiEvaluator(name, str(tmp_path / "coco"), distributed=False)])
+    evaluators = DatasetEvaluators(
+        [
+            COCOEvaluator(
+                name,
+                tasks=("segm",),
+                distributed=False,
+                output_dir=str(tmp_path / "coco"),
+                use_fast_impl=False,
+            ),
+            NucleiEvaluator(name, str(tmp_path / "coco"), distributed=False),
+        ]
+    )
     evaluators.reset()
     evaluators.process(_inputs(records), [{"instances": _instances(label)}] * 2)
     res = evaluators.evaluate()
@@ -173,16 +216,24 @@ def test_bad_inputs_name_the_file(tiny_dataset, tmp_path):
     name, records, label = tiny_dataset
     ev = NucleiEvaluator(name, distributed=False)
     with pytest.raises(ValueError, match="a.png.*12x16"):
-        ev.process(_inputs(records[:1]),
-                   [{"instance_map": torch.zeros(12, SIZE, dtype=torch.int64)}])
+        ev.process(
+            _inputs(records[:1]), [{"instance_map": torch.zeros(12, SIZE, dtype=torch.int64)}]
+        )
     with pytest.raises(ValueError, match="not in dataset"):
         ev.process([{"file_name": "other.png", "image_id": 99}], [{"instance_map": _merged(label)}])
     with pytest.raises(ValueError, match="none of instance_map"):
         ev.process(_inputs(records[:1]), [{"proposals": None}])
     with pytest.raises(ValueError, match="integer"):
         ev.process(_inputs(records[:1]), [{"instance_map": torch.zeros(SIZE, SIZE)}])
-    points_only = [{"file_name": "c.png", "image_id": 5, "height": SIZE, "width": SIZE,
-                    "annotations": _annotations(label)[:1] + [{"point": [3, 3], "category_id": 0}]}]
+    points_only = [
+        {
+            "file_name": "c.png",
+            "image_id": 5,
+            "height": SIZE,
+            "width": SIZE,
+            "annotations": _annotations(label)[:1] + [{"point": [3, 3], "category_id": 0}],
+        }
+    ]
     ev2 = NucleiEvaluator("unregistered", distributed=False, dataset_dicts=points_only)
     with pytest.raises(ValueError, match="c.png.*no segmentation"):
         ev2.process(_inputs(points_only), [{"instance_map": _merged(label)}])

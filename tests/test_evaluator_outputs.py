@@ -54,16 +54,20 @@ def test_paint_masks_overlap_rules():
     assert (score_rule[4] == 2).all() and (score_rule[0:4] == 1).all()  # fragment of mask 1 left
     nms = paint_masks(masks, scores, overlap="mask_nms", overlap_thresh=0.5)
     assert 2 not in nms and (nms[0:4] == 1).all() and (nms[4] == 0).all()  # 3/4 covered: dropped
-    assert np.array_equal(paint_masks(masks, scores, overlap="mask_nms", overlap_thresh=0.75),
-                          score_rule)  # 3/4 is not more than 0.75: kept with its free row
-    assert np.array_equal(paint_masks(masks, scores, overlap="mask_nms", overlap_thresh=1.0),
-                          score_rule)
+    assert np.array_equal(
+        paint_masks(masks, scores, overlap="mask_nms", overlap_thresh=0.75), score_rule
+    )  # 3/4 is not more than 0.75: kept with its free row
+    assert np.array_equal(
+        paint_masks(masks, scores, overlap="mask_nms", overlap_thresh=1.0), score_rule
+    )
     # ties and no scores rank the later mask higher under both rules
     tie = np.array([0.5, 0.5, 0.5])
-    assert np.array_equal(paint_masks(masks, tie, overlap="mask_nms", overlap_thresh=1.0),
-                          paint_masks(masks, tie))
-    assert np.array_equal(paint_masks(masks, overlap="mask_nms", overlap_thresh=1.0),
-                          paint_masks(masks))
+    assert np.array_equal(
+        paint_masks(masks, tie, overlap="mask_nms", overlap_thresh=1.0), paint_masks(masks, tie)
+    )
+    assert np.array_equal(
+        paint_masks(masks, overlap="mask_nms", overlap_thresh=1.0), paint_masks(masks)
+    )
     with pytest.raises(ValueError, match="overlap must be"):
         paint_masks(masks, scores, overlap="largest")
     with pytest.raises(ValueError, match="overlap_thresh"):
@@ -131,15 +135,23 @@ def test_ground_truth_from_rle_and_polygons_first_annotation_wins():
     rle = mask_util.encode(m)
     rle["counts"] = rle["counts"].decode("ascii")
     polygon = [[0.0, 0.0, 6.0, 0.0, 6.0, 2.0, 0.0, 2.0]]  # rows 0-1 of the image
-    record = {"file_name": "/x/img7.png", "height": 6, "width": 6,
-              "annotations": [{"segmentation": rle}, {"segmentation": polygon}]}
+    record = {
+        "file_name": "/x/img7.png",
+        "height": 6,
+        "width": 6,
+        "annotations": [{"segmentation": rle}, {"segmentation": polygon}],
+    }
     label = gt_label_map(record)
     assert (label == 1).sum() == 9  # the RLE nucleus keeps the overlap
     assert set(np.unique(label[0])) == {2}
     assert record_name(record) == "img7"
     assert gt_points(label).tolist() == [[2.0, 2.0], [2.0, 0.0]]
-    bad = {"file_name": "/x/img8.png", "height": 5, "width": 6,
-           "annotations": [{"segmentation": rle}]}
+    bad = {
+        "file_name": "/x/img8.png",
+        "height": 5,
+        "width": 6,
+        "annotations": [{"segmentation": rle}],
+    }
     with pytest.raises(ValueError, match="img8.png.*RLE of size"):
         gt_label_map(bad)
     with pytest.raises(ValueError, match="img9.png.*no ground truth"):
@@ -149,8 +161,10 @@ def test_ground_truth_from_rle_and_polygons_first_annotation_wins():
 def test_ground_truth_empty_annotations_and_label_file_size(tmp_path):
     from nucleiweak_d2.data.io import write_label
 
-    assert gt_label_map({"file_name": "e.png", "height": 3, "width": 4,
-                         "annotations": []}).tolist() == [[0] * 4] * 3
+    assert (
+        gt_label_map({"file_name": "e.png", "height": 3, "width": 4, "annotations": []}).tolist()
+        == [[0] * 4] * 3
+    )
     write_label(tmp_path / "l.png", np.ones((3, 4), np.int32))
     with pytest.raises(ValueError, match="l.png is 3x4 but the record says 4x4"):
         gt_label_map({"label_file_name": str(tmp_path / "l.png"), "height": 4, "width": 4})

@@ -13,12 +13,24 @@ import torch  # noqa: E402
 from nucleiweak_d2.data.coco import load_nuclei_coco  # noqa: E402
 from nucleiweak_d2.data.io import write_label  # noqa: E402
 from nucleiweak_d2.evaluation.evaluator import NucleiEvaluator, per_image_csv_path  # noqa: E402
-from nucleiweak_d2.evaluation.ground_truth import (annotation_points,  # noqa: E402
-                                                   is_points_only)
+from nucleiweak_d2.evaluation.ground_truth import annotation_points, is_points_only  # noqa: E402
 
 SIZE = 16
-SEGMENTATION_KEYS = ("AJI", "AJI_plus", "Dice_obj", "PQ", "DQ", "SQ", "pixel_F1", "pixel_acc",
-                     "pixel_IoU", "mAP_kaggle", "NCS", "AJI_std", "PQ_std")
+SEGMENTATION_KEYS = (
+    "AJI",
+    "AJI_plus",
+    "Dice_obj",
+    "PQ",
+    "DQ",
+    "SQ",
+    "pixel_F1",
+    "pixel_acc",
+    "pixel_IoU",
+    "mAP_kaggle",
+    "NCS",
+    "AJI_std",
+    "PQ_std",
+)
 
 
 def _two_nuclei():
@@ -36,13 +48,16 @@ def _points_only_file(tmp_path):
     """Points-only COCO file (docs/CONTRACTS.md): images p (3 points, 2 unlabelled), q (1)."""
     content = {
         "info": {"nucleiweak": {"annotation": "points_only", "ratio": 1.0, "seed": 0}},
-        "images": [{"id": 1, "file_name": "p.png", "height": SIZE, "width": SIZE},
-                   {"id": 2, "file_name": "q.png", "height": SIZE, "width": SIZE}],
+        "images": [
+            {"id": 1, "file_name": "p.png", "height": SIZE, "width": SIZE},
+            {"id": 2, "file_name": "q.png", "height": SIZE, "width": SIZE},
+        ],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "point": [3, 3], "point_labeled": 1},
             {"id": 2, "image_id": 1, "category_id": 1, "point": [7, 3], "point_labeled": 0},
             {"id": 3, "image_id": 1, "category_id": 1, "point": [12, 12], "point_labeled": 0},
-            {"id": 4, "image_id": 2, "category_id": 1, "point": [3, 3], "point_labeled": 1}],
+            {"id": 4, "image_id": 2, "category_id": 1, "point": [3, 3], "point_labeled": 1},
+        ],
         "categories": [{"id": 1, "name": "nucleus"}],
     }
     path = tmp_path / "points_only.json"
@@ -62,8 +77,7 @@ def test_points_only_file_gives_detection_metrics_only(tmp_path, caplog):
     records = _points_only_file(tmp_path)
     assert all(is_points_only(r) for r in records)
     out_dir = tmp_path / "inference"
-    ev = NucleiEvaluator("points_only_test", str(out_dir), distributed=False,
-                         dataset_dicts=records)
+    ev = NucleiEvaluator("points_only_test", str(out_dir), distributed=False, dataset_dicts=records)
     ev.reset()
     # p: both nuclei found at 0 px, the unlabelled point (12, 12) is missed (labelled or not,
     # every point is ground truth). q: the merged nucleus' centre (5, 3) is 2 px from (3, 3).
@@ -91,12 +105,16 @@ def test_points_only_file_gives_detection_metrics_only(tmp_path, caplog):
 
 def test_pred_points_without_instance_map_and_offset(tmp_path):
     records = _points_only_file(tmp_path)
-    ev = NucleiEvaluator("points_only_test", distributed=False, radius=2.0,
-                         pred_points_offset=0.5, dataset_dicts=records)
+    ev = NucleiEvaluator(
+        "points_only_test",
+        distributed=False,
+        radius=2.0,
+        pred_points_offset=0.5,
+        dataset_dicts=records,
+    )
     # A pure point detector in continuous coordinates: (3.5, 3.5) is pixel (3, 3) exactly;
     # (9.5, 3.5) is pixel (9, 3), 2 px from (7, 3): not a hit at radius 2 (strict).
-    ev.process(_inputs(records[:1]),
-               [{"pred_points": torch.tensor([[3.5, 3.5], [9.5, 3.5]])}])
+    ev.process(_inputs(records[:1]), [{"pred_points": torch.tensor([[3.5, 3.5], [9.5, 3.5]])}])
     r = ev.evaluate()["nuclei"]
     assert (r["det_TP"], r["det_FP"], r["det_FN"]) == (1, 1, 2)
     assert r["det_dist_mean"] == 0.0
@@ -104,15 +122,25 @@ def test_pred_points_without_instance_map_and_offset(tmp_path):
 
 def test_mixed_dataset_segmentation_over_masked_images_only(tmp_path, caplog):
     write_label(tmp_path / "m_label.png", _two_nuclei())
-    masked = {"file_name": str(tmp_path / "m.png"), "image_id": 10, "height": SIZE,
-              "width": SIZE, "label_file_name": str(tmp_path / "m_label.png"),
-              "annotations": []}
-    points = {"file_name": str(tmp_path / "n.png"), "image_id": 11, "height": SIZE,
-              "width": SIZE, "annotations": [{"point": [3, 3], "category_id": 0},
-                                             {"point": [7, 3], "category_id": 0}]}
+    masked = {
+        "file_name": str(tmp_path / "m.png"),
+        "image_id": 10,
+        "height": SIZE,
+        "width": SIZE,
+        "label_file_name": str(tmp_path / "m_label.png"),
+        "annotations": [],
+    }
+    points = {
+        "file_name": str(tmp_path / "n.png"),
+        "image_id": 11,
+        "height": SIZE,
+        "width": SIZE,
+        "annotations": [{"point": [3, 3], "category_id": 0}, {"point": [7, 3], "category_id": 0}],
+    }
     assert not is_points_only(masked) and is_points_only(points)
-    ev = NucleiEvaluator("mixed_test", str(tmp_path / "out"), distributed=False,
-                         dataset_dicts=[masked, points])
+    ev = NucleiEvaluator(
+        "mixed_test", str(tmp_path / "out"), distributed=False, dataset_dicts=[masked, points]
+    )
     merged = _map(_merged())
     with caplog.at_level(logging.WARNING, logger="nucleiweak_d2.evaluation.evaluator"):
         ev.process(_inputs([masked, points]), [merged, merged])
@@ -124,8 +152,9 @@ def test_mixed_dataset_segmentation_over_masked_images_only(tmp_path, caplog):
     # Detection over both: each image 1 TP at 2 px and 1 FN.
     assert (r["det_TP"], r["det_FP"], r["det_FN"]) == (2, 0, 2)
     assert r["det_dist_mean"] == pytest.approx(2.0)
-    assert any("1 of 2 images" in m and "cover the 1 images with masks" in m
-               for m in caplog.messages)
+    assert any(
+        "1 of 2 images" in m and "cover the 1 images with masks" in m for m in caplog.messages
+    )
     with open(per_image_csv_path(str(tmp_path / "out"), "mixed_test")) as f:
         rows = {row["name"]: row for row in csv.DictReader(f)}
     assert float(rows["m"]["aji"]) == pytest.approx(0.5) and rows["n"]["aji"] == ""
@@ -134,8 +163,14 @@ def test_mixed_dataset_segmentation_over_masked_images_only(tmp_path, caplog):
 
 def test_image_without_points_in_points_only_file(tmp_path):
     # No annotation at all, but the file says points_only: not an empty instance map.
-    record = {"file_name": "e.png", "image_id": 3, "height": SIZE, "width": SIZE,
-              "annotations": [], "nucleiweak": {"annotation": "points_only"}}
+    record = {
+        "file_name": "e.png",
+        "image_id": 3,
+        "height": SIZE,
+        "width": SIZE,
+        "annotations": [],
+        "nucleiweak": {"annotation": "points_only"},
+    }
     assert is_points_only(record)
     assert not is_points_only({**record, "nucleiweak": {"annotation": "points"}})
     ev = NucleiEvaluator("empty_test", distributed=False, dataset_dicts=[record])
@@ -146,16 +181,22 @@ def test_image_without_points_in_points_only_file(tmp_path):
 
 
 def test_label_file_wins_and_points_checks(tmp_path):
-    record = {"file_name": "/d/x.png", "height": 8, "width": 8, "label_file_name": "x.png",
-              "annotations": [{"point": [1, 2]}]}
+    record = {
+        "file_name": "/d/x.png",
+        "height": 8,
+        "width": 8,
+        "label_file_name": "x.png",
+        "annotations": [{"point": [1, 2]}],
+    }
     assert not is_points_only(record)
     assert annotation_points(record).tolist() == [[1.0, 2.0]]
     assert annotation_points({"file_name": "y.png", "annotations": []}).shape == (0, 2)
     with pytest.raises(ValueError, match="x.png: annotation 1 has no valid 'point'"):
         annotation_points({"file_name": "/d/x.png", "annotations": [{"point": [1, 2]}, {}]})
     with pytest.raises(ValueError, match="x.png: annotation 0 has point .* outside the 8x8"):
-        annotation_points({"file_name": "/d/x.png", "height": 8, "width": 8,
-                           "annotations": [{"point": [8, 2]}]})
+        annotation_points(
+            {"file_name": "/d/x.png", "height": 8, "width": 8, "annotations": [{"point": [8, 2]}]}
+        )
 
 
 def test_errors_name_the_file(tmp_path):
@@ -163,11 +204,21 @@ def test_errors_name_the_file(tmp_path):
 
     rle = mask_util.encode(np.asfortranarray((_two_nuclei() == 4).astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
-    half = {"file_name": "h.png", "image_id": 1, "height": SIZE, "width": SIZE,
-            "annotations": [{"segmentation": rle, "point": [3, 3]}, {"point": [7, 3]}]}
+    half = {
+        "file_name": "h.png",
+        "image_id": 1,
+        "height": SIZE,
+        "width": SIZE,
+        "annotations": [{"segmentation": rle, "point": [3, 3]}, {"point": [7, 3]}],
+    }
     assert not is_points_only(half)  # partly masked: an error, not a silent detection-only
-    bad_point = {"file_name": "b.png", "image_id": 2, "height": SIZE, "width": SIZE,
-                 "annotations": [{"point": [3, 40]}]}
+    bad_point = {
+        "file_name": "b.png",
+        "image_id": 2,
+        "height": SIZE,
+        "width": SIZE,
+        "annotations": [{"point": [3, 40]}],
+    }
     ev = NucleiEvaluator("errors_test", distributed=False, dataset_dicts=[half, bad_point])
     with pytest.raises(ValueError, match="h.png: annotation 1 has no segmentation"):
         ev.process(_inputs([half]), [_map(_two_nuclei())])

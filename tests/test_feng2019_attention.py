@@ -21,6 +21,7 @@ def _randomise(module, seed):
 
 def _direct(module, x):
     """x + W_f (W_v x) S(W_c x, N)^T S(W_b x, C) with explicit matrices, one image at a time."""
+
     def mat(conv):
         return conv.weight[:, :, 0, 0].double(), conv.bias.double()[:, None]
 
@@ -55,7 +56,9 @@ def test_attention_matrix_columns_are_distributions():
     x = torch.randn(1, 3, 4, 4)
     X = x[0].reshape(3, 16)
     basis = torch.softmax(module.basis.weight[:, :, 0, 0] @ X + module.basis.bias[:, None], dim=0)
-    coeff = torch.softmax(module.coefficients.weight[:, :, 0, 0] @ X + module.coefficients.bias[:, None], dim=1)
+    coeff = torch.softmax(
+        module.coefficients.weight[:, :, 0, 0] @ X + module.coefficients.bias[:, None], dim=1
+    )
     torch.testing.assert_close((coeff.t() @ basis).sum(0), torch.ones(16))
     # a constant value map is reproduced exactly: with values == 1 the read-out is 1 everywhere
     from nucleiweak_d2.methods.feng2019.attention import decomposed_attention
@@ -91,8 +94,13 @@ def test_attention_fpn_applies_blocks_and_recomputes_top_level():
     from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
     torch.manual_seed(0)
-    fpn = AttentionFPN(bottom_up=_BottomUp(), in_features=["res2", "res3"], out_channels=8,
-                       top_block=LastLevelMaxPool(), attention_levels=["p2", "p3"])
+    fpn = AttentionFPN(
+        bottom_up=_BottomUp(),
+        in_features=["res2", "res3"],
+        out_channels=8,
+        top_block=LastLevelMaxPool(),
+        attention_levels=["p2", "p3"],
+    )
     fpn.top_block.in_feature = "p3"
     _randomise(fpn.attention, 3)
     x = torch.randn(1, 3, 32, 32)
@@ -104,4 +112,9 @@ def test_attention_fpn_applies_blocks_and_recomputes_top_level():
     torch.testing.assert_close(out["p4"], torch.nn.functional.max_pool2d(out["p3"], 1, 2))
     assert not torch.allclose(out["p4"], plain["p4"])
     with pytest.raises(ValueError):
-        AttentionFPN(bottom_up=_BottomUp(), in_features=["res2", "res3"], out_channels=8, attention_levels=["p9"])
+        AttentionFPN(
+            bottom_up=_BottomUp(),
+            in_features=["res2", "res3"],
+            out_channels=8,
+            attention_levels=["p9"],
+        )

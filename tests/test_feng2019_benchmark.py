@@ -24,13 +24,17 @@ LOGGER = logging.getLogger("test_feng2019_benchmark")
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("feng2019_monuseg_bench", REPO / "benchmarks" / "feng2019_monuseg.py")
+    spec = importlib.util.spec_from_file_location(
+        "feng2019_monuseg_bench", REPO / "benchmarks" / "feng2019_monuseg.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_crop_baseline_data_is_fully_annotated_quarter_of_each_image(bench, synthetic_root, tmp_path):
+def test_crop_baseline_data_is_fully_annotated_quarter_of_each_image(
+    bench, synthetic_root, tmp_path
+):
     from nucleiweak_d2.data.folder import load_folder_dataset
     from nucleiweak_d2.data.io import read_label
     from nucleiweak_d2.methods.feng2019.crops import crop_seed, crop_window
@@ -51,12 +55,28 @@ def test_crop_baseline_data_is_fully_annotated_quarter_of_each_image(bench, synt
 
 
 def _cfg(names, seed):
-    return setup_cfg(str(PARTIAL), ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", f"('{names['train']}',)",
-                                    "DATASETS.TEST", "()", "SEED", str(seed), "SOLVER.MAX_ITER", "2",
-                                    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    return setup_cfg(
+        str(PARTIAL),
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "DATASETS.TRAIN",
+            f"('{names['train']}',)",
+            "DATASETS.TEST",
+            "()",
+            "SEED",
+            str(seed),
+            "SOLVER.MAX_ITER",
+            "2",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+        ],
+    )
 
 
-def test_training_is_seeded_quality_is_monitored_and_the_sweep_matches_the_evaluator(bench, synthetic_root, tmp_path):
+def test_training_is_seeded_quality_is_monitored_and_the_sweep_matches_the_evaluator(
+    bench, synthetic_root, tmp_path
+):
     from detectron2.evaluation import inference_on_dataset
 
     from nucleiweak_d2.engine.trainer import Trainer
@@ -80,14 +100,21 @@ def test_training_is_seeded_quality_is_monitored_and_the_sweep_matches_the_evalu
     assert last["score_thresh"] == first.centerness_head.score_thresh
     assert last["score_thresh"] in (0.3, 0.6)
     assert set(last["val"]) == {"0.3", "0.6"} and set(last["train"]) == {"0.3", "0.6"}
-    total = sum(len(r["annotations"]) - sum(x["point_labeled"] for x in r["annotations"])
-                for r in DatasetCatalog.get(names["train"]))
+    total = sum(
+        len(r["annotations"]) - sum(x["point_labeled"] for x in r["annotations"])
+        for r in DatasetCatalog.get(names["train"])
+    )
     assert last["train"]["0.3"]["num_unannotated"] == total > 0
     # one inference scored at several thresholds; 0.0 is exactly the evaluator's default
     scores, _ = bench.score_dataset(first, cfg, names["val"], [0.0, 0.99], "score", 0.5)
-    reference = inference_on_dataset(first, Trainer.build_test_loader(cfg, names["val"]),
-                                     build_nuclei_evaluator(cfg, names["val"], str(tmp_path / "ev")))["nuclei"]
-    assert scores[0.0]["AJI"] == pytest.approx(reference["AJI"]) and scores[0.0]["PQ"] == pytest.approx(reference["PQ"])
+    reference = inference_on_dataset(
+        first,
+        Trainer.build_test_loader(cfg, names["val"]),
+        build_nuclei_evaluator(cfg, names["val"], str(tmp_path / "ev")),
+    )["nuclei"]
+    assert scores[0.0]["AJI"] == pytest.approx(reference["AJI"]) and scores[0.0][
+        "PQ"
+    ] == pytest.approx(reference["PQ"])
     assert scores[0.0] == pytest.approx(reference, nan_ok=True)
     assert scores[0.99] != scores[0.0]
 
@@ -97,7 +124,11 @@ def test_selection_and_summary_helpers(bench):
     assert bench._best({0.3: float("nan"), 0.6: None}) == 0.3
     runs = {0: {"partial": {"AJI": 0.5, "iters": 10}}, 1: {"partial": {"AJI": 0.7, "iters": 10}}}
     summary = bench.summarise(runs, ["partial"])
-    assert summary["partial"]["AJI"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1), "n": 2}
+    assert summary["partial"]["AJI"] == {
+        "mean": pytest.approx(0.6),
+        "std": pytest.approx(0.1),
+        "n": 2,
+    }
     assert bench._finite({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
     args = bench.parse_args(["--ratio", "0.5", "--seeds", "0", "1", "2", "--iters", "100"])
     assert args.models == ["baseline", "baseline_crop", "partial", "baseline_full"]

@@ -44,7 +44,9 @@ def _hand_made():
 
 def test_centerness_targets_hand_made():
     inst = _hand_made()
-    labels, tboxes = centerness_targets(inst.gt_boxes.tensor, union_of_masks(inst), (16, 16), 4, 0.3)
+    labels, tboxes = centerness_targets(
+        inst.gt_boxes.tensor, union_of_masks(inst), (16, 16), 4, 0.3
+    )
     expected = torch.full((16, 16), -1, dtype=torch.int64)
     expected[2:10, 2:10] = 0  # projected mask of A (pixels 8..39)
     expected[5:7, 5:7] = 1  # A: centre 6 +- 0.3*8/2 -> cells with centre in [4.8, 7.2]
@@ -83,7 +85,9 @@ def _assert_same(masks, labeled, stride, frac=0.3):
 def test_numpy_mirror_matches_on_hand_made_cases():
     masks = _hand_made().gt_masks.tensor.numpy()
     labels = _assert_same(masks, [0, 1, 2, 3], 4)
-    assert (labels == 1).sum() == 4 + 1 + 1 and labels[6, 6] == 1  # C's cell is one of A's 4 and labels[0, 15] == 1
+    assert (labels == 1).sum() == 4 + 1 + 1 and labels[
+        6, 6
+    ] == 1  # C's cell is one of A's 4 and labels[0, 15] == 1
     # the instance-map input gives the same targets
     inst = np.zeros((64, 64), np.int32)
     for k in range(4):
@@ -199,7 +203,9 @@ def test_losses_sample_at_most_128_half_positive(monkeypatch):
 def test_losses_without_annotations_are_zero_and_differentiable():
     head = _head()
     logits, deltas = head(torch.randn(1, 8, 8, 8))
-    losses = head.losses(logits, deltas, [_instances((32, 32), [], torch.zeros(0, 32, 32, dtype=torch.bool))])
+    losses = head.losses(
+        logits, deltas, [_instances((32, 32), [], torch.zeros(0, 32, 32, dtype=torch.bool))]
+    )
     assert all(v.item() == 0 for v in losses.values())
     sum(losses.values()).backward()
 
@@ -207,7 +213,9 @@ def test_losses_without_annotations_are_zero_and_differentiable():
 def test_pseudo_boxes_decode_the_peak_of_each_component():
     head = _head()
     inst = _hand_made()
-    labels, tboxes = centerness_targets(inst.gt_boxes.tensor, union_of_masks(inst), (16, 16), 4, 0.3)
+    labels, tboxes = centerness_targets(
+        inst.gt_boxes.tensor, union_of_masks(inst), (16, 16), 4, 0.3
+    )
     anchors = head.anchors((16, 16), "cpu")
     logits = torch.full((1, 1, 16, 16), -10.0)
     # component 1: A's 2x2 positives with the peak at (5, 6); component 2: B's single cell
@@ -215,10 +223,14 @@ def test_pseudo_boxes_decode_the_peak_of_each_component():
     logits[0, 0, 5, 6] = 6.0
     logits[0, 0, 12, 12] = 5.0
     logits[0, 0, 0, 0] = 2.0  # sigmoid 0.88 < 0.95: not a seed
-    deltas = head.box2box_transform.get_deltas(anchors, tboxes.reshape(-1, 4)).t().reshape(1, 4, 16, 16)
+    deltas = (
+        head.box2box_transform.get_deltas(anchors, tboxes.reshape(-1, 4)).t().reshape(1, 4, 16, 16)
+    )
     (result,) = head.predict_boxes(logits, deltas, [(64, 64)])
     assert len(result) == 2
-    torch.testing.assert_close(result.pred_boxes.tensor, torch.tensor([[8.0, 8, 40, 40], [48, 48, 52, 52]]))
+    torch.testing.assert_close(
+        result.pred_boxes.tensor, torch.tensor([[8.0, 8, 40, 40], [48, 48, 52, 52]])
+    )
     torch.testing.assert_close(result.scores, torch.sigmoid(torch.tensor([6.0, 5.0])))
     # cells outside the image size (padding) are not used
     (cropped,) = head.predict_boxes(logits, deltas, [(40, 40)])

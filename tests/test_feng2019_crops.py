@@ -52,8 +52,12 @@ def test_crop_keeps_every_nucleus_label_and_is_seeded():
     # the window depends only on (seed, name)
     again = crop_fully_annotated(image, label, 0.25, crop_seed(0, "img1"))[2]
     assert again == (y0, x0, h, w)
-    others = {crop_fully_annotated(image, label, 0.25, crop_seed(s, "img1"))[2] for s in range(1, 8)}
-    others |= {crop_fully_annotated(image, label, 0.25, crop_seed(0, f"img{k}"))[2] for k in range(2, 8)}
+    others = {
+        crop_fully_annotated(image, label, 0.25, crop_seed(s, "img1"))[2] for s in range(1, 8)
+    }
+    others |= {
+        crop_fully_annotated(image, label, 0.25, crop_seed(0, f"img{k}"))[2] for k in range(2, 8)
+    }
     assert len(others) > 1
     with pytest.raises(ValueError, match="share"):
         crop_fully_annotated(image[:10], label, 0.25, 0)

@@ -25,7 +25,13 @@ def _model(opts=()):
 
 def _image_input(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{"image": (torch.rand(3, 64, 64, generator=g) * 255).to(torch.uint8), "height": 64, "width": 64}]
+    return [
+        {
+            "image": (torch.rand(3, 64, 64, generator=g) * 255).to(torch.uint8),
+            "height": 64,
+            "width": 64,
+        }
+    ]
 
 
 @pytest.mark.parametrize("arch", ["NucleiWeakFeng2019RCNN", "NucleiWeakFeng2019BaselineRCNN"])
@@ -34,8 +40,17 @@ def test_dilate_masks_is_a_3x3_dilation_of_the_output_masks(arch):
 
     opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
     if arch != "NucleiWeakFeng2019RCNN":
-        opts = [*opts, "MODEL.META_ARCHITECTURE", arch, "MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone",
-                "MODEL.PROPOSAL_GENERATOR.NAME", "RPN", "MODEL.ROI_HEADS.NAME", "StandardROIHeads"]
+        opts = [
+            *opts,
+            "MODEL.META_ARCHITECTURE",
+            arch,
+            "MODEL.BACKBONE.NAME",
+            "build_resnet_fpn_backbone",
+            "MODEL.PROPOSAL_GENERATOR.NAME",
+            "RPN",
+            "MODEL.ROI_HEADS.NAME",
+            "StandardROIHeads",
+        ]
     model = _model(opts)
     assert type(model).__name__ == arch and model.dilate_masks is False  # off by default
     with torch.no_grad():
@@ -48,12 +63,16 @@ def test_dilate_masks_is_a_3x3_dilation_of_the_output_masks(arch):
     assert torch.equal(dilated["instances"].pred_masks, expected)
     assert not torch.equal(expected, masks)
     assert torch.equal(dilated["instances"].pred_boxes.tensor, plain["instances"].pred_boxes.tensor)
-    cfg = setup_cfg(str(PARTIAL), ["MODEL.DEVICE", "cpu", "NUCLEIWEAK.FENG2019.DILATE_MASKS", "True", *opts])
+    cfg = setup_cfg(
+        str(PARTIAL), ["MODEL.DEVICE", "cpu", "NUCLEIWEAK.FENG2019.DILATE_MASKS", "True", *opts]
+    )
     assert build_model(cfg).dilate_masks is True
 
 
 def test_baseline_meta_arch_without_dilation_is_generalized_rcnn():
-    cfg = setup_cfg(str(BASELINE), ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    cfg = setup_cfg(
+        str(BASELINE), ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    )
     torch.manual_seed(0)
     reference = build_model(cfg).eval()
     cfg.defrost()
@@ -76,7 +95,8 @@ def test_share_rpn_conv_uses_and_trains_the_rpn_conv():
     assert model.centerness_head.conv is None and model.share_rpn_conv
     n_own = sum(p.numel() for p in own.parameters())
     assert n_own - sum(p.numel() for p in model.parameters()) == sum(
-        p.numel() for p in own.centerness_head.conv.parameters())
+        p.numel() for p in own.centerness_head.conv.parameters()
+    )
     rpn_conv = model.proposal_generator.rpn_head.conv
     feature = torch.randn(1, model.centerness_head.centerness.in_channels, 16, 16)
     logits, deltas = model.centerness({"p2": feature})

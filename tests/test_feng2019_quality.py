@@ -20,7 +20,9 @@ from nucleiweak_d2.methods.feng2019.quality import (  # noqa: E402
     sum_quality,
 )
 
-PARTIAL = Path(__file__).resolve().parents[1] / "configs" / "quick" / "feng2019_partial_instant_test.yaml"
+PARTIAL = (
+    Path(__file__).resolve().parents[1] / "configs" / "quick" / "feng2019_partial_instant_test.yaml"
+)
 
 
 def test_box_iou_and_greedy_one_to_one_matching():
@@ -47,15 +49,28 @@ def test_pseudo_box_quality_counts():
         [80, 80, 90, 90],  # background: false positive
     ]
     q = pseudo_box_quality(pseudo, unannotated, 0.5, gt_boxes_annotated=annotated)
-    assert (q["num_pseudo"], q["num_unannotated"], q["num_annotated"], q["tp"], q["on_annotated"]) == (5, 4, 1, 2, 1)
+    assert (
+        q["num_pseudo"],
+        q["num_unannotated"],
+        q["num_annotated"],
+        q["tp"],
+        q["on_annotated"],
+    ) == (5, 4, 1, 2, 1)
     assert q["precision"] == 2 / 4 and q["recall"] == 2 / 4 and q["f1"] == 0.5
     # without the annotated boxes the box on the annotated nucleus is a false positive
     q = pseudo_box_quality(torch.tensor(pseudo, dtype=torch.float32), unannotated)
     assert q["tp"] == 2 and q["on_annotated"] == 0 and q["precision"] == 2 / 5
     empty = pseudo_box_quality(np.zeros((0, 4)), unannotated)
-    assert empty["num_pseudo"] == 0 and math.isnan(empty["precision"]) and empty["recall"] == 0 and empty["f1"] == 0
+    assert (
+        empty["num_pseudo"] == 0
+        and math.isnan(empty["precision"])
+        and empty["recall"] == 0
+        and empty["f1"] == 0
+    )
     assert math.isnan(pseudo_box_quality(np.zeros((0, 4)), np.zeros((0, 4)))["f1"])
-    total = sum_quality([pseudo_box_quality(pseudo, unannotated, gt_boxes_annotated=annotated), empty])
+    total = sum_quality(
+        [pseudo_box_quality(pseudo, unannotated, gt_boxes_annotated=annotated), empty]
+    )
     assert total["tp"] == 2 and total["num_unannotated"] == 8 and total["recall"] == 2 / 8
     assert total["precision"] == 2 / 4
 
@@ -74,22 +89,35 @@ def test_evaluate_pseudo_boxes_on_records_in_output_coordinates():
     head.forward = forward
     image = (torch.rand(3, 64, 64) * 255).to(torch.uint8)
     # the record's image is 128x128: the model sees it at 64x64, boxes come back scaled by 2
-    record = {"height": 128, "width": 128, "annotations": [
-        {"bbox": [24, 24, 24, 24], "point_labeled": False},  # = pseudo-box of cell (4, 4) x2
-        {"bbox": [88, 72, 24, 24], "point_labeled": True},  # = pseudo-box of cell (10, 12) x2
-        {"bbox": [0, 100, 20, 20], "point_labeled": False},  # missed
-        {"bbox": [0, 0, 20, 20], "point_labeled": False, "iscrowd": 1},  # ignored
-    ]}
-    found = evaluate_pseudo_boxes(model, [record], lambda r: {"image": image, "height": 128, "width": 128},
-                                  score_threshs=[0.5, 0.99])
+    record = {
+        "height": 128,
+        "width": 128,
+        "annotations": [
+            {"bbox": [24, 24, 24, 24], "point_labeled": False},  # = pseudo-box of cell (4, 4) x2
+            {"bbox": [88, 72, 24, 24], "point_labeled": True},  # = pseudo-box of cell (10, 12) x2
+            {"bbox": [0, 100, 20, 20], "point_labeled": False},  # missed
+            {"bbox": [0, 0, 20, 20], "point_labeled": False, "iscrowd": 1},  # ignored
+        ],
+    }
+    found = evaluate_pseudo_boxes(
+        model,
+        [record],
+        lambda r: {"image": image, "height": 128, "width": 128},
+        score_threshs=[0.5, 0.99],
+    )
     assert model.training  # mode restored
     q = found[0.5]
     assert (q["num_pseudo"], q["tp"], q["on_annotated"], q["num_unannotated"]) == (2, 1, 1, 2)
     assert q["precision"] == 1.0 and q["recall"] == 0.5
     assert found[0.99]["num_pseudo"] == 1 and found[0.99]["tp"] == 1
     # on fully annotated images every nucleus is a target
-    q = evaluate_pseudo_boxes(model, [record], lambda r: {"image": image, "height": 128, "width": 128},
-                              score_threshs=[0.5], target="all")[0.5]
+    q = evaluate_pseudo_boxes(
+        model,
+        [record],
+        lambda r: {"image": image, "height": 128, "width": 128},
+        score_threshs=[0.5],
+        target="all",
+    )[0.5]
     assert (q["tp"], q["on_annotated"], q["num_unannotated"]) == (2, 0, 3)
     with pytest.raises(ValueError, match="target"):
         evaluate_pseudo_boxes(model, [record], None, target="labelled")

@@ -37,7 +37,9 @@ def _run_capturing_box_pooler(model, peaks):
 
     head.forward = forward
     pooled = []
-    hook = model.roi_heads.box_pooler.register_forward_pre_hook(lambda m, args: pooled.append(args[1][0].tensor.clone()))
+    hook = model.roi_heads.box_pooler.register_forward_pre_hook(
+        lambda m, args: pooled.append(args[1][0].tensor.clone())
+    )
     image = (torch.rand(3, 64, 64) * 255).to(torch.uint8)
     with torch.no_grad():
         (out,) = model([{"image": image, "height": 64, "width": 64}])
@@ -57,7 +59,14 @@ def test_pseudo_box_proposals_reach_the_box_head():
 
 
 def test_pseudo_box_proposals_can_be_switched_off():
-    model = _model(["MODEL.RPN.POST_NMS_TOPK_TEST", "3", "NUCLEIWEAK.FENG2019.PSEUDO_PROPOSALS_AT_TEST", "False"])
+    model = _model(
+        [
+            "MODEL.RPN.POST_NMS_TOPK_TEST",
+            "3",
+            "NUCLEIWEAK.FENG2019.PSEUDO_PROPOSALS_AT_TEST",
+            "False",
+        ]
+    )
     pooled = _run_capturing_box_pooler(model, [(4, 4)])
     assert len(pooled) == 3
     assert (pooled - torch.tensor([12.0, 12, 24, 24])).abs().sum(dim=1).min() > 1e-3
@@ -77,7 +86,15 @@ def test_training_losses_and_blocking_needs_partial_heads():
     with EventStorage() as storage:
         losses = model([{"image": image, "instances": inst}])
         assert "feng2019/num_pseudo_boxes" in storage.latest()
-    expected = {"loss_centerness", "loss_center_box", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}
+    expected = {
+        "loss_centerness",
+        "loss_center_box",
+        "loss_rpn_cls",
+        "loss_rpn_loc",
+        "loss_cls",
+        "loss_box_reg",
+        "loss_mask",
+    }
     assert set(losses) == expected and all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(ValueError, match="blocked_boxes"):
         _model(["MODEL.PROPOSAL_GENERATOR.NAME", "RPN"])
@@ -89,11 +106,28 @@ def test_cpu_training_smoke(config, synthetic_root, tmp_path):
     from nucleiweak_d2.data.datasets import register_nuclei_dataset
     from nucleiweak_d2.engine.trainer import Trainer
 
-    files = export_coco_splits(synthetic_root, tmp_path / "coco", ratio=0.25, seed=0,
-                               annotation="partial_mask", splits=["train"])
+    files = export_coco_splits(
+        synthetic_root,
+        tmp_path / "coco",
+        ratio=0.25,
+        seed=0,
+        annotation="partial_mask",
+        splits=["train"],
+    )
     register_nuclei_dataset("feng2019_smoke_train", files["train"], synthetic_root)
-    cfg = setup_cfg(str(config), ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "('feng2019_smoke_train',)",
-                                  "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "out")])
+    cfg = setup_cfg(
+        str(config),
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "DATASETS.TRAIN",
+            "('feng2019_smoke_train',)",
+            "DATASETS.TEST",
+            "()",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ],
+    )
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

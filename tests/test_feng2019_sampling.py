@@ -74,10 +74,14 @@ def _rpn_labels(blocked, use_ignore_field=False):
     gt = _gt()
     with EventStorage():
         if use_ignore_field:
-            _, losses = rpn(images, features, [with_blocked_boxes(gt, Boxes(torch.tensor([BLOCKED])))])
+            _, losses = rpn(
+                images, features, [with_blocked_boxes(gt, Boxes(torch.tensor([BLOCKED])))]
+            )
         else:
             _, losses = rpn(images, features, [gt], blocked_boxes=blocked)
-    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc"} and all(torch.isfinite(v) for v in losses.values())
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc"} and all(
+        torch.isfinite(v) for v in losses.values()
+    )
     iou_blocked = pairwise_iou(Boxes(torch.tensor([BLOCKED])), captured["anchors"])[0]
     iou_annotated = pairwise_iou(Boxes(torch.tensor([ANNOTATED])), captured["anchors"])[0]
     return captured["labels"], iou_blocked, iou_annotated
@@ -116,7 +120,14 @@ def _roi_sampled(blocked):
     heads._forward_box = spy
     images, features = _inputs()
     props = Instances((64, 64))
-    boxes = [BLOCKED, (41, 42, 57, 55), (38, 40, 55, 57), (4, 5, 20, 21), (0, 30, 16, 46), (30, 0, 46, 16)]
+    boxes = [
+        BLOCKED,
+        (41, 42, 57, 55),
+        (38, 40, 55, 57),
+        (4, 5, 20, 21),
+        (0, 30, 16, 46),
+        (30, 0, 46, 16),
+    ]
     props.proposal_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
     props.objectness_logits = torch.zeros(len(boxes))
     with EventStorage():

@@ -25,7 +25,10 @@ def test_installed_detectron2_wins_over_everything(route_mod):
 
 def test_pip_spec_is_honoured(route_mod):
     spec = "git+https://github.com/facebookresearch/detectron2.git"
-    assert route_mod.choose_route({"DETECTRON2_PIP_SPEC": f"  {spec} "}, False) == ("pip_spec", spec)
+    assert route_mod.choose_route({"DETECTRON2_PIP_SPEC": f"  {spec} "}, False) == (
+        "pip_spec",
+        spec,
+    )
     cmds = route_mod.route_commands("pip_spec", spec, "/v/bin/python", "/tmp/x")
     assert cmds == [["/v/bin/python", "-m", "pip", "install", "--no-build-isolation", spec]]
 

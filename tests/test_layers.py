@@ -25,12 +25,16 @@ def imported_modules(path):
                 if not node.module:  # "from .. import x": x may be a subpackage
                     names = [".".join(base + [a.name]) for a in node.names]
             elif node.module and node.module.startswith("nucleiweak_d2"):
-                rest = node.module[len("nucleiweak_d2"):].lstrip(".")
+                rest = node.module[len("nucleiweak_d2") :].lstrip(".")
                 names = [rest] if rest else [a.name for a in node.names]
             else:
                 continue
         elif isinstance(node, ast.Import):
-            names = [a.name[len("nucleiweak_d2."):] for a in node.names if a.name.startswith("nucleiweak_d2.")]
+            names = [
+                a.name[len("nucleiweak_d2.") :]
+                for a in node.names
+                if a.name.startswith("nucleiweak_d2.")
+            ]
         else:
             continue
         found += [(node.lineno, n) for n in names if n]
@@ -46,9 +50,13 @@ def upward_imports():
         for line, module in imported_modules(path):
             top = module.split(".")[0]
             if top in RANK and RANK[top] > RANK[parts[0]]:
-                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports nucleiweak_d2.{module}")
+                bad.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line} imports nucleiweak_d2.{module}"
+                )
             if top in ("config",):  # the top-level config imports every method
-                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports nucleiweak_d2.{module}")
+                bad.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line} imports nucleiweak_d2.{module}"
+                )
     return bad
 
 
@@ -64,11 +72,12 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     (fake / "data" / "b.py").write_text("def f():\n    import nucleiweak_d2.methods.qu2020\n")
     (fake / "data" / "c.py").write_text("from nucleiweak_d2 import modeling\n")
     (fake / "modeling").mkdir()
-    (fake / "modeling" / "d.py").write_text("from ..data import io\nfrom . import meta_arch\n")  # fine
+    (fake / "modeling" / "d.py").write_text(
+        "from ..data import io\nfrom . import meta_arch\n"
+    )  # fine
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     bad = upward_imports()
     assert len(bad) == 3, bad
     assert any("a.py:1 imports nucleiweak_d2.engine" in b for b in bad)
     assert any("b.py:2 imports nucleiweak_d2.methods.qu2020" in b for b in bad)
     assert any("c.py:1 imports nucleiweak_d2.modeling" in b for b in bad)
-

@@ -17,7 +17,7 @@ def _bands(widths_ids, height=4, total=8):
     out = np.zeros((height, total), dtype=np.int32)
     c = 0
     for width, ident in widths_ids:
-        out[:, c:c + width] = ident
+        out[:, c : c + width] = ident
         c += width
     return out
 
@@ -26,8 +26,19 @@ def test_perfect_match_with_permuted_noncontiguous_ids():
     gt = _bands([(2, 3), (2, 17), (2, 60000)])
     pred = _bands([(2, 8), (2, 2), (2, 9)])  # same objects, other ids
     res = _all(gt, pred)
-    for key in ("aji", "aji_plus", "dice_obj", "pixel_acc", "pixel_f1", "pixel_iou", "pq", "dq",
-                "sq", "map_kaggle", "ncs"):
+    for key in (
+        "aji",
+        "aji_plus",
+        "dice_obj",
+        "pixel_acc",
+        "pixel_f1",
+        "pixel_iou",
+        "pq",
+        "dq",
+        "sq",
+        "map_kaggle",
+        "ncs",
+    ):
         assert res[key] == 1.0, key
     assert res["hausdorff_obj"] == 0.0
     assert (res["n_gt"], res["n_pred"]) == (3, 3)
@@ -92,8 +103,18 @@ def test_shifted_mask():
 def test_empty_prediction():
     gt = _bands([(2, 1), (2, 2)])
     res = _all(gt, np.zeros_like(gt))
-    for key in ("aji", "aji_plus", "dice_obj", "pixel_f1", "pixel_iou", "pq", "dq", "sq",
-                "map_kaggle", "ncs"):
+    for key in (
+        "aji",
+        "aji_plus",
+        "dice_obj",
+        "pixel_f1",
+        "pixel_iou",
+        "pq",
+        "dq",
+        "sq",
+        "map_kaggle",
+        "ncs",
+    ):
         assert res[key] == 0.0, key
     assert res["pixel_acc"] == pytest.approx(0.5)
     assert math.isinf(res["hausdorff_obj"])
@@ -102,8 +123,17 @@ def test_empty_prediction():
 def test_empty_ground_truth():
     pred = _bands([(2, 1)])
     res = _all(np.zeros_like(pred), pred)
-    for key in ("aji", "aji_plus", "dice_obj", "pixel_f1", "pixel_iou", "pq", "dq",
-                "map_kaggle", "ncs"):
+    for key in (
+        "aji",
+        "aji_plus",
+        "dice_obj",
+        "pixel_f1",
+        "pixel_iou",
+        "pq",
+        "dq",
+        "map_kaggle",
+        "ncs",
+    ):
         assert res[key] == 0.0, key
     assert res["pixel_acc"] == pytest.approx(0.75)
     assert math.isinf(res["hausdorff_obj"])
@@ -112,8 +142,17 @@ def test_empty_ground_truth():
 def test_both_empty_is_perfect():
     z = np.zeros((3, 5), np.uint16)
     res = _all(z, z)
-    for key in ("aji", "aji_plus", "dice_obj", "pixel_acc", "pixel_f1", "pixel_iou", "pq",
-                "map_kaggle", "ncs"):
+    for key in (
+        "aji",
+        "aji_plus",
+        "dice_obj",
+        "pixel_acc",
+        "pixel_f1",
+        "pixel_iou",
+        "pq",
+        "map_kaggle",
+        "ncs",
+    ):
         assert res[key] == 1.0, key
     assert res["hausdorff_obj"] == 0.0
 
@@ -175,14 +214,17 @@ def test_symmetric_metrics_are_symmetric():
         assert fn(gt, pred) == pytest.approx(fn(pred, gt)), fn.__name__
 
 
-@pytest.mark.parametrize("gt,pred,match", [
-    (np.zeros((4, 4), float), np.zeros((4, 4), int), "integer"),
-    (np.zeros((4, 4), int), np.zeros((4, 5), int), "differ in size"),
-    (np.zeros((4, 4, 2), int), np.zeros((4, 4, 2), int), "2-D"),
-    (np.zeros((0, 4), int), np.zeros((0, 4), int), "empty"),
-    (-np.ones((4, 4), int), np.zeros((4, 4), int), ">= 0"),
-    (np.zeros((4, 4), bool), np.zeros((4, 4), int), "integer"),
-])
+@pytest.mark.parametrize(
+    "gt,pred,match",
+    [
+        (np.zeros((4, 4), float), np.zeros((4, 4), int), "integer"),
+        (np.zeros((4, 4), int), np.zeros((4, 5), int), "differ in size"),
+        (np.zeros((4, 4, 2), int), np.zeros((4, 4, 2), int), "2-D"),
+        (np.zeros((0, 4), int), np.zeros((0, 4), int), "empty"),
+        (-np.ones((4, 4), int), np.zeros((4, 4), int), ">= 0"),
+        (np.zeros((4, 4), bool), np.zeros((4, 4), int), "integer"),
+    ],
+)
 def test_bad_label_maps_raise(gt, pred, match):
     with pytest.raises(ValueError, match=match):
         M.segmentation_metrics(gt, pred)
@@ -196,9 +238,9 @@ def test_object_precision_recall_at_iou50_summed_over_images():
     gt[0:10, 0:10] = 3
     gt[20:30, 20:30] = 8
     pred = np.zeros_like(gt)
-    pred[0:10, 0:10] = 1          # exact match of 3
-    pred[20:30, 0:10] = 2         # false positive; 8 is missed
-    pred[20:30, 20:24] = 5        # IoU 0.4 with 8: not a match
+    pred[0:10, 0:10] = 1  # exact match of 3
+    pred[20:30, 0:10] = 2  # false positive; 8 is missed
+    pred[20:30, 20:24] = 5  # IoU 0.4 with 8: not a match
     first = M.segmentation_metrics(gt, pred)
     assert (first["obj_tp"], first["obj_fp"], first["obj_fn"]) == (1, 2, 1)
     second = M.segmentation_metrics(gt, gt)

@@ -3,8 +3,12 @@
 import numpy as np
 import pytest
 
-from nucleiweak_d2.evaluation.metrics import (aggregate, detection_counts, detection_metrics,
-                                              image_metrics)
+from nucleiweak_d2.evaluation.metrics import (
+    aggregate,
+    detection_counts,
+    detection_metrics,
+    image_metrics,
+)
 
 
 def test_radius_is_strict_and_counts():
@@ -60,12 +64,15 @@ def test_empty_point_sets():
     assert (res["dist_mean"], res["dist_std"]) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"gt_points": [(1, 2, 3)], "pred_points": [], "radius": 3}, "gt_points"),
-    ({"gt_points": [(1, 2)], "pred_points": [(np.nan, 1)], "radius": 3}, "finite"),
-    ({"gt_points": [(1, 2)], "pred_points": [], "radius": 0}, "radius"),
-    ({"gt_points": [(1, 2)], "pred_points": [], "radius": 3, "method": "nearest"}, "method"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"gt_points": [(1, 2, 3)], "pred_points": [], "radius": 3}, "gt_points"),
+        ({"gt_points": [(1, 2)], "pred_points": [(np.nan, 1)], "radius": 3}, "finite"),
+        ({"gt_points": [(1, 2)], "pred_points": [], "radius": 0}, "radius"),
+        ({"gt_points": [(1, 2)], "pred_points": [], "radius": 3, "method": "nearest"}, "method"),
+    ],
+)
 def test_bad_detection_input_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         detection_counts(**kwargs)
@@ -73,10 +80,24 @@ def test_bad_detection_input_raises(kwargs, match):
 
 def test_aggregate_means_and_micro_detection():
     recs = [
-        {"name": "a", "aji": 0.5, "det_tp": 1, "det_fp": 2, "det_fn": 1, "det_precision": 1 / 3,
-         "det_distances": np.array([1.0])},
-        {"name": "b", "aji": 1.0, "det_tp": 3, "det_fp": 0, "det_fn": 1, "det_precision": 1.0,
-         "det_distances": np.array([2.0, 3.0, 6.0])},
+        {
+            "name": "a",
+            "aji": 0.5,
+            "det_tp": 1,
+            "det_fp": 2,
+            "det_fn": 1,
+            "det_precision": 1 / 3,
+            "det_distances": np.array([1.0]),
+        },
+        {
+            "name": "b",
+            "aji": 1.0,
+            "det_tp": 3,
+            "det_fp": 0,
+            "det_fn": 1,
+            "det_precision": 1.0,
+            "det_distances": np.array([2.0, 3.0, 6.0]),
+        },
     ]
     agg = aggregate(recs)
     assert agg["num_images"] == 2

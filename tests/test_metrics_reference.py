@@ -96,8 +96,10 @@ def ref_pq_map_ncs(gt, pred):
     tp = (iou > 0.5).sum()
     dq = tp / (tp + 0.5 * (len(preds) - tp) + 0.5 * (len(gts) - tp))
     sq = iou[iou > 0.5].sum() / tp if tp else 0.0
-    scores = [(iou > t).sum() / (len(gts) + len(preds) - (iou > t).sum())
-              for t in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)]
+    scores = [
+        (iou > t).sum() / (len(gts) + len(preds) - (iou > t).sum())
+        for t in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+    ]
     areas = np.array([g.sum() for _, g in gts])
     ncs = (areas * iou.max(axis=1)).sum() / areas.sum()
     return {"pq": dq * sq, "dq": dq, "sq": sq, "map": np.mean(scores), "ncs": ncs}
@@ -123,12 +125,12 @@ def _random_pair(seed, size=40):
     for k in range(rng.integers(4, 9)):
         r0, c0 = rng.integers(0, size - 4, 2)
         h, w = rng.integers(3, 10, 2)
-        gt[r0:r0 + h, c0:c0 + w] = rng.integers(1, 10**6)  # large, non-contiguous ids
+        gt[r0 : r0 + h, c0 : c0 + w] = rng.integers(1, 10**6)  # large, non-contiguous ids
     pred = np.roll(gt, tuple(rng.integers(-2, 3, 2)), axis=(0, 1))
     for _ in range(rng.integers(1, 4)):  # merges, cuts and false positives
         r0, c0 = rng.integers(0, size - 4, 2)
         h, w = rng.integers(2, 9, 2)
-        pred[r0:r0 + h, c0:c0 + w] = rng.choice([0, 5, int(pred.max()) + 1])
+        pred[r0 : r0 + h, c0 : c0 + w] = rng.choice([0, 5, int(pred.max()) + 1])
     return gt, pred
 
 
@@ -155,9 +157,9 @@ def test_hausdorff_nearest_search_on_far_apart_objects():
     pred = np.zeros((60, 60), np.int32)
     for k in range(1, 8):
         r, c = rng.integers(0, 55, 2)
-        gt[r:r + rng.integers(1, 6), c:c + rng.integers(1, 6)] = k
+        gt[r : r + rng.integers(1, 6), c : c + rng.integers(1, 6)] = k
         r, c = rng.integers(0, 55, 2)
-        pred[r:r + rng.integers(1, 6), c:c + rng.integers(1, 6)] = 10 + k
+        pred[r : r + rng.integers(1, 6), c : c + rng.integers(1, 6)] = 10 + k
     pred[gt > 0] = 0  # no overlap at all
     assert M.object_hausdorff(gt, pred) == pytest.approx(ref_object_hausdorff(gt, pred))
 
@@ -175,8 +177,9 @@ def test_hausdorff_interior_point_farthest_from_ring():
 def test_greedy_detection_matches_reference(seed):
     rng = np.random.default_rng(seed)
     gt_pts = rng.uniform(0, 100, (30, 2))
-    pred_pts = np.concatenate([gt_pts[rng.random(30) < 0.8] + rng.normal(0, 4, (1, 2)),
-                               rng.uniform(0, 100, (5, 2))])
+    pred_pts = np.concatenate(
+        [gt_pts[rng.random(30) < 0.8] + rng.normal(0, 4, (1, 2)), rng.uniform(0, 100, (5, 2))]
+    )
     pred_pts = pred_pts[rng.permutation(len(pred_pts))]
     res = M.detection_counts(gt_pts, pred_pts, radius=6)
     tp, dists = ref_greedy(gt_pts, pred_pts, 6)
@@ -203,4 +206,5 @@ def test_real_crop_matches_references(shared_monuseg):
     assert res["hausdorff_obj"] == pytest.approx(ref_object_hausdorff(label, pred))
     ref = ref_pq_map_ncs(label, pred)
     assert (res["pq"], res["map_kaggle"], res["ncs"]) == pytest.approx(
-        (ref["pq"], ref["map"], ref["ncs"]))
+        (ref["pq"], ref["map"], ref["ncs"])
+    )

@@ -17,14 +17,17 @@ def _touching():
 
 def test_outline_pixels_hand_made():
     inner = outline_pixels(_touching())
-    expected = np.array([
-        [0, 0, 0, 0, 0, 0, 0],
-        [0, 1, 1, 1, 1, 0, 0],
-        [0, 1, 1, 1, 1, 0, 0],
-        [0, 1, 1, 1, 1, 0, 0],
-        [0, 0, 0, 0, 0, 1, 1],
-        [0, 0, 0, 0, 0, 1, 0],  # the image border is no boundary
-    ], bool)
+    expected = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0],
+            [0, 1, 1, 1, 1, 0, 0],
+            [0, 1, 1, 1, 1, 0, 0],
+            [0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 0, 1, 1],
+            [0, 0, 0, 0, 0, 1, 0],  # the image border is no boundary
+        ],
+        bool,
+    )
     np.testing.assert_array_equal(inner, expected)
     thick = outline_pixels(_touching(), mode="thick")
     assert (thick & ~inner).sum() > 0 and not (inner & ~thick).any()
@@ -39,16 +42,23 @@ def test_outline_pixels_match_skimage_on_random_maps():
         label = rng.integers(0, 4, size=(h, w))
         label[rng.random((h, w)) < 0.3] = 0
         np.testing.assert_array_equal(
-            outline_pixels(label), find_boundaries(label, mode="inner") & (label > 0))
+            outline_pixels(label), find_boundaries(label, mode="inner") & (label > 0)
+        )
         np.testing.assert_array_equal(
-            outline_pixels(label, mode="thick"), find_boundaries(label, mode="thick"))
+            outline_pixels(label, mode="thick"), find_boundaries(label, mode="thick")
+        )
 
 
 def test_draw_outlines_colours_points_and_copy():
     label = _touching()
     image = np.full((6, 7, 3), 100, np.uint8)
-    out = draw_outlines(image, label, points=[[0.4, 5.6], [3.0, 2.0], [40, 40]],
-                        color=(1, 2, 3), point_color=(9, 8, 7))
+    out = draw_outlines(
+        image,
+        label,
+        points=[[0.4, 5.6], [3.0, 2.0], [40, 40]],
+        color=(1, 2, 3),
+        point_color=(9, 8, 7),
+    )
     assert (image == 100).all()  # the input is not modified
     dots = np.zeros(label.shape, bool)
     dots[5, 0:2] = True  # (0.4, 5.6) -> (x 0, y 6), below the image: the part of its square inside

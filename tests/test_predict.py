@@ -16,11 +16,15 @@ from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from skimage.segmentation import find_boundaries  # noqa: E402
 
+from nucleiweak_d2.config import setup_cfg  # noqa: E402
 from nucleiweak_d2.data.io import read_image, read_label, write_image  # noqa: E402
 from nucleiweak_d2.data.synthetic import synthesize_image  # noqa: E402
-from nucleiweak_d2.config import setup_cfg  # noqa: E402
-from nucleiweak_d2.engine.predictor import (NucleiPredictor, stitch_instance_maps,  # noqa: E402
-                                            stitch_points, tile_boxes)
+from nucleiweak_d2.engine.predictor import (  # noqa: E402
+    NucleiPredictor,
+    stitch_instance_maps,
+    stitch_points,
+    tile_boxes,
+)
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "predict.py"
 THRESHOLD = 180.0  # red channel: synthetic nuclei < ~165, background > ~205
@@ -68,8 +72,7 @@ class _FakeThreshold(torch.nn.Module):
         return outputs
 
 
-for _name, _points in (("NucleiWeakTestThreshold", False),
-                       ("NucleiWeakTestThresholdPoints", True)):
+for _name, _points in (("NucleiWeakTestThreshold", False), ("NucleiWeakTestThresholdPoints", True)):
     if _name not in META_ARCH_REGISTRY:
         META_ARCH_REGISTRY.register(type(_name, (_FakeThreshold,), {"points": _points}))
 
@@ -91,18 +94,30 @@ def setup(tmp_path):
         write_image(in_dir / f"tile{seed}.png", image)
         images[f"tile{seed}"] = image
     config = tmp_path / "fake.yaml"
-    config.write_text("MODEL:\n  META_ARCHITECTURE: NucleiWeakTestThresholdPoints\n"
-                      "  DEVICE: cpu\nNUCLEIWEAK:\n  EVAL:\n    PRED_POINTS_OFFSET: 0.5\n")
+    config.write_text(
+        "MODEL:\n  META_ARCHITECTURE: NucleiWeakTestThresholdPoints\n"
+        "  DEVICE: cpu\nNUCLEIWEAK:\n  EVAL:\n    PRED_POINTS_OFFSET: 0.5\n"
+    )
     return in_dir, config, images
 
 
 def test_cli_end_to_end_files_and_values(setup, tmp_path):
     in_dir, config, images = setup
     out = tmp_path / "pred"
-    written = _tool().main(["--config-file", str(config), "--input", str(in_dir),
-                            "--output", str(out), "--allow-random-weights"])
+    written = _tool().main(
+        [
+            "--config-file",
+            str(config),
+            "--input",
+            str(in_dir),
+            "--output",
+            str(out),
+            "--allow-random-weights",
+        ]
+    )
     assert sorted(p.name for p in out.iterdir()) == [
-        f"tile{s}_{k}" for s in (1, 2) for k in ("instances.png", "overlay.png", "points.csv")]
+        f"tile{s}_{k}" for s in (1, 2) for k in ("instances.png", "overlay.png", "points.csv")
+    ]
     assert len(written) == 2
     for stem, image in images.items():
         expected = _components(image[..., 0])
@@ -116,7 +131,7 @@ def test_cli_end_to_end_files_and_values(setup, tmp_path):
         contour = find_boundaries(expected, mode="inner") & (expected > 0)
         dots = np.zeros(expected.shape, bool)
         for x, y in np.rint(points).astype(int):
-            dots[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = True
+            dots[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = True
         assert (overlay[dots] == [255, 0, 0]).all()
         assert (overlay[contour & ~dots] == [0, 255, 0]).all()
         far = ~(contour | dots)
@@ -130,41 +145,80 @@ def test_cli_refuses_to_overwrite_and_glob_input(setup, tmp_path):
     base = ["--config-file", str(config), "--output", str(out), "--allow-random-weights"]
     tool.main(base + ["--input", str(in_dir / "*1.png")])  # glob: tile1 only
     assert sorted(p.name for p in out.iterdir()) == [
-        "tile1_instances.png", "tile1_overlay.png", "tile1_points.csv"]
+        "tile1_instances.png",
+        "tile1_overlay.png",
+        "tile1_points.csv",
+    ]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     (out / "tile1_points.csv").write_text("x,y\n1,1\n")
-    with pytest.raises(ValueError, match="outputs already exist: .*tile1_instances.png.*"
-                                         "--overwrite"):
+    with pytest.raises(
+        ValueError, match="outputs already exist: .*tile1_instances.png.*--overwrite"
+    ):
         tool.main(base + ["--input", str(in_dir)])
     assert not (out / "tile2_instances.png").exists()  # refused before any work
     assert (out / "tile1_points.csv").read_text() == "x,y\n1,1\n"
     # --overwrite with a model without points: outputs replaced, the stale points file removed.
-    tool.main(base + ["--input", str(in_dir), "--overwrite", "--opts",
-                      "MODEL.META_ARCHITECTURE", "NucleiWeakTestThreshold"])
+    tool.main(
+        base
+        + [
+            "--input",
+            str(in_dir),
+            "--overwrite",
+            "--opts",
+            "MODEL.META_ARCHITECTURE",
+            "NucleiWeakTestThreshold",
+        ]
+    )
     assert not (out / "tile1_points.csv").exists()
     assert (out / "tile1_instances.png").read_bytes() == before["tile1_instances.png"]
     assert (out / "tile2_instances.png").is_file()
     with pytest.raises(ValueError, match="is the input folder"):
-        tool.main(["--config-file", str(config), "--input", str(in_dir), "--output",
-                   str(in_dir)])
+        tool.main(["--config-file", str(config), "--input", str(in_dir), "--output", str(in_dir)])
 
 
 def test_cli_errors_name_the_input(tmp_path, setup):
     _, config, _ = setup
     missing = tmp_path / "nope" / "slide.png"
-    proc = subprocess.run([sys.executable, str(TOOL), "--config-file", str(config), "--input",
-                           str(missing), "--output", str(tmp_path / "o")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(TOOL),
+            "--config-file",
+            str(config),
+            "--input",
+            str(missing),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert f"error: input not found: {missing}" in proc.stderr
     tool = _tool()
     with pytest.raises(ValueError, match="no image file .* in pattern"):
-        tool.main(["--config-file", str(config), "--input", str(tmp_path / "*.tif"),
-                   "--output", str(tmp_path / "o")])
+        tool.main(
+            [
+                "--config-file",
+                str(config),
+                "--input",
+                str(tmp_path / "*.tif"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="notes.txt is not an image file"):
-        tool.main(["--config-file", str(config), "--input", str(tmp_path / "notes.txt"),
-                   "--output", str(tmp_path / "o")])
+        tool.main(
+            [
+                "--config-file",
+                str(config),
+                "--input",
+                str(tmp_path / "notes.txt"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -180,11 +234,9 @@ def test_predictor_format_and_weights(tmp_path):
     predictor = NucleiPredictor(setup_cfg(None, arch))
     predictor.model.threshold.data.fill_(120.0)
     DetectionCheckpointer(predictor.model, save_dir=str(tmp_path)).save("fake")
-    loaded = NucleiPredictor(setup_cfg(None, arch + ["MODEL.WEIGHTS",
-                                                     str(tmp_path / "fake.pth")]))
+    loaded = NucleiPredictor(setup_cfg(None, arch + ["MODEL.WEIGHTS", str(tmp_path / "fake.pth")]))
     assert float(loaded.model.threshold.detach()) == 120.0
-    np.testing.assert_array_equal(loaded(image)["instance_map"],
-                                  _components(image[..., 0], 120.0))
+    np.testing.assert_array_equal(loaded(image)["instance_map"], _components(image[..., 0], 120.0))
     with pytest.raises(ValueError, match="MODEL.WEIGHTS file not found: .*missing.pth"):
         NucleiPredictor(setup_cfg(None, arch + ["MODEL.WEIGHTS", str(tmp_path / "missing.pth")]))
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
@@ -194,9 +246,9 @@ def test_predictor_format_and_weights(tmp_path):
 
 def _disks(shape, centres, radius=4):
     image = np.full(shape + (3,), 230, np.uint8)
-    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
     for x, y in centres:
-        image[(rows - y) ** 2 + (cols - x) ** 2 <= radius ** 2] = (60, 40, 150)
+        image[(rows - y) ** 2 + (cols - x) ** 2 <= radius**2] = (60, 40, 150)
     return image
 
 
@@ -211,8 +263,19 @@ def _same_partition(a, b):
 def test_tiled_prediction_equals_whole_image():
     # Tiles of 48 with overlap 16 on 96x96: x and y starts 0, 32, 48. Disks straddle the
     # cut edges (x or y = 32, 48, 80) and lie in the corners and overlaps.
-    centres = [(10, 10), (40, 10), (47, 47), (48, 80), (56, 60), (85, 88), (30, 70),
-               (64, 40), (79, 20), (33, 90), (90, 33)]
+    centres = [
+        (10, 10),
+        (40, 10),
+        (47, 47),
+        (48, 80),
+        (56, 60),
+        (85, 88),
+        (30, 70),
+        (64, 40),
+        (79, 20),
+        (33, 90),
+        (90, 33),
+    ]
     image = _disks((96, 96), centres)
     arch = ["MODEL.META_ARCHITECTURE", "NucleiWeakTestThresholdPoints", "MODEL.DEVICE", "cpu"]
     cfg = setup_cfg(None, arch + ["NUCLEIWEAK.EVAL.PRED_POINTS_OFFSET", "0.5"])
@@ -222,8 +285,11 @@ def test_tiled_prediction_equals_whole_image():
     assert len(tiled["raw"]) == 9 and tiled["raw"][4]["box"] == (32, 32, 80, 80)
     assert _same_partition(tiled["instance_map"], whole["instance_map"])
     key = np.lexsort(tiled["points"].T)
-    np.testing.assert_allclose(tiled["points"][key], np.asarray(centres, float)[
-        np.lexsort(np.asarray(centres, float).T)], atol=1e-6)
+    np.testing.assert_allclose(
+        tiled["points"][key],
+        np.asarray(centres, float)[np.lexsort(np.asarray(centres, float).T)],
+        atol=1e-6,
+    )
     assert NucleiPredictor(cfg, tile=96)(image)["raw"].keys() == whole["raw"].keys()
 
 
@@ -234,12 +300,12 @@ def test_stitch_keeps_each_nucleus_from_its_most_central_tile():
     t1 = np.zeros((12, 28), np.int32)
     t0[2:5, 2:5] = 1  # A: only in tile 0
     t0[2:6, 14:17] = 7  # B: gap 7 to x = 24 beats tile 1's copy (gap 2 to x = 12)
-    t1[2:5, 14 - 12:17 - 12] = 3
+    t1[2:5, 14 - 12 : 17 - 12] = 3
     t0[6:9, 20:23] = 2  # C: gap 1 to x = 24 loses to tile 1's copy (gap 8)
-    t1[6:11, 20 - 12:23 - 12] = 5
+    t1[6:11, 20 - 12 : 23 - 12] = 5
     t0[0:2, 22:24] = 9  # D: cut by x = 24; its whole copy in tile 1 wins
-    t1[0:2, 22 - 12:27 - 12] = 6
-    t1[5:9, 15 - 12:17 - 12] = 8  # E: 2 of its 8 pixels belong to B (kept first): kept
+    t1[0:2, 22 - 12 : 27 - 12] = 6
+    t1[5:9, 15 - 12 : 17 - 12] = 8  # E: 2 of its 8 pixels belong to B (kept first): kept
     out = stitch_instance_maps(shape, boxes, [t0, t1])
     expected = np.zeros(shape, np.int32)
     expected[2:5, 2:5] = 1
@@ -249,8 +315,8 @@ def test_stitch_keeps_each_nucleus_from_its_most_central_tile():
     expected[6:9, 15:17] = 5  # free pixels only: row 5 stays with B
     assert _same_partition(out, expected)
     # An E with more than half of its pixels taken (4 of 6) is dropped.
-    t1[5:9, 15 - 12:17 - 12] = 0
-    t1[4:7, 15 - 12:17 - 12] = 8
+    t1[5:9, 15 - 12 : 17 - 12] = 0
+    t1[4:7, 15 - 12 : 17 - 12] = 8
     out = stitch_instance_maps(shape, boxes, [t0, t1])
     assert _same_partition(out, np.where(expected == 5, 0, expected))
     with pytest.raises(ValueError, match="tile 1 at .* instance map is 12x20, expected 12x28"):
@@ -264,8 +330,7 @@ def test_stitch_points_and_tile_boxes():
     p0 = np.array([[15.0, 4.0], [21.0, 4.0], [2.0, 1.0]])
     p1 = np.array([[15.4, 4.0], [21.0, 4.0], [27.0, 9.0]]) - [12, 0]
     out = stitch_points(shape, boxes, [p0, p1])
-    assert sorted(map(tuple, out.tolist())) == [(2.0, 1.0), (15.0, 4.0), (21.0, 4.0),
-                                                (27.0, 9.0)]
+    assert sorted(map(tuple, out.tolist())) == [(2.0, 1.0), (15.0, 4.0), (21.0, 4.0), (27.0, 9.0)]
     assert stitch_points(shape, boxes, [None, None]) is None
     assert tile_boxes(10, 40, 24, 8) == [(0, 0, 24, 10), (16, 0, 40, 10)]
     assert tile_boxes(20, 20, 48, 16) == [(0, 0, 20, 20)]
@@ -276,11 +341,35 @@ def test_stitch_points_and_tile_boxes():
 
 def test_cli_tiles(setup, tmp_path):
     in_dir, config, images = setup
-    _tool().main(["--config-file", str(config), "--input", str(in_dir / "tile1.png"), "--output",
-                  str(tmp_path / "tiled"), "--tile", "64", "--tile-overlap", "48",
-                  "--allow-random-weights"])
+    _tool().main(
+        [
+            "--config-file",
+            str(config),
+            "--input",
+            str(in_dir / "tile1.png"),
+            "--output",
+            str(tmp_path / "tiled"),
+            "--tile",
+            "64",
+            "--tile-overlap",
+            "48",
+            "--allow-random-weights",
+        ]
+    )
     tiled = read_label(tmp_path / "tiled" / "tile1_instances.png")
     assert _same_partition(tiled, _components(images["tile1"][..., 0]))
     with pytest.raises(ValueError, match="overlap must be in"):
-        _tool().main(["--config-file", str(config), "--input", str(in_dir), "--output",
-                      str(tmp_path / "bad"), "--tile", "32", "--tile-overlap", "32"])
+        _tool().main(
+            [
+                "--config-file",
+                str(config),
+                "--input",
+                str(in_dir),
+                "--output",
+                str(tmp_path / "bad"),
+                "--tile",
+                "32",
+                "--tile-overlap",
+                "32",
+            ]
+        )

@@ -79,10 +79,14 @@ def test_cli_refuses_images_sharing_a_stem(tmp_path):
         (tmp_path / sub).mkdir()
         write_image(tmp_path / sub / "x.png", np.full((16, 16, 3), 200, np.uint8))
     coco = {
-        "images": [{"id": i, "file_name": f"{sub}/x.png", "height": 16, "width": 16}
-                   for i, sub in enumerate(("a", "b"), 1)],
-        "annotations": [{"id": i, "image_id": i, "category_id": 1, "point": [8, 8], "point_labeled": 1}
-                        for i in (1, 2)],
+        "images": [
+            {"id": i, "file_name": f"{sub}/x.png", "height": 16, "width": 16}
+            for i, sub in enumerate(("a", "b"), 1)
+        ],
+        "annotations": [
+            {"id": i, "image_id": i, "category_id": 1, "point": [8, 8], "point_labeled": 1}
+            for i in (1, 2)
+        ],
         "categories": [{"id": 1, "name": "nucleus"}],
     }
     (tmp_path / "c.json").write_text(json.dumps(coco))

@@ -6,7 +6,6 @@ from scipy import ndimage as ndi
 
 from nucleiweak_d2.pseudo_labels import (
     BACKGROUND,
-    IGNORE,
     NUCLEUS,
     adaptive_cluster_label,
     adaptive_color_scale,

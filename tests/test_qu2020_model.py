@@ -24,9 +24,20 @@ from nucleiweak_d2.modeling.meta_arch import (  # noqa: E402
     points_from_probability,
 )
 
-TINY = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "8", "NUCLEIWEAK.UNET.DECODER_CHANNELS", "[16,16,8,8,8]",
-        "NUCLEIWEAK.UNET.TARGET_WEIGHTS", "[0.5,0.5]"]
+TINY = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "8",
+    "NUCLEIWEAK.UNET.DECODER_CHANNELS",
+    "[16,16,8,8,8]",
+    "NUCLEIWEAK.UNET.TARGET_WEIGHTS",
+    "[0.5,0.5]",
+]
 
 
 def _record(tmp_path, points, labeled, size=(60, 80)):
@@ -35,11 +46,13 @@ def _record(tmp_path, points, labeled, size=(60, 80)):
     h, w = size
     img = np.full((h, w, 3), 200, np.uint8)
     for x, y in points:
-        img[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4] = (90, 40, 140)
+        img[max(y - 3, 0) : y + 4, max(x - 3, 0) : x + 4] = (90, 40, 140)
     path = tmp_path / "img.png"
     write_image(path, img)
-    anns = [{"point": [int(x), int(y)], "point_labeled": bool(lab)} for (x, y), lab in
-            zip(points, labeled)]
+    anns = [
+        {"point": [int(x), int(y)], "point_labeled": bool(lab)}
+        for (x, y), lab in zip(points, labeled)
+    ]
     return {"file_name": str(path), "height": h, "width": w, "image_id": 7, "annotations": anns}
 
 
@@ -62,9 +75,9 @@ def test_split_touching_separates_two_disks():
 
 def test_points_from_probability_centroids_and_area_limits():
     prob = np.zeros((50, 50))
-    prob[10:15, 20:25] = 0.9   # 25 px, centre (x=22, y=12)
-    prob[40:42, 40:42] = 0.9   # 4 px: too small
-    prob[25:40, 0:15] = 0.9    # 225 px: too large
+    prob[10:15, 20:25] = 0.9  # 25 px, centre (x=22, y=12)
+    prob[40:42, 40:42] = 0.9  # 4 px: too small
+    prob[25:40, 0:15] = 0.9  # 225 px: too large
     pts = points_from_probability(prob, threshold=0.35, min_area=12, max_area=200)
     np.testing.assert_allclose(pts, [[22.0, 12.0]])
     assert len(points_from_probability(prob, 0.35, 12, 0)) == 2
@@ -118,8 +131,11 @@ def test_det_mapper_augments_image_and_targets_together(tmp_path):
     from nucleiweak_d2.data.transforms import RandomRot90
 
     rec = _record(tmp_path, [(20, 15)], [True])
-    augs = [T.RandomFlip(1.0, horizontal=True, vertical=False), RandomRot90(),
-            T.RandomCrop("absolute", (48, 48))]
+    augs = [
+        T.RandomFlip(1.0, horizontal=True, vertical=False),
+        RandomRot90(),
+        T.RandomCrop("absolute", (48, 48)),
+    ]
     mapper = NucleiWeakQu2020DetMapper(True, augmentations=augs)
     checked = 0
     for seed in range(5):
@@ -138,8 +154,9 @@ def test_seg_mapper_points_file_and_cache(tmp_path):
     rec = _record(tmp_path, [(20, 20), (60, 40)], [True, False])
     pf = tmp_path / "points.json"
     pf.write_text(json.dumps({"7": [[20, 20], [60, 40]]}))
-    mapper = NucleiWeakQu2020SegMapper(True, augmentations=[], cache_dir=str(tmp_path / "cache"),
-                                       points_file=str(pf))
+    mapper = NucleiWeakQu2020SegMapper(
+        True, augmentations=[], cache_dir=str(tmp_path / "cache"), points_file=str(pf)
+    )
     d = mapper(rec)
     sem = d["sem_seg"]
     assert sem.shape == (2, 60, 80) and sem.dtype == torch.int64
@@ -150,7 +167,6 @@ def test_seg_mapper_points_file_and_cache(tmp_path):
     assert only_labeled[0, 40, 60] != 1
     test_out = NucleiWeakQu2020SegMapper(False, augmentations=[])(rec)
     assert "sem_seg" not in test_out and test_out["image"].shape == (3, 60, 80)
-
 
 
 def test_seg_mapper_moves_the_full_image_labels_with_the_image(tmp_path):
@@ -175,8 +191,16 @@ def test_seg_mapper_moves_the_full_image_labels_with_the_image(tmp_path):
 def test_point_detector_loss_gradients_and_inference():
     from detectron2.modeling import build_model
 
-    cfg = setup_cfg("configs/Base-Nuclei-UNet.yaml", TINY + [
-        "MODEL.META_ARCHITECTURE", "NucleiWeakUNetPointDetector", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "1"])
+    cfg = setup_cfg(
+        "configs/Base-Nuclei-UNet.yaml",
+        TINY
+        + [
+            "MODEL.META_ARCHITECTURE",
+            "NucleiWeakUNetPointDetector",
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+            "1",
+        ],
+    )
     model = build_model(cfg)
     img = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
     target = torch.zeros(1, 64, 64)
@@ -238,7 +262,10 @@ def test_segmentor_feeds_crf_image01_and_masks_padding(monkeypatch):
     sem = [torch.zeros(2, 64, 64, dtype=torch.long), torch.zeros(2, 40, 50, dtype=torch.long)]
     model([{"image": a, "sem_seg": sem[0]}, {"image": b, "sem_seg": sem[1]}])
     assert seen["image"].shape == (2, 3, 64, 64) and seen["prob"].shape == (2, 64, 64)
-    assert seen["image"].max() == pytest.approx(1.0) and seen["image"][1, :, 0, 0].tolist() == \
-        pytest.approx([0.2, 0.2, 0.2])
-    assert seen["mask"][0].all() and seen["mask"][1, :40, :50].all() and not seen["mask"][1, 40:].any()
+    assert seen["image"].max() == pytest.approx(1.0) and seen["image"][
+        1, :, 0, 0
+    ].tolist() == pytest.approx([0.2, 0.2, 0.2])
+    assert (
+        seen["mask"][0].all() and seen["mask"][1, :40, :50].all() and not seen["mask"][1, 40:].any()
+    )
     assert seen["sigma_xy"] == 9.0 and seen["sigma_rgb"] == pytest.approx(0.1)

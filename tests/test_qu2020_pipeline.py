@@ -40,10 +40,20 @@ def tiny_dataset(tmp_path_factory):
 
 
 def _cfg(out, opts=()):
-    return setup_cfg(QUICK, ["DATASETS.TRAIN", "('qu2020_smoke_train',)",
-                             "DATASETS.TEST", "('qu2020_smoke_val',)",
-                             "NUCLEIWEAK.EVAL_DATASETS", "['qu2020_smoke_test']",
-                             "OUTPUT_DIR", str(out), *opts])
+    return setup_cfg(
+        QUICK,
+        [
+            "DATASETS.TRAIN",
+            "('qu2020_smoke_train',)",
+            "DATASETS.TEST",
+            "('qu2020_smoke_val',)",
+            "NUCLEIWEAK.EVAL_DATASETS",
+            "['qu2020_smoke_test']",
+            "OUTPUT_DIR",
+            str(out),
+            *opts,
+        ],
+    )
 
 
 def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
@@ -89,8 +99,9 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
 
     # --eval-only from a new folder with MODEL.WEIGHTS = the trained model (the README's command)
     fresh = tiny_dataset / "eval_elsewhere"
-    ev2 = pipeline(_cfg(fresh, ["MODEL.WEIGHTS", str(out / "model_final.pth")]), resume=False,
-                   eval_only=True).run()
+    ev2 = pipeline(
+        _cfg(fresh, ["MODEL.WEIGHTS", str(out / "model_final.pth")]), resume=False, eval_only=True
+    ).run()
     assert ev2["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
     assert (fresh / "metrics.json").is_file() and not (fresh / "detect").exists()
 
@@ -101,8 +112,11 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     partial = {k: v for k, v in state.items() if k.startswith("backbone.")}
     torch.save({"model": partial}, tiny_dataset / "init.pth")
     with pytest.raises(ValueError, match="does not fit the model.*missing"):
-        pipeline(_cfg(tiny_dataset / "eval_init", ["MODEL.WEIGHTS", str(tiny_dataset / "init.pth")]),
-                 resume=False, eval_only=True).run()
+        pipeline(
+            _cfg(tiny_dataset / "eval_init", ["MODEL.WEIGHTS", str(tiny_dataset / "init.pth")]),
+            resume=False,
+            eval_only=True,
+        ).run()
 
 
 def test_rerun_without_resume_is_refused_and_changed_config_is_never_reused(tiny_dataset):
@@ -112,8 +126,17 @@ def test_rerun_without_resume_is_refused_and_changed_config_is_never_reused(tiny
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     with pytest.raises(FileExistsError, match="holds another run.*--resume.*--overwrite"):
         NucleiWeakQu2020Pipeline(cfg).run()
-    changed = _cfg(out, ["NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0", "NUCLEIWEAK.QU2020.DET.ROUNDS", "0",
-                         "NUCLEIWEAK.QU2020.SEG.MAX_ITER", "3"])
+    changed = _cfg(
+        out,
+        [
+            "NUCLEIWEAK.QU2020.CRF.MAX_ITER",
+            "0",
+            "NUCLEIWEAK.QU2020.DET.ROUNDS",
+            "0",
+            "NUCLEIWEAK.QU2020.SEG.MAX_ITER",
+            "3",
+        ],
+    )
     with pytest.raises(ValueError, match="another config.*NUCLEIWEAK.QU2020.SEG.MAX_ITER: 2 -> 3"):
         NucleiWeakQu2020Pipeline(changed, resume=True).run()
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written
@@ -125,9 +148,11 @@ def test_resume_reruns_only_the_unfinished_stage(tiny_dataset):
     out = tiny_dataset / "run_resume"
     cfg = _cfg(out, ["NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0", "NUCLEIWEAK.QU2020.DET.ROUNDS", "0"])
     first = NucleiWeakQu2020Pipeline(cfg).run()
-    kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in
-            [out / "det_round0" / "model_final.pth", out / "detect" / "points_merged.json"]
-            + sorted((out / "pseudo_labels" / "labels").glob("*.npz"))}
+    kept = {
+        p: (p.stat().st_mtime_ns, p.read_bytes())
+        for p in [out / "det_round0" / "model_final.pth", out / "detect" / "points_merged.json"]
+        + sorted((out / "pseudo_labels" / "labels").glob("*.npz"))
+    }
     (out / "seg" / "stage_done.json").unlink()  # the seg stage was interrupted
     (out / "eval" / "stage_done.json").unlink()
     seg_stamp = (out / "seg" / "model_final.pth").stat().st_mtime_ns
@@ -137,21 +162,24 @@ def test_resume_reruns_only_the_unfinished_stage(tiny_dataset):
     # the interrupted stage resumed from its last checkpoint (at MAX_ITER already): same weights
     assert (out / "seg" / "model_final.pth").stat().st_mtime_ns >= seg_stamp
     assert second["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] == pytest.approx(
-        first["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"])
+        first["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"]
+    )
 
 
 def test_detection_round_selection(tiny_dataset, tmp_path):
-    """"last" takes the last round (the paper); "best_val" the best val score, earliest on ties."""
+    """ "last" takes the last round (the paper); "best_val" the best val score, earliest on ties."""
     for k, score in enumerate([0.8, 0.5, 0.8]):
         (tmp_path / f"det_round{k}").mkdir()
         (tmp_path / f"det_round{k}" / "stage_done.json").write_text(
-            json.dumps({"info": {"weights": "w", "val_score": score}}))
+            json.dumps({"info": {"weights": "w", "val_score": score}})
+        )
     common = ["NUCLEIWEAK.QU2020.DET.ROUNDS", "2"]
     assert NucleiWeakQu2020Pipeline(_cfg(tmp_path, common)).selected_round() == 2
     best = _cfg(tmp_path, common + ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "best_val"])
     assert NucleiWeakQu2020Pipeline(best).selected_round() == 0
     (tmp_path / "det_round1" / "stage_done.json").write_text(
-        json.dumps({"info": {"weights": "w", "val_score": 0.9}}))
+        json.dumps({"info": {"weights": "w", "val_score": 0.9}})
+    )
     assert NucleiWeakQu2020Pipeline(best).selected_round() == 1
     bad = _cfg(tmp_path, common + ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "first"])
     with pytest.raises(ValueError, match="SELECT_ROUND"):
@@ -160,11 +188,15 @@ def test_detection_round_selection(tiny_dataset, tmp_path):
 
 def test_best_val_round_is_scored_on_val(tiny_dataset):
     out = tiny_dataset / "run_best_val"
-    cfg = _cfg(out, ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "best_val",
-                     "NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0"])
+    cfg = _cfg(
+        out,
+        ["NUCLEIWEAK.QU2020.DET.SELECT_ROUND", "best_val", "NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0"],
+    )
     NucleiWeakQu2020Pipeline(cfg).run()
-    scores = [json.loads((out / f"det_round{k}" / "stage_done.json").read_text())["info"]["val_score"]
-              for k in (0, 1)]
+    scores = [
+        json.loads((out / f"det_round{k}" / "stage_done.json").read_text())["info"]["val_score"]
+        for k in (0, 1)
+    ]
     assert all(0.0 <= s <= 1.0 for s in scores)
     chosen = json.loads((out / "detect" / "stage_done.json").read_text())["info"]["round"]
     assert chosen == (0 if scores[0] >= scores[1] else 1)

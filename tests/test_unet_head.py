@@ -16,8 +16,18 @@ from nucleiweak_d2.modeling.backbone import (  # noqa: E402
     sliding_window_apply,
 )
 
-TINY = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "8", "NUCLEIWEAK.UNET.DECODER_CHANNELS", "[16,16,8,8,8]"]
+TINY = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "8",
+    "NUCLEIWEAK.UNET.DECODER_CHANNELS",
+    "[16,16,8,8,8]",
+]
 
 
 def _cfg(opts=()):
@@ -28,9 +38,20 @@ def test_encoder_exposes_stride2_stem_and_d2_names():
     cfg = _cfg()
     enc = build_nucleiweak_resnet_backbone(cfg, ShapeSpec(channels=3))
     shapes = enc.output_shape()
-    assert {k: v.stride for k, v in shapes.items()} == {"stem": 2, "res2": 4, "res3": 8,
-                                                       "res4": 16, "res5": 32}
-    assert [shapes[k].channels for k in ("stem", "res2", "res3", "res4", "res5")] == [8, 8, 16, 32, 64]
+    assert {k: v.stride for k, v in shapes.items()} == {
+        "stem": 2,
+        "res2": 4,
+        "res3": 8,
+        "res4": 16,
+        "res5": 32,
+    }
+    assert [shapes[k].channels for k in ("stem", "res2", "res3", "res4", "res5")] == [
+        8,
+        8,
+        16,
+        32,
+        64,
+    ]
     feats = enc(torch.randn(2, 3, 64, 96))
     for k, f in feats.items():
         assert f.shape[-2:] == (64 // shapes[k].stride, 96 // shapes[k].stride), k
@@ -41,8 +62,16 @@ def test_encoder_exposes_stride2_stem_and_d2_names():
 
 @pytest.mark.parametrize("depth,res2", [(18, 64), (34, 64), (50, 256)])
 def test_standard_depths_use_detectron2_builder(depth, res2):
-    cfg = _cfg(["MODEL.RESNETS.DEPTH", str(depth), "MODEL.RESNETS.STEM_OUT_CHANNELS", "64",
-                "MODEL.RESNETS.RES2_OUT_CHANNELS", str(res2)])
+    cfg = _cfg(
+        [
+            "MODEL.RESNETS.DEPTH",
+            str(depth),
+            "MODEL.RESNETS.STEM_OUT_CHANNELS",
+            "64",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            str(res2),
+        ]
+    )
     enc = build_nucleiweak_resnet_backbone(cfg, ShapeSpec(channels=3))
     blocks = [len(s) for s in enc.stages]
     assert blocks == {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3]}[depth]
@@ -80,13 +109,15 @@ def test_ignore_aware_cross_entropy_matches_torch_and_survives_all_ignored():
 
 def test_multi_target_loss_is_weighted_sum():
     shapes = {"res2": ShapeSpec(channels=4, stride=2)}
-    head = NucleiWeakUNetHead(shapes, num_classes=2, decoder_channels=[4], ignore_value=2,
-                              target_weights=[0.3, 0.7])
+    head = NucleiWeakUNetHead(
+        shapes, num_classes=2, decoder_channels=[4], ignore_value=2, target_weights=[0.3, 0.7]
+    )
     logits = torch.randn(2, 2, 8, 8)
     t = torch.randint(0, 3, (2, 2, 8, 8))
     losses = head.losses(logits, t)
-    want = 0.3 * F.cross_entropy(logits, t[:, 0], ignore_index=2) + \
-        0.7 * F.cross_entropy(logits, t[:, 1], ignore_index=2)
+    want = 0.3 * F.cross_entropy(logits, t[:, 0], ignore_index=2) + 0.7 * F.cross_entropy(
+        logits, t[:, 1], ignore_index=2
+    )
     assert set(losses) == {"loss_sem_seg_t0", "loss_sem_seg_t1"}
     assert torch.allclose(sum(losses.values()), want, atol=1e-6)
     with pytest.raises(ValueError, match="target maps"):
@@ -100,8 +131,9 @@ def test_sliding_window_matches_whole_image_for_local_op():
     tiled = sliding_window_apply(conv, x, tile=32, overlap=8, size_divisibility=1)
     assert tiled.shape == whole.shape
     assert torch.allclose(tiled, whole, atol=1e-5)
-    padded = sliding_window_apply(lambda t: t[:, :1] * 0 + t.shape[-1], x, tile=0, overlap=0,
-                                  size_divisibility=32)
+    padded = sliding_window_apply(
+        lambda t: t[:, :1] * 0 + t.shape[-1], x, tile=0, overlap=0, size_divisibility=32
+    )
     assert padded.shape == (1, 1, 50, 70) and padded.max() == 96  # ran on the padded input
 
 

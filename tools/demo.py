@@ -24,23 +24,37 @@ import time
 from pathlib import Path
 
 DATASETS = ("nucleiweak_synthetic_train", "nucleiweak_synthetic_val", "nucleiweak_synthetic_test")
-ROWS = (("det_P", "detection precision"), ("det_R", "detection recall"),
-        ("det_F1", "detection F1"), ("pixel_acc", "pixel accuracy"), ("pixel_F1", "pixel F1"),
-        ("Dice_obj", "object Dice"), ("AJI", "AJI"))
+ROWS = (
+    ("det_P", "detection precision"),
+    ("det_R", "detection recall"),
+    ("det_F1", "detection F1"),
+    ("pixel_acc", "pixel accuracy"),
+    ("pixel_F1", "pixel F1"),
+    ("Dice_obj", "object Dice"),
+    ("AJI", "AJI"),
+)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="output/demo", help="output folder")
     p.add_argument("--config-file", default="configs/qu2020/R18_synthetic.yaml")
-    p.add_argument("--n-images", type=int, default=12, help="synthetic tiles (train/val/test 50/25/25 %%)")
+    p.add_argument(
+        "--n-images", type=int, default=12, help="synthetic tiles (train/val/test 50/25/25 %%)"
+    )
     p.add_argument("--size", type=int, default=160, help="tile side in pixels")
     p.add_argument("--ratio", type=float, default=0.1, help="fraction of training points labelled")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1 is far faster on a shared, oversubscribed CPU)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is far faster on a shared, oversubscribed CPU)",
+    )
     p.add_argument("--resume", action="store_true", help="keep finished stages of a previous run")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    p.add_argument(
+        "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ..."
+    )
     return p.parse_args(argv)
 
 
@@ -53,8 +67,15 @@ def prepare_data(out, n_images, size, ratio, seed):
     root = out / "data"
     if not (root / "split.json").is_file():
         make_synthetic_dataset(root, n_images=n_images, size=(size, size), seed=seed)
-    files = export_coco_splits(root, out / "coco", ratio=ratio, seed=seed, weak_splits=["train"],
-                               splits=["train", "val", "test"], overwrite=True)
+    files = export_coco_splits(
+        root,
+        out / "coco",
+        ratio=ratio,
+        seed=seed,
+        weak_splits=["train"],
+        splits=["train", "val", "test"],
+        overwrite=True,
+    )
     for name, split in zip(DATASETS, ("train", "val", "test")):
         register_nuclei_dataset(name, files[split], root)
     return root
@@ -88,8 +109,11 @@ def write_overlays(out, eval_dir, dataset):
             continue
         image = read_image(record["file_name"])
         gt, pred = gt_label_map(record), read_label(pred_file)
-        picture = side_by_side(image, draw_outlines(image, gt, color=(0, 200, 0), mode="thick"),
-                               draw_outlines(image, pred, color=(230, 0, 230), mode="thick"))
+        picture = side_by_side(
+            image,
+            draw_outlines(image, gt, color=(0, 200, 0), mode="thick"),
+            draw_outlines(image, pred, color=(230, 0, 230), mode="thick"),
+        )
         path = folder / f"{Path(record['file_name']).stem}.png"
         write_image(path, picture)
         written.append(path)
@@ -106,25 +130,50 @@ def main(argv=None):
     entry_setup(out, threads=args.threads)
     start = time.time()
     prepare_data(out, args.n_images, args.size, args.ratio, args.seed)
-    cfg = setup_cfg(args.config_file, ["DATASETS.TRAIN", f"('{DATASETS[0]}',)",
-                                       "DATASETS.TEST", f"('{DATASETS[1]}',)",
-                                       "NUCLEIWEAK.EVAL_DATASETS", f"['{DATASETS[2]}']",
-                                       "OUTPUT_DIR", str(out / "pipeline"), "SEED", str(args.seed),
-                                       *args.opts])
+    cfg = setup_cfg(
+        args.config_file,
+        [
+            "DATASETS.TRAIN",
+            f"('{DATASETS[0]}',)",
+            "DATASETS.TEST",
+            f"('{DATASETS[1]}',)",
+            "NUCLEIWEAK.EVAL_DATASETS",
+            f"['{DATASETS[2]}']",
+            "OUTPUT_DIR",
+            str(out / "pipeline"),
+            "SEED",
+            str(args.seed),
+            *args.opts,
+        ],
+    )
     summary = NucleiWeakQu2020Pipeline(cfg, resume=args.resume).run()
     elapsed = time.time() - start
     text = table(summary, DATASETS[2])
     overlays = write_overlays(out, out / "pipeline" / "eval", DATASETS[2])
     metrics_file = out / "demo_metrics.json"
-    metrics_file.write_text(json.dumps({"wall_time_s": elapsed, "config": args.config_file,
-                                        "ratio": args.ratio, "n_images": args.n_images,
-                                        "size": args.size, "seed": args.seed, **summary},
-                                       indent=1))
-    print(f"\nQu et al. (TMI 2020) pipeline on synthetic data, test split "
-          f"({args.ratio:.0%} training points, {elapsed / 60:.1f} min):")
+    metrics_file.write_text(
+        json.dumps(
+            {
+                "wall_time_s": elapsed,
+                "config": args.config_file,
+                "ratio": args.ratio,
+                "n_images": args.n_images,
+                "size": args.size,
+                "seed": args.seed,
+                **summary,
+            },
+            indent=1,
+        )
+    )
+    print(
+        f"\nQu et al. (TMI 2020) pipeline on synthetic data, test split "
+        f"({args.ratio:.0%} training points, {elapsed / 60:.1f} min):"
+    )
     print(text)
     print(f"\nmetrics JSON : {metrics_file}")
-    print(f"overlays     : {out / 'overlays'} ({len(overlays)} PNGs: image | ground truth | prediction)")
+    print(
+        f"overlays     : {out / 'overlays'} ({len(overlays)} PNGs: image | ground truth | prediction)"
+    )
     print(f"stage outputs: {out / 'pipeline'}")
     return 0
 

@@ -7,6 +7,12 @@ the images, so the output of any tool (StarDist, Cellpose, QuPath exports) is sc
 same metrics as our models. Prints a table and writes ``nuclei_per_image_<tag>.csv`` and
 ``nuclei_results_<tag>.json``.
 
+Points-only ground truth (a COCO JSON of clicked points, e.g. from ``tools/prepare_dataset.py
+--points``, or a folder dataset with ``points/<name>.csv`` and no ``labels/``) is scored for
+detection only: the predicted points (``--points``, else the centres of the predicted nuclei)
+against every clicked point within ``--radius``; segmentation metrics need masks and are
+left out (a dataset mixing both gets segmentation metrics over the images with masks).
+
 A COCO JSON's relative paths are resolved against ``--image-root``, by default the dataset
 root recorded in the file by ``tools/prepare_dataset.py`` (``info.image_root``), else the
 nearest folder above the JSON that contains ``images/``.
@@ -33,8 +39,7 @@ import re
 import sys
 
 from nucleiweak_d2.cli import add_debug_flag, run_cli
-from nucleiweak_d2.evaluation.prediction_folder import (DEFAULT_PATTERNS,
-                                                        evaluate_prediction_folder)
+from nucleiweak_d2.evaluation.prediction_folder import DEFAULT_PATTERNS, evaluate_prediction_folder
 from nucleiweak_d2.evaluation.report import format_table, write_per_image_csv, write_summary_json
 
 
@@ -70,9 +75,11 @@ def load_coco_records(json_file, image_root=None):
     for record in records:
         path = record.get("label_file_name")
         if path and not os.path.isfile(path):
-            raise ValueError(f"label map {path} of {json_file} does not exist: the image root "
-                             f"{image_root} ({how}) does not hold the dataset; pass "
-                             f"--image-root")
+            raise ValueError(
+                f"label map {path} of {json_file} does not exist: the image root "
+                f"{image_root} ({how}) does not hold the dataset; pass "
+                f"--image-root"
+            )
     return records
 
 
@@ -80,44 +87,67 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gt", required=True, help="dataset folder or nuclei COCO JSON")
     parser.add_argument("--split", default=None, help="split of a folder dataset (default: all)")
-    parser.add_argument("--image-root", default=None,
-                        help="root of the relative paths of a COCO JSON (default: the root "
-                             "recorded in it, else the nearest folder above it with images/)")
+    parser.add_argument(
+        "--image-root",
+        default=None,
+        help="root of the relative paths of a COCO JSON (default: the root "
+        "recorded in it, else the nearest folder above it with images/)",
+    )
     parser.add_argument("--pred", required=True, help="folder of predicted label maps")
-    parser.add_argument("--pattern", action="append", default=None,
-                        help="prediction file name with {name}, e.g. '{name}_masks.tif' "
-                             "(repeatable; default: {name}[_instances|_label|_labels|_masks|"
-                             "_cp_masks].png|tif|tiff|npy)")
-    parser.add_argument("--points", default=None,
-                        help="folder of <name>.csv detected points (columns x,y by header, "
-                             "see docs/CONTRACTS.md; default: the bbox centres of the "
-                             "predicted nuclei)")
-    parser.add_argument("--radius", type=float, default=11.0,
-                        help="detection radius in px (Qu et al.: 11 at 40x, 8 at 20x)")
+    parser.add_argument(
+        "--pattern",
+        action="append",
+        default=None,
+        help="prediction file name with {name}, e.g. '{name}_masks.tif' "
+        "(repeatable; default: {name}[_instances|_label|_labels|_masks|"
+        "_cp_masks].png|tif|tiff|npy)",
+    )
+    parser.add_argument(
+        "--points",
+        default=None,
+        help="folder of <name>.csv detected points (columns x,y by header, "
+        "see docs/CONTRACTS.md; default: the bbox centres of the "
+        "predicted nuclei)",
+    )
+    parser.add_argument(
+        "--radius",
+        type=float,
+        default=11.0,
+        help="detection radius in px (Qu et al.: 11 at 40x, 8 at 20x)",
+    )
     parser.add_argument("--matching", choices=("greedy", "hungarian"), default="greedy")
     parser.add_argument("--point-mode", choices=("bbox_center", "centroid"), default="bbox_center")
     parser.add_argument("--hausdorff", action="store_true", help="also object Hausdorff")
     parser.add_argument("--output", default=None, help="folder of the CSV/JSON (default: --pred)")
-    parser.add_argument("--tag", default=None,
-                        help="name used in the output files (default: dataset name and split)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the result files of an earlier run")
+    parser.add_argument(
+        "--tag",
+        default=None,
+        help="name used in the output files (default: dataset name and split)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the result files of an earlier run"
+    )
     add_debug_flag(parser)
     return parser
 
 
 def output_paths(args):
     """``(csv_path, json_path)`` of the results; FileExistsError if one exists (no --overwrite)."""
-    tag = args.tag or "_".join(filter(None, [os.path.splitext(os.path.basename(
-        os.path.normpath(args.gt)))[0], args.split]))
+    tag = args.tag or "_".join(
+        filter(None, [os.path.splitext(os.path.basename(os.path.normpath(args.gt)))[0], args.split])
+    )
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
     out_dir = args.output or args.pred
-    paths = (os.path.join(out_dir, f"nuclei_per_image_{tag}.csv"),
-             os.path.join(out_dir, f"nuclei_results_{tag}.json"))
+    paths = (
+        os.path.join(out_dir, f"nuclei_per_image_{tag}.csv"),
+        os.path.join(out_dir, f"nuclei_results_{tag}.json"),
+    )
     for path in paths:
         if os.path.exists(path) and not args.overwrite:
-            raise FileExistsError(f"refusing to overwrite {path} (results of an earlier run); "
-                                  f"pass --overwrite, or another --output or --tag")
+            raise FileExistsError(
+                f"refusing to overwrite {path} (results of an earlier run); "
+                f"pass --overwrite, or another --output or --tag"
+            )
     return paths
 
 
@@ -127,15 +157,37 @@ def main(argv=None):
     records = load_records(args.gt, args.split, args.image_root)
     csv_path, json_path = output_paths(args)
     rows, summary = evaluate_prediction_folder(
-        records, args.pred, tuple(args.pattern) if args.pattern else DEFAULT_PATTERNS,
-        radius=args.radius, method=args.matching, hausdorff=args.hausdorff,
-        point_mode=args.point_mode, points_dir=args.points)
+        records,
+        args.pred,
+        tuple(args.pattern) if args.pattern else DEFAULT_PATTERNS,
+        radius=args.radius,
+        method=args.matching,
+        hausdorff=args.hausdorff,
+        point_mode=args.point_mode,
+        points_dir=args.points,
+    )
     write_per_image_csv(csv_path, rows)
-    write_summary_json(json_path, summary, {
-        "gt": os.path.abspath(args.gt), "split": args.split, "pred": os.path.abspath(args.pred),
-        "radius": args.radius, "matching": args.matching, "point_mode": args.point_mode,
-        "hausdorff": args.hausdorff, "points": args.points})
+    write_summary_json(
+        json_path,
+        summary,
+        {
+            "gt": os.path.abspath(args.gt),
+            "split": args.split,
+            "pred": os.path.abspath(args.pred),
+            "radius": args.radius,
+            "matching": args.matching,
+            "point_mode": args.point_mode,
+            "hausdorff": args.hausdorff,
+            "points": args.points,
+        },
+    )
+    n_points_only = sum("aji" not in r for r in rows)
     print(f"{len(rows)} images, predictions from {args.pred}")
+    if n_points_only:
+        print(
+            f"{n_points_only} image(s) with points-only ground truth: detection metrics only"
+            f" for them (radius {args.radius:g} px)"
+        )
     print(format_table(summary))
     print(f"per-image CSV: {csv_path}\nsummary JSON:  {json_path}")
     return summary

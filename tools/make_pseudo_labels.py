@@ -56,21 +56,26 @@ def check_inputs(records, json_file):
     missing = [r["file_name"] for r in records if not Path(r["file_name"]).is_file()]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise ValueError(f"image not found: {missing[0]}{more} (listed in {json_file}; is "
-                         f"--image-root right?)")
+        raise ValueError(
+            f"image not found: {missing[0]}{more} (listed in {json_file}; is --image-root right?)"
+        )
     stems = [Path(r["file_name"]).stem for r in records]
     clashes = sorted({s for s in stems if stems.count(s) > 1})
     if clashes:
-        raise ValueError(f"several images of {json_file} share the file stem(s) {clashes}; "
-                         f"their outputs would overwrite each other")
+        raise ValueError(
+            f"several images of {json_file} share the file stem(s) {clashes}; "
+            f"their outputs would overwrite each other"
+        )
 
 
 def check_outputs(paths, overwrite):
     """Refuse to replace existing outputs without ``--overwrite``, naming one of them."""
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; "
-                              f"pass --overwrite to replace them")
+        raise FileExistsError(
+            f"{len(existing)} output file(s) exist, e.g. {existing[0]}; "
+            f"pass --overwrite to replace them"
+        )
 
 
 @cli_guard

@@ -51,8 +51,11 @@ code 2 (--debug: traceback)."""
 
 def build_parser():
     parser = default_argument_parser(epilog=EPILOG)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete the run in OUTPUT_DIR (only the files it wrote) and start afresh")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run in OUTPUT_DIR (only the files it wrote) and start afresh",
+    )
     return add_debug_flag(parser)
 
 
@@ -62,8 +65,12 @@ def setup(args):
     name = cfg.NUCLEIWEAK.PIPELINE
     if name and name not in NUCLEIWEAK_PIPELINE_REGISTRY:
         known = sorted(n for n, _ in NUCLEIWEAK_PIPELINE_REGISTRY)
-        raise ValueError(f"NUCLEIWEAK.PIPELINE {name!r} is not registered; known: {', '.join(known)}")
-    out = resolve_output_dir(cfg, resume=args.resume, eval_only=args.eval_only, overwrite=args.overwrite)
+        raise ValueError(
+            f"NUCLEIWEAK.PIPELINE {name!r} is not registered; known: {', '.join(known)}"
+        )
+    out = resolve_output_dir(
+        cfg, resume=args.resume, eval_only=args.eval_only, overwrite=args.overwrite
+    )
     logged = cfg.clone()
     logged.defrost()
     logged.OUTPUT_DIR = str(out)
@@ -81,7 +88,9 @@ def main(args):
         return pipeline(cfg, resume=args.resume, eval_only=args.eval_only).run()
     if args.eval_only:
         model = Trainer.build_model(logged)
-        load_trained_weights(model, logged.MODEL.WEIGHTS)  # refuses none, or weights of another model
+        load_trained_weights(
+            model, logged.MODEL.WEIGHTS
+        )  # refuses none, or weights of another model
         res = Trainer.test(logged, model)
         if comm.is_main_process():
             verify_results(logged, res)
@@ -94,9 +103,17 @@ def main(args):
 def cli(argv):
     args = build_parser().parse_args(argv)
     print("Command Line Args:", args)
-    setup_cfg(args.config_file, args.opts)  # bad config or option: one line before any process starts
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    setup_cfg(
+        args.config_file, args.opts
+    )  # bad config or option: one line before any process starts
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
     return 0
 
 

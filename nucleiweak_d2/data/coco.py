@@ -35,6 +35,8 @@ __all__ = [
     "export_coco_splits",
     "load_nuclei_coco",
     "read_points_csv",
+    "read_points_file",
+    "POINTS_EXTENSIONS",
     "image_seeds",
     "find_image_root",
 ]
@@ -98,6 +100,80 @@ def read_points_csv(path, shape=None, image=None):
     return points
 
 
+#: Files of clicked points: CSV/TSV by header (:func:`read_points_csv`) or QuPath GeoJSON.
+POINTS_EXTENSIONS = (".csv", ".tsv", ".txt", ".geojson", ".json")
+
+
+def read_points_file(
+    path, shape=None, image=None, *, classes=None, polygons=False, offset=(0.0, 0.0)
+):
+    """Read clicked points from a CSV/TSV (by header) or a QuPath GeoJSON file, as int64
+    pixel indices.
+
+    CSV coordinates are rounded to the nearest pixel, halves up (:func:`read_points_csv`).
+    GeoJSON coordinates are QuPath's continuous coordinates (pixel ``c`` covers
+    ``[c, c + 1)``), so a point lies in pixel ``floor(x), floor(y)``; ``Point`` and
+    ``MultiPoint`` geometries of annotations and detections are read
+    (:func:`~.geojson.read_geojson_points`).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.geojson`` / ``.json``: GeoJSON; anything else: CSV/TSV.
+    shape : tuple, optional
+        ``(H, W)``: points must lie inside.
+    image : str, optional
+        Image name for the messages.
+    classes : sequence of str, optional
+        GeoJSON only: keep the features of these classification names.
+    polygons : bool
+        GeoJSON only: also take the centroid of detection polygons.
+    offset : tuple of float
+        ``(dx, dy)`` subtracted before rounding: the image's top-left corner in the file's
+        coordinates (e.g. a region's position in its slide).
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, 2)`` int64 ``(x, y)``, ``N >= 1``.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: unreadable, no point, or a point outside the image.
+    """
+    path = Path(path)
+    dx, dy = float(offset[0]), float(offset[1])
+    if path.suffix.lower() not in (".geojson", ".json"):
+        if (dx, dy) == (0.0, 0.0):
+            return read_points_csv(path, shape, image)
+        values, numbers = read_xy_csv(path)
+        values = values - [dx, dy]
+        where = f"points file {path} line"
+        points = round_half_up(values)
+    else:
+        from .geojson import read_geojson_points
+
+        values = read_geojson_points(path, classes=classes, polygons=polygons) - [dx, dy]
+        numbers = None
+        where = f"GeoJSON points file {path}"
+        points = np.floor(values).astype(np.int64).reshape(-1, 2)
+    if not len(points):
+        raise ValueError(
+            f"no points in points file {path}" + (f" (classes {list(classes)})" if classes else "")
+        )
+    if shape is not None:
+        check_points_inside(points, shape, image or path.stem, where, numbers)
+    negative = np.flatnonzero((points < 0).any(axis=1))
+    if len(negative):
+        k = int(negative[0])
+        raise ValueError(
+            f"{where}: negative pixel coordinates ({values[k, 0]:g}, "
+            f"{values[k, 1]:g}); {HINT_OFFSET}"
+        )
+    return points
+
+
 def _relative(path, image_root):
     path = Path(path).resolve()
     try:
@@ -150,7 +226,9 @@ def build_coco(
         ``points``: every instance keeps its mask (for evaluation), ``point_labeled`` marks the
         points given to the method. ``partial_mask``: same file, but ``point_labeled`` marks the
         instances whose *masks* are annotated (Feng et al.'s DH25 setting). ``points_only``:
-        points from the samples' ``points_path`` CSV files, no masks, boxes or areas.
+        points from the samples' ``points_path`` files (CSV or QuPath GeoJSON, see
+        :func:`read_points_file`; a sample's optional ``points_options`` dict is passed to
+        it), no masks, boxes or areas.
     split : str, optional
         Split name, stored with the settings.
 
@@ -184,8 +262,11 @@ def build_coco(
                     f"points_only export needs points/{sample['name']}.csv for image "
                     f"{sample['image_path']}"
                 )
-            points = read_points_csv(
-                sample["points_path"], (height, width), Path(sample["image_path"]).name
+            points = read_points_file(
+                sample["points_path"],
+                (height, width),
+                Path(sample["image_path"]).name,
+                **sample.get("points_options", {}),
             )
             rles = boxes = areas = None
         else:
@@ -481,8 +562,7 @@ def _convert_annotation(ann, json_file):
     if point is None:
         if "bbox" not in ann:
             raise ValueError(
-                f"COCO file {json_file}: annotation {ann.get('id')} has neither "
-                f"'point' nor 'bbox'"
+                f"COCO file {json_file}: annotation {ann.get('id')} has neither 'point' nor 'bbox'"
             )
         x, y, w, h = ann["bbox"]
         point = [

@@ -35,7 +35,7 @@ def _index_by_stem(folder, extensions, what):
             continue
         if path.stem in found:
             raise ValueError(
-                f"two {what} files share the name {path.stem!r}: {found[path.stem]} " f"and {path}"
+                f"two {what} files share the name {path.stem!r}: {found[path.stem]} and {path}"
             )
         found[path.stem] = path
     return found
@@ -162,8 +162,7 @@ def load_folder_dataset(root, split=None, *, decode=False):
         splits = read_split_file(root)
         if not splits:
             raise ValueError(
-                f"split {split!r} requested but {root / 'split.json'} is missing; valid "
-                f"names: all"
+                f"split {split!r} requested but {root / 'split.json'} is missing; valid names: all"
             )
         if split not in splits:
             raise ValueError(
@@ -197,7 +196,7 @@ def load_folder_dataset(root, split=None, *, decode=False):
             lh, lw, kind = image_size(label_path)
             if kind == "f":
                 raise ValueError(
-                    f"label map {label_path} holds floats; expected an integer " f"instance map"
+                    f"label map {label_path} holds floats; expected an integer instance map"
                 )
             if (lh, lw) != (height, width):
                 raise ValueError(
@@ -207,8 +206,7 @@ def load_folder_dataset(root, split=None, *, decode=False):
         points_path = points.get(name)
         if labels is None and points_path is None:
             raise ValueError(
-                f"missing points file for image {image_path} (looked for "
-                f"{point_dir / name}.csv)"
+                f"missing points file for image {image_path} (looked for {point_dir / name}.csv)"
             )
         samples.append(
             {

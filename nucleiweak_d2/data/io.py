@@ -223,8 +223,7 @@ def write_image(path, image):
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
         raise ValueError(
-            f"image for {path} must be non-empty (H, W, 3) uint8, got "
-            f"{image.dtype} {image.shape}"
+            f"image for {path} must be non-empty (H, W, 3) uint8, got {image.dtype} {image.shape}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in _TIFF:
@@ -445,8 +444,7 @@ def _parse_rows(lines, delimiter, ix, iy, path):
             ) from None
         if not (math.isfinite(x) and math.isfinite(y)):
             raise ValueError(
-                f"points file {path} line {number}: x and y must be finite, "
-                f"got {line.strip()!r}"
+                f"points file {path} line {number}: x and y must be finite, got {line.strip()!r}"
             )
         points.append((x, y))
         numbers.append(number)

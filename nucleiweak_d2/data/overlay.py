@@ -54,8 +54,9 @@ def outline_pixels(instance_map, mode="inner"):
     return edge & (ndi.grey_dilation(label, size=3) > 0)
 
 
-def draw_outlines(image, instance_map, points=None, color=(0, 255, 0), point_color=(255, 0, 0),
-                  mode="inner"):
+def draw_outlines(
+    image, instance_map, points=None, color=(0, 255, 0), point_color=(255, 0, 0), mode="inner"
+):
     """The image with the outlines of the instances (and points) drawn on it.
 
     Parameters
@@ -79,8 +80,9 @@ def draw_outlines(image, instance_map, points=None, color=(0, 255, 0), point_col
     """
     instance_map = np.asarray(instance_map)
     if np.shape(image)[:2] != instance_map.shape:
-        raise ValueError(f"overlay: image is {np.shape(image)[:2]} but instance map is "
-                         f"{instance_map.shape}")
+        raise ValueError(
+            f"overlay: image is {np.shape(image)[:2]} but instance map is {instance_map.shape}"
+        )
     out = np.array(image, dtype=np.uint8, copy=True)
     out[outline_pixels(instance_map, mode)] = color
     if points is not None and len(points):

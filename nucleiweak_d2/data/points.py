@@ -247,7 +247,7 @@ def parse_shift(shift):
             values = [float(p) for p in parts]
         except ValueError:
             raise ValueError(
-                f"shift must be 'min-max' or one of {sorted(SHIFT_PRESETS)}, " f"got {shift!r}"
+                f"shift must be 'min-max' or one of {sorted(SHIFT_PRESETS)}, got {shift!r}"
             ) from None
     elif np.isscalar(shift):
         values = [float(shift)] * 2

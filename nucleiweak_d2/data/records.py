@@ -34,6 +34,9 @@ def record_points(record, points_by_image=None, all_points=False):
     if points_by_image is not None:
         pts = points_by_image.get(str(record["image_id"]), [])
     else:
-        pts = [a["point"] for a in record.get("annotations", [])
-               if "point" in a and (all_points or a.get("point_labeled", True))]
+        pts = [
+            a["point"]
+            for a in record.get("annotations", [])
+            if "point" in a and (all_points or a.get("point_labeled", True))
+        ]
     return np.round(np.asarray(pts, dtype=np.float64).reshape(-1, 2)).astype(np.int64)

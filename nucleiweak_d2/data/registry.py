@@ -40,6 +40,8 @@ def register_alias(registry, old_name, obj):
     """
     if old_name in registry:
         if registry.get(old_name) is not obj:
-            raise KeyError(f"{old_name!r} is already registered in {registry._name} for another object")
+            raise KeyError(
+                f"{old_name!r} is already registered in {registry._name} for another object"
+            )
         return
     registry._do_register(old_name, obj)

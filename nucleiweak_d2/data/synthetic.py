@@ -243,8 +243,11 @@ def _dataset_files(out_dir):
     found = []
     for sub in ("images", "labels"):
         if (out_dir / sub).is_dir():
-            found += sorted(p.relative_to(out_dir).as_posix()
-                            for p in (out_dir / sub).rglob("*") if not p.is_dir())
+            found += sorted(
+                p.relative_to(out_dir).as_posix()
+                for p in (out_dir / sub).rglob("*")
+                if not p.is_dir()
+            )
     return found + (["split.json"] if (out_dir / "split.json").exists() else [])
 
 
@@ -271,12 +274,15 @@ def read_manifest(out_dir):
         if not isinstance(files, dict):
             raise TypeError("'files' is not a mapping")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"cannot read the synthetic-dataset manifest {path}: {exc}; not "
-                         f"deleting anything") from exc
+        raise ValueError(
+            f"cannot read the synthetic-dataset manifest {path}: {exc}; not deleting anything"
+        ) from exc
     bad = [f for f in files if not _LAYOUT.match(str(f)) or ".." in str(f)]
     if bad:
-        raise ValueError(f"manifest {path} lists {bad[0]!r}, outside split.json, images/ and "
-                         f"labels/; not deleting anything")
+        raise ValueError(
+            f"manifest {path} lists {bad[0]!r}, outside split.json, images/ and "
+            f"labels/; not deleting anything"
+        )
     return files
 
 
@@ -284,9 +290,12 @@ def _write_manifest(out_dir, files, settings):
     """Write the manifest atomically (temporary file, then rename)."""
     path = out_dir / MANIFEST_NAME
     tmp = out_dir / f"{MANIFEST_NAME}.partial"
-    doc = {"written_by": "nucleiweak_d2.data.synthetic.make_synthetic_dataset",
-           "note": "files of this synthetic dataset; make_synthetic --overwrite deletes only these",
-           "settings": settings, "files": files}
+    doc = {
+        "written_by": "nucleiweak_d2.data.synthetic.make_synthetic_dataset",
+        "note": "files of this synthetic dataset; make_synthetic --overwrite deletes only these",
+        "settings": settings,
+        "files": files,
+    }
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
@@ -311,15 +320,21 @@ def _check_target(out_dir, manifest, overwrite):
         raise FileExistsError(
             f"{out_dir / foreign[0]}{more} not written by make_synthetic (not in "
             f"{out_dir / MANIFEST_NAME}); refusing to replace or delete it: choose an empty or "
-            f"new folder")
-    changed = [f for f in present
-               if manifest[f] is not None and _sha256(out_dir / f) != manifest[f]]
+            f"new folder"
+        )
+    changed = [
+        f for f in present if manifest[f] is not None and _sha256(out_dir / f) != manifest[f]
+    ]
     if changed:
-        raise FileExistsError(f"{out_dir / changed[0]} changed after make_synthetic wrote it; "
-                              f"refusing to delete it: move it away or choose another folder")
+        raise FileExistsError(
+            f"{out_dir / changed[0]} changed after make_synthetic wrote it; "
+            f"refusing to delete it: move it away or choose another folder"
+        )
     if present and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a synthetic dataset ({len(present)} "
-                              f"files); pass overwrite=True / --overwrite to replace it")
+        raise FileExistsError(
+            f"{out_dir} already holds a synthetic dataset ({len(present)} "
+            f"files); pass overwrite=True / --overwrite to replace it"
+        )
 
 
 def _split_sizes(n_images, split_fractions):
@@ -390,8 +405,12 @@ def make_synthetic_dataset(
     first = synthesize_image(size, (int(seed), 0), **kwargs)  # bad kwargs fail before changes
     names = [f"synth_{i:03d}" for i in range(n_images)]
     new = [f"{sub}/{name}.png" for name in names for sub in ("images", "labels")] + ["split.json"]
-    settings = {"n_images": int(n_images), "size": [int(v) for v in size], "seed": int(seed),
-                "split_fractions": [float(v) for v in split_fractions]}
+    settings = {
+        "n_images": int(n_images),
+        "size": [int(v) for v in size],
+        "seed": int(seed),
+        "split_fractions": [float(v) for v in split_fractions],
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_manifest(out_dir, {**old, **dict.fromkeys(new)}, settings)  # new files: pending
     for rel in old:  # checked by _check_target: this function wrote them, unchanged since

@@ -46,6 +46,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.registry import Registry
 
 from ..data.atomic import write_json
+from .predictor import load_trained_weights
 from .run_dir import (
     RUN_FILE,
     STAGE_FILE,
@@ -56,7 +57,6 @@ from .run_dir import (
     resolve_output_dir,
     short_hash,
 )
-from .predictor import load_trained_weights
 from .trainer import Trainer
 
 __all__ = ["NUCLEIWEAK_PIPELINE_REGISTRY", "Stage", "StagedPipeline", "summary_table"]
@@ -255,8 +255,16 @@ class StagedPipeline:
         info = stage.run() or {}
         info = comm.all_gather(info)[0]  # the main process's info, everywhere
         if comm.is_main_process():
-            write_json(done, {"stage": stage.name, "fingerprint": fingerprint, "seed": seed,
-                              "seconds": round(time.time() - start, 1), "info": info})
+            write_json(
+                done,
+                {
+                    "stage": stage.name,
+                    "fingerprint": fingerprint,
+                    "seed": seed,
+                    "seconds": round(time.time() - start, 1),
+                    "info": info,
+                },
+            )
         comm.synchronize()
         logger.info("stage %s: done in %.1f s", stage.name, time.time() - start)
         return fingerprint
@@ -274,7 +282,9 @@ class StagedPipeline:
             (out / "config.yaml").write_text(cfg.dump())
         t = trainer(cfg)
         if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST:
-            t.register_hooks([hooks.BestCheckpointer(cfg.TEST.EVAL_PERIOD, t.checkpointer, metric, "max")])
+            t.register_hooks(
+                [hooks.BestCheckpointer(cfg.TEST.EVAL_PERIOD, t.checkpointer, metric, "max")]
+            )
         t.resume_or_load(resume=self.resume)
         t.train()
         comm.synchronize()
@@ -311,7 +321,9 @@ class StagedPipeline:
             ``{str(image_id): value}`` on the main process (all images); ``{}`` elsewhere
             and when ``gather`` is False.
         """
-        res = inference_on_dataset(model, trainer.build_test_loader(cfg, dataset), _Collector(fn, gather))
+        res = inference_on_dataset(
+            model, trainer.build_test_loader(cfg, dataset), _Collector(fn, gather)
+        )
         return res.get("collected", {}) if res else {}
 
     @staticmethod
@@ -323,7 +335,9 @@ class StagedPipeline:
         evaluators = [trainer.build_evaluator(cfg, dataset, output_folder=str(folder))]
         if per_image is not None:
             evaluators.append(_Collector(per_image, gather=False))
-        return inference_on_dataset(model, trainer.build_test_loader(cfg, dataset), DatasetEvaluators(evaluators))
+        return inference_on_dataset(
+            model, trainer.build_test_loader(cfg, dataset), DatasetEvaluators(evaluators)
+        )
 
     # ------------------------------------------------------------------ the run
     def _eval_weights(self):
@@ -339,8 +353,11 @@ class StagedPipeline:
             except ValueError as exc:
                 if not have_run:
                     raise
-                logger.warning("%s; it initialises training, so the run's final model %s is scored",
-                               exc, run_weights)
+                logger.warning(
+                    "%s; it initialises training, so the run's final model %s is scored",
+                    exc,
+                    run_weights,
+                )
                 return run_weights
         if have_run:
             return run_weights
@@ -364,18 +381,26 @@ class StagedPipeline:
                 from ..data.records import cache_key
 
                 def per_image(inp, out, folder=folder):
-                    write_label(folder / "pred" / f"{cache_key(inp)}.png", out["instance_map"].cpu().numpy())
+                    write_label(
+                        folder / "pred" / f"{cache_key(inp)}.png", out["instance_map"].cpu().numpy()
+                    )
 
             res = self.evaluate(cfg, model, ds, folder, trainer, per_image)
             results[ds] = {k: dict(v) for k, v in res.items()}
-        return {"weights": weights, self.result_key: results, **self.extra_evaluation(Path(out_dir))}
+        return {
+            "weights": weights,
+            self.result_key: results,
+            **self.extra_evaluation(Path(out_dir)),
+        }
 
     def run(self):
         """Run every stage (or only the evaluation with ``eval_only``); return the summary."""
         out_dir = resolve_output_dir(self.cfg, resume=self.resume, eval_only=self.eval_only)
         if self.eval_only:
             weights = self._eval_weights()
-            summary = self._eval_stage(out_dir / "eval" if out_dir == self.root else out_dir, weights)
+            summary = self._eval_stage(
+                out_dir / "eval" if out_dir == self.root else out_dir, weights
+            )
             self._report(out_dir, summary, link_final=False)
             return summary
         self._check_run()
@@ -384,7 +409,9 @@ class StagedPipeline:
             previous = self._run_stage(stage, previous)
         _, _, weights = self.final_model()
         eval_stage = Stage("eval", lambda: self._eval_stage(self.stage_dir("eval"), weights))
-        eval_fp = short_hash([previous, sorted(self.eval_sets), [dataset_fingerprint(d) for d in self.eval_sets]])
+        eval_fp = short_hash(
+            [previous, sorted(self.eval_sets), [dataset_fingerprint(d) for d in self.eval_sets]]
+        )
         self._run_stage(eval_stage, eval_fp)
         summary = self.stage_info("eval")
         self._report(self.root, summary, link_final=True)
@@ -400,7 +427,11 @@ class StagedPipeline:
         final = out_dir / "model_final.pth"
         if link_final:
             _link_or_copy(summary["weights"], final)
-        where = f"final model: {final} (= {summary['weights']})" if link_final else f"model: {summary['weights']}"
+        where = (
+            f"final model: {final} (= {summary['weights']})"
+            if link_final
+            else f"model: {summary['weights']}"
+        )
         text = f"{type(self).__name__} results\n\n{table}\n\n{where}\nmetrics: {out_dir / 'metrics.json'}\n"
         (out_dir / "summary.md").write_text(text)
         logger.info("\n%s", text)
@@ -415,4 +446,3 @@ def _link_or_copy(src, dst):
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
-

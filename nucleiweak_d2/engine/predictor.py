@@ -18,6 +18,20 @@ more than ``max_overlap`` of its pixels already belong to kept nuclei, and it ta
 free pixels. Points are kept from the tile where the point itself is farthest from the cut
 edges (ties: earlier tile). The overlap should exceed the largest nucleus diameter, so that
 every nucleus lies whole in at least one tile.
+
+Streaming (:func:`predict_view`, used by ``tools/predict.py`` and :mod:`nucleiweak_d2.api`)
+reads, predicts and stitches a large image or slide tile by tile, so memory follows the tile
+size, not the image. Its rule needs no other tile: the tiles' *cores* partition the image
+(each core ends half-way through the overlap with the next tile, :func:`tile_cores`), and a
+tile keeps exactly the nuclei whose anchor (the centre of their bounding box, the point
+convention of docs/CONTRACTS.md) lies in its core. A nucleus whose half-extent is below half
+the overlap lies whole in the tile that owns it, so with a consistent model every nucleus is
+kept once and uncut; where two kept nuclei of neighbouring tiles claim the same pixels, the
+one kept first keeps them (the later one takes the free pixels, and is dropped when more
+than ``max_overlap`` of it is taken). Kept nuclei touching a cut edge of their tile are
+counted (``ViewPrediction.seam_cut``): the overlap is then too small for those nuclei.
+Points are kept by the tile whose core holds their nearest pixel. The stitched map lives in
+a :class:`~nucleiweak_d2.data.label_store.BlockLabelCanvas` (compressed blocks).
 """
 
 import logging
@@ -30,8 +44,21 @@ from scipy import ndimage
 from ..evaluation.outputs import output_instance_map, output_points
 from ..modeling.backbone.tiling import tile_starts
 
-__all__ = ["NucleiPredictor", "load_trained_weights", "check_incompatible_keys", "tile_boxes",
-           "stitch_instance_maps", "stitch_points"]
+__all__ = [
+    "NucleiPredictor",
+    "load_trained_weights",
+    "check_incompatible_keys",
+    "tile_boxes",
+    "stitch_instance_maps",
+    "stitch_points",
+    "tile_cores",
+    "TileStitcher",
+    "NucleiTile",
+    "instance_scores",
+    "predict_view",
+    "ViewPrediction",
+    "shard_inputs",
+]
 
 # Keys that may differ between a checkpoint and its model without changing predictions.
 _IGNORABLE_KEY_SUFFIXES = ("num_batches_tracked",)
@@ -80,9 +107,11 @@ def check_incompatible_keys(incompatible, path):
         shown = [f"{k} {tuple(c)} vs model {tuple(m)}" for k, c, m in shapes]
         problems.append(f"{len(shapes)} tensor(s) of another shape ({_some(shown)})")
     if problems:
-        raise ValueError(f"MODEL.WEIGHTS {path} does not fit the model of this config: "
-                         f"{'; '.join(problems)}. Is it a checkpoint of another architecture "
-                         f"or config?")
+        raise ValueError(
+            f"MODEL.WEIGHTS {path} does not fit the model of this config: "
+            f"{'; '.join(problems)}. Is it a checkpoint of another architecture "
+            f"or config?"
+        )
 
 
 def load_trained_weights(model, path, *, allow_random=False):
@@ -123,11 +152,14 @@ def load_trained_weights(model, path, *, allow_random=False):
     path = str(path or "")
     if not path:
         if not allow_random:
-            raise ValueError("MODEL.WEIGHTS is empty: the model would predict with random "
-                             "weights; set MODEL.WEIGHTS to a trained checkpoint (or pass "
-                             "--allow-random-weights to accept an untrained model)")
-        logging.getLogger(__name__).warning("MODEL.WEIGHTS is empty: the model keeps its "
-                                            "random initialisation")
+            raise ValueError(
+                "MODEL.WEIGHTS is empty: the model would predict with random "
+                "weights; set MODEL.WEIGHTS to a trained checkpoint (or pass "
+                "--allow-random-weights to accept an untrained model)"
+            )
+        logging.getLogger(__name__).warning(
+            "MODEL.WEIGHTS is empty: the model keeps its random initialisation"
+        )
         return
     if "://" not in path and not os.path.isfile(path):
         raise ValueError(f"MODEL.WEIGHTS file not found: {path}")
@@ -135,8 +167,7 @@ def load_trained_weights(model, path, *, allow_random=False):
     try:
         checkpointer.load(path)
     except Exception as exc:  # noqa: BLE001  (any reader error of the file becomes one line)
-        raise ValueError(f"cannot load MODEL.WEIGHTS {path}: {type(exc).__name__}: "
-                         f"{exc}") from exc
+        raise ValueError(f"cannot load MODEL.WEIGHTS {path}: {type(exc).__name__}: {exc}") from exc
     if checkpointer.incompatible is not None:
         check_incompatible_keys(checkpointer.incompatible, path)
 
@@ -164,8 +195,11 @@ def tile_boxes(height, width, tile, overlap):
     if not 0 <= overlap < tile:
         raise ValueError(f"tile overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
     step = tile - overlap
-    return [(x, y, min(x + tile, width), min(y + tile, height))
-            for y in tile_starts(height, tile, step) for x in tile_starts(width, tile, step)]
+    return [
+        (x, y, min(x + tile, width), min(y + tile, height))
+        for y in tile_starts(height, tile, step)
+        for x in tile_starts(width, tile, step)
+    ]
 
 
 def _cut_gaps(box, shape):
@@ -176,6 +210,15 @@ def _cut_gaps(box, shape):
 
 def _sequential(label):
     """Label map with ids 1..N (order of the original ids), 0 kept as background."""
+    top = int(label.max()) if label.size else 0
+    if 0 < top < 4 * label.size + 1024 and label.min() >= 0:  # linear time: a lookup table
+        present = np.bincount(label.ravel(), minlength=top + 1) > 0
+        present[0] = False
+        if present[1:].all():
+            return label.astype(np.int32)
+        lut = np.cumsum(present).astype(np.int32)
+        lut[~present] = 0
+        return lut[label]
     ids = np.unique(label)
     if ids.size and ids[-1] == ids.size - (ids[0] == 0):
         return label.astype(np.int32)
@@ -212,16 +255,22 @@ def stitch_instance_maps(shape, boxes, maps, max_overlap=0.5):
         x0, y0, x1, y1 = box
         label = np.asarray(label)
         if label.shape != (y1 - y0, x1 - x0):
-            raise ValueError(f"tile {t} at {box}: instance map is {label.shape[0]}x"
-                             f"{label.shape[1]}, expected {y1 - y0}x{x1 - x0}")
+            raise ValueError(
+                f"tile {t} at {box}: instance map is {label.shape[0]}x"
+                f"{label.shape[1]}, expected {y1 - y0}x{x1 - x0}"
+            )
         label = _sequential(label)
         labels.append(label)
         left, right, top, bottom = _cut_gaps(box, shape)
         for i, sl in enumerate(ndimage.find_objects(label), 1):
             if sl is None:
                 continue
-            gaps = [sl[1].start if left else np.inf, (x1 - x0) - sl[1].stop if right else np.inf,
-                    sl[0].start if top else np.inf, (y1 - y0) - sl[0].stop if bottom else np.inf]
+            gaps = [
+                sl[1].start if left else np.inf,
+                (x1 - x0) - sl[1].stop if right else np.inf,
+                sl[0].start if top else np.inf,
+                (y1 - y0) - sl[0].stop if bottom else np.inf,
+            ]
             candidates.append((-min(gaps), t, i, sl))
     candidates.sort(key=lambda c: c[:3])
     out = np.zeros(tuple(shape), dtype=np.int32)
@@ -229,7 +278,7 @@ def stitch_instance_maps(shape, boxes, maps, max_overlap=0.5):
     for _, t, i, sl in candidates:
         x0, y0 = boxes[t][:2]
         mask = labels[t][sl] == i
-        region = out[sl[0].start + y0:sl[0].stop + y0, sl[1].start + x0:sl[1].stop + x0]
+        region = out[sl[0].start + y0 : sl[0].stop + y0, sl[1].start + x0 : sl[1].stop + x0]
         free = mask & (region == 0)
         if free.sum() < (1.0 - max_overlap) * mask.sum() or not free.any():
             continue
@@ -244,8 +293,14 @@ def _point_margins(points, box, shape):
     left, right, top, bottom = _cut_gaps(box, shape)
     x, y = points[:, 0], points[:, 1]
     inf = np.full(len(points), np.inf)
-    return np.minimum.reduce([x - x0 if left else inf, (x1 - 1) - x if right else inf,
-                              y - y0 if top else inf, (y1 - 1) - y if bottom else inf])
+    return np.minimum.reduce(
+        [
+            x - x0 if left else inf,
+            (x1 - 1) - x if right else inf,
+            y - y0 if top else inf,
+            (y1 - 1) - y if bottom else inf,
+        ]
+    )
 
 
 def stitch_points(shape, boxes, points):
@@ -280,8 +335,12 @@ def stitch_points(shape, boxes, points):
             if s == t:
                 continue
             ox0, oy0, ox1, oy1 = other
-            inside = ((pts[:, 0] >= ox0 - 0.5) & (pts[:, 0] < ox1 - 0.5)
-                      & (pts[:, 1] >= oy0 - 0.5) & (pts[:, 1] < oy1 - 0.5))
+            inside = (
+                (pts[:, 0] >= ox0 - 0.5)
+                & (pts[:, 0] < ox1 - 0.5)
+                & (pts[:, 1] >= oy0 - 0.5)
+                & (pts[:, 1] < oy1 - 0.5)
+            )
             other_margin = _point_margins(pts, other, shape)
             keep &= ~(inside & ((other_margin > margin) | ((other_margin == margin) & (s < t))))
         kept.append(pts[keep])
@@ -299,8 +358,16 @@ class NucleiPredictor:
     ``{"box": (x0, y0, x1, y1), "output": dict}`` per tile (None with ``keep_raw=False``).
     """
 
-    def __init__(self, cfg, *, tile=0, tile_overlap=64, max_overlap=0.5, keep_raw=True,
-                 allow_random_weights=True):
+    def __init__(
+        self,
+        cfg,
+        *,
+        tile=0,
+        tile_overlap=64,
+        max_overlap=0.5,
+        keep_raw=True,
+        allow_random_weights=True,
+    ):
         """
         Parameters
         ----------
@@ -342,9 +409,17 @@ class NucleiPredictor:
         self.input_format = cfg.INPUT.FORMAT
         self.augmentations = T.AugmentationList(build_nuclei_augmentation(cfg, False))
         ev = cfg.NUCLEIWEAK.EVAL
-        self._output_args = {"foreground_classes": tuple(ev.SEM_SEG_FOREGROUND_CLASSES),
-                             "connectivity": int(ev.CONNECTIVITY),
-                             "mask_threshold": float(ev.MASK_THRESHOLD)}
+        self._output_args = {
+            "foreground_classes": tuple(ev.SEM_SEG_FOREGROUND_CLASSES),
+            "connectivity": int(ev.CONNECTIVITY),
+            "mask_threshold": float(ev.MASK_THRESHOLD),
+        }
+        try:  # score threshold and overlap rule of "instances" outputs, as the evaluator's
+            from ..evaluation.config import instance_map_options
+        except ImportError:
+            instance_map_options = None
+        if instance_map_options is not None and hasattr(ev, "INSTANCE_SCORE_THRESH"):
+            self._output_args.update(instance_map_options(cfg))
         self.points_offset = float(ev.PRED_POINTS_OFFSET)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(max(int(cfg.SEED), 0))
@@ -365,6 +440,23 @@ class NucleiPredictor:
         tensor = torch.as_tensor(np.ascontiguousarray(array.transpose(2, 0, 1)))
         with torch.no_grad():
             return self.model([{"image": tensor, "height": height, "width": width}])[0]
+
+    def run_batch(self, images):
+        """Model outputs of a list of ``(H, W, 3)`` uint8 RGB images in one forward pass."""
+        from detectron2.data import transforms as T
+
+        inputs = []
+        for image in images:
+            height, width = image.shape[:2]
+            aug_input = T.AugInput(np.ascontiguousarray(image))
+            self.augmentations(aug_input)
+            array = aug_input.image
+            if self.input_format == "BGR":
+                array = array[:, :, ::-1]
+            tensor = torch.as_tensor(np.ascontiguousarray(array.transpose(2, 0, 1)))
+            inputs.append({"image": tensor, "height": height, "width": width})
+        with torch.no_grad():
+            return self.model(inputs)
 
     def _convert(self, output):
         label = output_instance_map(output, **self._output_args)
@@ -388,17 +480,24 @@ class NucleiPredictor:
         """
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
-            raise ValueError(f"NucleiPredictor takes an (H, W, 3) uint8 RGB image, got "
-                             f"{image.dtype} {image.shape}")
+            raise ValueError(
+                f"NucleiPredictor takes an (H, W, 3) uint8 RGB image, got "
+                f"{image.dtype} {image.shape}"
+            )
         height, width = image.shape[:2]
         if self.tile <= 0 or (height <= self.tile and width <= self.tile):
             output = self.run_model(image)
             label, points = self._convert(output)
             if label.shape != (height, width):
-                raise ValueError(f"the model output is {label.shape[0]}x{label.shape[1]} for a "
-                                 f"{height}x{width} image")
-            return {"instance_map": label, "points": points,
-                    "raw": output if self.keep_raw else None}
+                raise ValueError(
+                    f"the model output is {label.shape[0]}x{label.shape[1]} for a "
+                    f"{height}x{width} image"
+                )
+            return {
+                "instance_map": label,
+                "points": points,
+                "raw": output if self.keep_raw else None,
+            }
         boxes = tile_boxes(height, width, self.tile, self.tile_overlap)
         maps, points, raw = [], [], []
         for box in boxes:
@@ -409,7 +508,342 @@ class NucleiPredictor:
             points.append(pts)
             if self.keep_raw:
                 raw.append({"box": box, "output": output})
-        return {"instance_map": stitch_instance_maps((height, width), boxes, maps,
-                                                     self.max_overlap),
-                "points": stitch_points((height, width), boxes, points),
-                "raw": raw if self.keep_raw else None}
+        return {
+            "instance_map": stitch_instance_maps((height, width), boxes, maps, self.max_overlap),
+            "points": stitch_points((height, width), boxes, points),
+            "raw": raw if self.keep_raw else None,
+        }
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def shard_inputs(inputs, rank, world_size, sizes=None):
+    """The inputs that process ``rank`` of ``world_size`` handles.
+
+    Deterministic (the same arguments give the same shards on every machine), disjoint and
+    covering: every input goes to exactly one rank. Without ``sizes`` the inputs, sorted by
+    their text, are dealt round-robin; with ``sizes`` (e.g. file sizes, one per input) the
+    largest go first, each to the rank with the least total so far (ties: the lower rank),
+    so that slides of very different sizes spread evenly.
+
+    Parameters
+    ----------
+    inputs : sequence
+        Inputs (paths); compared by ``str``, which must be unique.
+    rank, world_size : int
+        ``0 <= rank < world_size``.
+    sizes : sequence of float, optional
+        Cost of each input.
+
+    Returns
+    -------
+    list
+        The inputs of ``rank``, in the order of ``inputs``.
+    """
+    rank, world_size = int(rank), int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"shard rank must be in [0, {world_size}), got {rank}")
+    inputs = list(inputs)
+    keys = [str(x) for x in inputs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("shard_inputs needs distinct inputs")
+    if sizes is None:
+        order = sorted(range(len(inputs)), key=lambda i: keys[i])
+        mine = {i for k, i in enumerate(order) if k % world_size == rank}
+    else:
+        sizes = [float(v) for v in sizes]
+        if len(sizes) != len(inputs):
+            raise ValueError(f"{len(sizes)} sizes for {len(inputs)} inputs")
+        order = sorted(range(len(inputs)), key=lambda i: (-sizes[i], keys[i]))
+        loads = [0.0] * world_size
+        mine = set()
+        for i in order:
+            target = min(range(world_size), key=lambda r: (loads[r], r))
+            loads[target] += sizes[i]
+            if target == rank:
+                mine.add(i)
+    return [x for i, x in enumerate(inputs) if i in mine]
+
+
+def _axis_cores(length, tile, overlap):
+    """``[(start, end, core_start, core_end)]`` of the tiles along one axis."""
+    starts = tile_starts(length, tile, tile - overlap)
+    ends = [min(s + tile, length) for s in starts]
+    cuts = [0] + [(starts[i] + ends[i - 1]) // 2 for i in range(1, len(starts))] + [length]
+    return [(s, e, cuts[i], cuts[i + 1]) for i, (s, e) in enumerate(zip(starts, ends))]
+
+
+def tile_cores(height, width, tile, overlap):
+    """Tiles of an image and their cores, in row-major order.
+
+    Parameters
+    ----------
+    height, width : int
+    tile : int
+        Tile side; 0 (or a side at least the image's) gives one tile, the whole image.
+    overlap : int
+        ``0 <= overlap < tile``.
+
+    Returns
+    -------
+    list of tuple
+        ``(box, core)``, both ``(x0, y0, x1, y1)``; the boxes are those of :func:`tile_boxes`
+        and the cores partition the image: a core runs from half-way through the overlap
+        with the previous tile to half-way through the overlap with the next one.
+    """
+    if tile <= 0 or (height <= tile and width <= tile):
+        return [((0, 0, width, height), (0, 0, width, height))]
+    tile_boxes(1, 1, tile, overlap)  # validates
+    xs, ys = _axis_cores(width, tile, overlap), _axis_cores(height, tile, overlap)
+    return [
+        ((x0, y0, x1, y1), (cx0, cy0, cx1, cy1))
+        for y0, y1, cy0, cy1 in ys
+        for x0, x1, cx0, cx1 in xs
+    ]
+
+
+def instance_scores(output, label, foreground_classes=(1,)):
+    """A function ``ids -> scores`` of the nuclei of one tile's label map.
+
+    The score of a nucleus is the mean foreground probability over its pixels (``"prob"``,
+    else the foreground classes of ``"sem_seg"``), or the score of its instance
+    (``"instances"`` with ``scores``: label ``k + 1`` is instance ``k``, as
+    :func:`~nucleiweak_d2.evaluation.outputs.paint_masks` paints them); NaN when the output
+    has none of these.
+    """
+
+    def as_numpy(x):
+        return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+    prob = None
+    if "prob" in output:
+        prob = as_numpy(output["prob"]).astype(np.float32)
+        prob = prob[0] if prob.ndim == 3 else prob
+    elif "sem_seg" in output:
+        sem = as_numpy(output["sem_seg"]).astype(np.float32)
+        if sem.ndim == 3 and sem.shape[0] == 1:
+            prob = sem[0]
+        elif sem.ndim == 3 and sem.shape[0] > max(foreground_classes):
+            prob = sem[list(foreground_classes)].sum(axis=0)
+    if prob is not None and prob.shape == label.shape:
+        return lambda ids: np.asarray(ndimage.mean(prob, label, ids), dtype=np.float64)
+    if "instances" in output and "instance_map" not in output and output["instances"].has("scores"):
+        scores = as_numpy(output["instances"].scores).astype(np.float64).reshape(-1)
+        return lambda ids: scores[np.asarray(ids, dtype=np.int64) - 1]
+    return lambda ids: np.full(len(ids), np.nan)
+
+
+class NucleiTile:
+    """The nuclei one tile contributed, for the writers (GeoJSON, CSV, COCO, overlays).
+
+    Attributes
+    ----------
+    box : tuple
+        ``(x0, y0, x1, y1)`` of the tile in view pixels.
+    labels : numpy.ndarray
+        ``(y1 - y0, x1 - x0)`` uint32 ids of the stitched map over the tile (nuclei of
+        neighbouring tiles included); a kept nucleus' final mask is ``labels[sl] == id``.
+    ids : numpy.ndarray
+        Ids kept from this tile, increasing.
+    slices : list of tuple
+        Bounding box of each kept nucleus in the tile, ``(row slice, column slice)``.
+    scores : numpy.ndarray
+        Score of each kept nucleus (NaN when the model gives none).
+    image : numpy.ndarray
+        ``(y1 - y0, x1 - x0, 3)`` uint8 RGB of the tile.
+    core : tuple
+        ``(x0, y0, x1, y1)`` of the tile's core.
+    """
+
+    def __init__(self, box, core, labels, ids, slices, scores, image):
+        self.box, self.core, self.labels = box, core, labels
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.slices, self.scores, self.image = slices, np.asarray(scores, np.float64), image
+
+    def mask(self, k):
+        """Final mask of the ``k``-th kept nucleus in its bounding box."""
+        return self.labels[self.slices[k]] == self.ids[k]
+
+
+class TileStitcher:
+    """Keep each tile's nuclei whose anchor lies in its core, into a label canvas.
+
+    Parameters
+    ----------
+    canvas : nucleiweak_d2.data.label_store.BlockLabelCanvas
+        The stitched map (its box reads and writes).
+    max_overlap : float
+        A kept candidate is dropped when more than this fraction of its pixels is already
+        taken (by a nucleus of another tile).
+    """
+
+    def __init__(self, canvas, max_overlap=0.5):
+        if not 0.0 <= max_overlap < 1.0:
+            raise ValueError(f"max_overlap must be in [0, 1), got {max_overlap}")
+        self.canvas, self.max_overlap = canvas, float(max_overlap)
+        self.next_id = 1
+        self.seam_cut = 0  # kept nuclei touching a cut edge of their tile
+        self.dropped = 0  # candidates dropped because their pixels were taken
+        self.shape = (canvas.height, canvas.width)
+
+    def add(self, box, core, label, score_fn=None, image=None):
+        """Stitch one tile; returns its :class:`NucleiTile`."""
+        x0, y0, x1, y1 = box
+        cx0, cy0, cx1, cy1 = core
+        label = np.asarray(label)
+        if label.shape != (y1 - y0, x1 - x0):
+            raise ValueError(
+                f"tile at {box}: the model output is {label.shape[0]}x"
+                f"{label.shape[1]}, expected {y1 - y0}x{x1 - x0}"
+            )
+        label = _sequential(label)
+        region = self.canvas.read(box)
+        left, right, top, bottom = _cut_gaps(box, self.shape)
+        kept, local, slices = [], [], []
+        floor = 1.0 - self.max_overlap
+        for i, sl in enumerate(ndimage.find_objects(label), 1):
+            if sl is None:
+                continue
+            gx = x0 + (sl[1].start + sl[1].stop - 1) // 2
+            gy = y0 + (sl[0].start + sl[0].stop - 1) // 2
+            if not (cx0 <= gx < cx1 and cy0 <= gy < cy1):
+                continue
+            mask = label[sl] == i
+            part = region[sl]
+            free = mask & (part == 0)
+            n_free = int(free.sum())
+            if n_free == 0 or n_free < floor * int(mask.sum()):
+                self.dropped += 1
+                continue
+            part[free] = self.next_id
+            kept.append(self.next_id)
+            local.append(i)
+            slices.append(sl)
+            self.next_id += 1
+            if (
+                (left and sl[1].start == 0)
+                or (right and sl[1].stop == x1 - x0)
+                or (top and sl[0].start == 0)
+                or (bottom and sl[0].stop == y1 - y0)
+            ):
+                self.seam_cut += 1
+        if kept:
+            self.canvas.write(box, region)
+        scores = (
+            score_fn(local) if (score_fn is not None and local) else np.full(len(local), np.nan)
+        )
+        return NucleiTile(box, core, region, kept, slices, scores, image)
+
+
+class ViewPrediction:
+    """What :func:`predict_view` found.
+
+    Attributes
+    ----------
+    n_nuclei : int
+        Ids ``1..n_nuclei`` of the stitched map.
+    points : numpy.ndarray or None
+        ``(K, 2)`` stitched points in view pixels (None: the model gives none).
+    scores : numpy.ndarray
+        ``(n_nuclei,)`` score of id ``k + 1`` at ``k`` (NaN: none).
+    n_tiles, n_skipped : int
+        Tiles predicted, and skipped for lack of tissue.
+    seam_cut, dropped : int
+        See :class:`TileStitcher`.
+    """
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+def _batches(items, size):
+    for k in range(0, len(items), size):
+        yield items[k : k + size]
+
+
+def predict_view(
+    predictor,
+    view,
+    canvas,
+    *,
+    tile=0,
+    overlap=64,
+    batch=1,
+    tissue=None,
+    on_tile=(),
+    progress=None,
+    max_overlap=0.5,
+):
+    """Predict a whole view (image, region or slide level) tile by tile into ``canvas``.
+
+    Parameters
+    ----------
+    predictor : NucleiPredictor
+    view : object
+        ``height``, ``width`` and ``read(x0, y0, x1, y1) -> (h, w, 3) uint8 RGB`` (a
+        :class:`~nucleiweak_d2.data.slides.SlideView`).
+    canvas : nucleiweak_d2.data.label_store.BlockLabelCanvas
+        ``(view.height, view.width)``; finished (every block final) on return.
+    tile, overlap : int
+        Tile side (0: the whole view in one tile) and overlap.
+    batch : int
+        Tiles per forward pass.
+    tissue : object, optional
+        ``any_in(box) -> bool``; tiles without tissue are skipped (their pixels stay 0).
+    on_tile : sequence of callable
+        Called with each :class:`NucleiTile`, in tile order, before the tile's blocks can
+        become final.
+    progress : object, optional
+        A tqdm-like bar (``reset(total=n_tiles)`` at the start, ``update(n)`` after each
+        batch) or a callable ``f(n)``.
+    max_overlap : float
+        See :class:`TileStitcher`.
+
+    Returns
+    -------
+    ViewPrediction
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if (canvas.height, canvas.width) != (view.height, view.width):
+        raise ValueError(
+            f"canvas {canvas.height}x{canvas.width} for a view of {view.height}x{view.width}"
+        )
+    tiles = tile_cores(view.height, view.width, tile, overlap)
+    todo = [(box, core) for box, core in tiles if tissue is None or tissue.any_in(box)]
+    canvas.plan([box for box, _ in todo])
+    stitcher = TileStitcher(canvas, max_overlap)
+    points, scores, has_points = [], [], False
+    if progress is not None and hasattr(progress, "update"):
+        progress.reset(total=len(todo))
+        progress = progress.update
+    fg = predictor._output_args["foreground_classes"]
+    for chunk in _batches(todo, int(batch)):
+        images = [view.read(*box) for box, _ in chunk]
+        outputs = predictor.run_batch(images)
+        for (box, core), image, output in zip(chunk, images, outputs):
+            label, pts = predictor._convert(output)
+            nuclei = stitcher.add(box, core, label, instance_scores(output, label, fg), image)
+            scores.append(nuclei.scores)
+            if pts is not None:
+                has_points = True
+                pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2) + np.asarray(box[:2])
+                px, py = np.floor(pts[:, 0] + 0.5), np.floor(pts[:, 1] + 0.5)
+                inside = (px >= core[0]) & (px < core[2]) & (py >= core[1]) & (py < core[3])
+                points.append(pts[inside])
+            for callback in on_tile:
+                callback(nuclei)
+            canvas.done(box)
+        if progress is not None:
+            progress(len(chunk))
+    canvas.finish()
+    return ViewPrediction(
+        n_nuclei=stitcher.next_id - 1,
+        points=(np.concatenate(points) if points else np.zeros((0, 2))) if has_points else None,
+        scores=np.concatenate(scores) if scores else np.zeros(0),
+        n_tiles=len(todo),
+        n_skipped=len(tiles) - len(todo),
+        seam_cut=stitcher.seam_cut,
+        dropped=stitcher.dropped,
+    )

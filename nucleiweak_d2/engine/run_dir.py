@@ -109,7 +109,10 @@ def dataset_fingerprint(name):
 def config_diff(recorded, current, limit=5):
     """Keys whose values differ between two flat configs (at most ``limit`` shown)."""
     keys = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
-    shown = [f"{k}: {recorded.get(k, '<absent>')!r} -> {current.get(k, '<absent>')!r}" for k in keys[:limit]]
+    shown = [
+        f"{k}: {recorded.get(k, '<absent>')!r} -> {current.get(k, '<absent>')!r}"
+        for k in keys[:limit]
+    ]
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return "; ".join(shown) + more
 

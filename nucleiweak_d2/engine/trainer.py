@@ -6,7 +6,11 @@ import random
 
 import numpy as np
 import torch
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -51,9 +55,17 @@ class Trainer(DefaultTrainer):
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         # tensors and plain Python values only: the file stays loadable with torch.load's
         # default weights_only=True
-        state["rng"] = {"python": random.getstate(), "torch": torch.get_rng_state(),
-                        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos),
-                                  int(has_gauss), float(gauss)]}
+        state["rng"] = {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "numpy": [
+                name,
+                torch.from_numpy(keys.astype(np.int64)),
+                int(pos),
+                int(has_gauss),
+                float(gauss),
+            ],
+        }
         return state
 
     def load_state_dict(self, state):
@@ -67,7 +79,9 @@ class Trainer(DefaultTrainer):
         if self.cfg.DATALOADER.NUM_WORKERS > 0:
             logging.getLogger(__name__).warning(
                 "resumed at iteration %d with DATALOADER.NUM_WORKERS > 0: the data order after "
-                "the checkpoint differs from an uninterrupted run", self.start_iter)
+                "the checkpoint differs from an uninterrupted run",
+                self.start_iter,
+            )
             return
         logging.getLogger(__name__).info("replaying %d batches of the data stream", self.start_iter)
         for _ in range(self.start_iter):  # one batch per finished iteration
@@ -180,7 +194,11 @@ def check_training_data(cfg):
     from detectron2.data import DatasetCatalog
 
     train = list(cfg.DATASETS.TRAIN)
-    held_out = [d for d in dict.fromkeys([*cfg.DATASETS.TEST, *cfg.NUCLEIWEAK.EVAL_DATASETS]) if d not in train]
+    held_out = [
+        d
+        for d in dict.fromkeys([*cfg.DATASETS.TEST, *cfg.NUCLEIWEAK.EVAL_DATASETS])
+        if d not in train
+    ]
     dicts = {name: DatasetCatalog.get(name) for name in [*train, *held_out]}
     for name in train:
         check_training_points(dicts[name], name)

@@ -18,8 +18,9 @@ DETECTION_COUNT_KEYS = ("det_tp", "det_fp", "det_fn")
 # Keys holding object counts of the IoU > 0.5 matching: summed over images too.
 OBJECT_COUNT_KEYS = ("obj_tp", "obj_fp", "obj_fn")
 # Keys that are not averaged over images (counts, pooled distances and their per-image stats).
-_NOT_AVERAGED = DETECTION_COUNT_KEYS + OBJECT_COUNT_KEYS + (
-    "det_distances", "det_dist_mean", "det_dist_std")
+_NOT_AVERAGED = (
+    DETECTION_COUNT_KEYS + OBJECT_COUNT_KEYS + ("det_distances", "det_dist_mean", "det_dist_std")
+)
 
 
 def _add_summed_scores(out, records, prefix, count_keys):
@@ -64,8 +65,12 @@ def aggregate(records):
     keys = []
     for rec in records:
         for key, value in rec.items():
-            if (key not in _NOT_AVERAGED and key not in keys
-                    and isinstance(value, numbers.Real) and not isinstance(value, bool)):
+            if (
+                key not in _NOT_AVERAGED
+                and key not in keys
+                and isinstance(value, numbers.Real)
+                and not isinstance(value, bool)
+            ):
                 keys.append(key)
     for key in keys:
         values = np.array([float(rec[key]) for rec in records if key in rec])
@@ -74,8 +79,9 @@ def aggregate(records):
     _add_summed_scores(out, records, "obj", OBJECT_COUNT_KEYS)
     with_det = _add_summed_scores(out, records, "det", DETECTION_COUNT_KEYS)
     if with_det:
-        dist = np.concatenate([np.asarray(rec.get("det_distances", []), dtype=np.float64)
-                               for rec in with_det])
+        dist = np.concatenate(
+            [np.asarray(rec.get("det_distances", []), dtype=np.float64) for rec in with_det]
+        )
         out["det_dist_mean"] = float(dist.mean()) if dist.size else 0.0
         out["det_dist_std"] = float(dist.std()) if dist.size else 0.0
     return out

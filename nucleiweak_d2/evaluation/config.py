@@ -63,5 +63,8 @@ def instance_map_options(cfg):
         ``score_thresh``, ``overlap`` and ``overlap_thresh``.
     """
     ev = cfg.NUCLEIWEAK.EVAL
-    return {"score_thresh": float(ev.INSTANCE_SCORE_THRESH), "overlap": str(ev.INSTANCE_OVERLAP),
-            "overlap_thresh": float(ev.INSTANCE_OVERLAP_THRESH)}
+    return {
+        "score_thresh": float(ev.INSTANCE_SCORE_THRESH),
+        "overlap": str(ev.INSTANCE_OVERLAP),
+        "overlap_thresh": float(ev.INSTANCE_OVERLAP_THRESH),
+    }

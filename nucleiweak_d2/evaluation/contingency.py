@@ -11,8 +11,13 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["ContingencyTable", "check_label_map", "contingency_table", "best_match",
-           "max_weight_matching"]
+__all__ = [
+    "ContingencyTable",
+    "check_label_map",
+    "contingency_table",
+    "best_match",
+    "max_weight_matching",
+]
 
 # Largest number of (gt, pred) cells counted with a dense ``np.bincount``; beyond it the pair
 # codes are counted with ``np.unique`` (slower, constant memory in the number of ids).
@@ -88,8 +93,9 @@ class ContingencyTable:
         geometry such as the Hausdorff distance).
     """
 
-    def __init__(self, gt_ids, pred_ids, gt_area, pred_area, rows, cols, inter, gt_index,
-                 pred_index):
+    def __init__(
+        self, gt_ids, pred_ids, gt_area, pred_area, rows, cols, inter, gt_index, pred_index
+    ):
         self.gt_ids, self.pred_ids = gt_ids, pred_ids
         self.gt_area, self.pred_area = gt_area, pred_area
         self.rows, self.cols, self.inter = rows, cols, inter
@@ -145,9 +151,17 @@ def contingency_table(gt, pred):
         cells, counts = np.unique(code, return_counts=True)
     rows, cols = np.divmod(cells, m + 1)
     fg = (rows > 0) & (cols > 0)
-    return ContingencyTable(gt_ids, pred_ids, gt_area, pred_area, rows[fg] - 1, cols[fg] - 1,
-                            counts[fg].astype(np.int64), gi.reshape(gt.shape),
-                            pj.reshape(pred.shape))
+    return ContingencyTable(
+        gt_ids,
+        pred_ids,
+        gt_area,
+        pred_area,
+        rows[fg] - 1,
+        cols[fg] - 1,
+        counts[fg].astype(np.int64),
+        gi.reshape(gt.shape),
+        pj.reshape(pred.shape),
+    )
 
 
 def best_match(rows, cols, values, n):

@@ -100,8 +100,13 @@ def detection_counts(gt_points, pred_points, radius, method="greedy"):
         chosen = max_weight_matching(rows, cols, big - dist, n, m)
     chosen = chosen[np.argsort(rows[chosen], kind="stable")]
     tp = int(chosen.size)
-    return {"tp": tp, "fp": m - tp, "fn": n - tp, "distances": dist[chosen],
-            "pairs": np.stack([rows[chosen], cols[chosen]], axis=1).reshape(-1, 2)}
+    return {
+        "tp": tp,
+        "fp": m - tp,
+        "fn": n - tp,
+        "distances": dist[chosen],
+        "pairs": np.stack([rows[chosen], cols[chosen]], axis=1).reshape(-1, 2),
+    }
 
 
 def scores_from_counts(tp, fp, fn):
@@ -122,8 +127,11 @@ def scores_from_counts(tp, fp, fn):
     def ratio(num, den):
         return (1.0 if nothing else 0.0) if den == 0 else num / den
 
-    return {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
-            "f1": ratio(2 * tp, 2 * tp + fp + fn)}
+    return {
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+    }
 
 
 def detection_metrics(gt_points, pred_points, radius, method="greedy"):

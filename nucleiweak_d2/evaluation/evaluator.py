@@ -52,11 +52,25 @@ class NucleiEvaluator(DatasetEvaluator):
     ``nuclei_per_image_<dataset>.csv`` and ``nuclei_results_<dataset>.json`` there.
     """
 
-    def __init__(self, dataset_name, output_dir=None, *, distributed=True, radius=11.0,
-                 det_method="greedy", hausdorff=False, gt_point_mode="bbox_center",
-                 foreground_classes=(1,), connectivity=2, mask_threshold=0.5,
-                 pred_points_offset=0.0, dataset_dicts=None, instance_score_thresh=0.0,
-                 instance_overlap="score", instance_overlap_thresh=0.5):
+    def __init__(
+        self,
+        dataset_name,
+        output_dir=None,
+        *,
+        distributed=True,
+        radius=11.0,
+        det_method="greedy",
+        hausdorff=False,
+        gt_point_mode="bbox_center",
+        foreground_classes=(1,),
+        connectivity=2,
+        mask_threshold=0.5,
+        pred_points_offset=0.0,
+        dataset_dicts=None,
+        instance_score_thresh=0.0,
+        instance_overlap="score",
+        instance_overlap_thresh=0.5,
+    ):
         """
         Parameters
         ----------
@@ -93,18 +107,23 @@ class NucleiEvaluator(DatasetEvaluator):
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._distributed = distributed
-        self._metric_args = {"radius": float(radius), "method": det_method,
-                             "hausdorff": bool(hausdorff)}
+        self._metric_args = {
+            "radius": float(radius),
+            "method": det_method,
+            "hausdorff": bool(hausdorff),
+        }
         if det_method not in ("greedy", "hungarian"):
             raise ValueError(f"det_method must be 'greedy' or 'hungarian', got {det_method!r}")
         self._point_mode = gt_point_mode
         self._points_offset = float(pred_points_offset)
-        self._output_args = {"foreground_classes": tuple(foreground_classes),
-                             "connectivity": int(connectivity),
-                             "mask_threshold": float(mask_threshold),
-                             "score_thresh": float(instance_score_thresh),
-                             "overlap": str(instance_overlap),
-                             "overlap_thresh": float(instance_overlap_thresh)}
+        self._output_args = {
+            "foreground_classes": tuple(foreground_classes),
+            "connectivity": int(connectivity),
+            "mask_threshold": float(mask_threshold),
+            "score_thresh": float(instance_score_thresh),
+            "overlap": str(instance_overlap),
+            "overlap_thresh": float(instance_overlap_thresh),
+        }
         records = DatasetCatalog.get(dataset_name) if dataset_dicts is None else dataset_dicts
         self._by_file = {r["file_name"]: r for r in records if "file_name" in r}
         self._by_id = {r["image_id"]: r for r in records if "image_id" in r}
@@ -119,8 +138,10 @@ class NucleiEvaluator(DatasetEvaluator):
             return self._by_file[inp["file_name"]]
         if "image_id" in inp and inp["image_id"] in self._by_id:
             return self._by_id[inp["image_id"]]
-        raise ValueError(f"image {inp.get('file_name', inp.get('image_id'))} is not in dataset "
-                         f"{self._dataset_name}")
+        raise ValueError(
+            f"image {inp.get('file_name', inp.get('image_id'))} is not in dataset "
+            f"{self._dataset_name}"
+        )
 
     def process(self, inputs, outputs):
         """Score each (input, output) pair against its ground truth; keep the per-image row."""
@@ -133,16 +154,21 @@ class NucleiEvaluator(DatasetEvaluator):
             gt = gt_label_map(record)
             pred = output_instance_map(out, **self._output_args)
             if pred.shape != gt.shape:
-                raise ValueError(f"{where}: prediction is {pred.shape[0]}x{pred.shape[1]} but "
-                                 f"the ground truth is {gt.shape[0]}x{gt.shape[1]}")
+                raise ValueError(
+                    f"{where}: prediction is {pred.shape[0]}x{pred.shape[1]} but "
+                    f"the ground truth is {gt.shape[0]}x{gt.shape[1]}"
+                )
             pred_points = output_points(out)
             if pred_points is None:
                 pred_points = gt_points(pred, self._point_mode)
             else:
                 pred_points = pred_points - self._points_offset
             row = {"name": record_name(record)}
-            row.update(image_metrics(gt, pred, gt_points(gt, self._point_mode), pred_points,
-                                     **self._metric_args))
+            row.update(
+                image_metrics(
+                    gt, pred, gt_points(gt, self._point_mode), pred_points, **self._metric_args
+                )
+            )
             self._records.append(row)
 
     def _detection_row(self, record, out, where):
@@ -153,16 +179,31 @@ class NucleiEvaluator(DatasetEvaluator):
             if "height" in record and "width" in record:
                 expected = (int(record["height"]), int(record["width"]))
                 if pred.shape != expected:
-                    raise ValueError(f"{where}: prediction is {pred.shape[0]}x{pred.shape[1]} "
-                                     f"but the image is {expected[0]}x{expected[1]}")
+                    raise ValueError(
+                        f"{where}: prediction is {pred.shape[0]}x{pred.shape[1]} "
+                        f"but the image is {expected[0]}x{expected[1]}"
+                    )
             pred_points = gt_points(pred, self._point_mode)
         else:
             pred_points = pred_points - self._points_offset
-        det = detection_metrics(annotation_points(record), pred_points,
-                                self._metric_args["radius"], self._metric_args["method"])
+        det = detection_metrics(
+            annotation_points(record),
+            pred_points,
+            self._metric_args["radius"],
+            self._metric_args["method"],
+        )
         row = {"name": record_name(record)}
-        for key in ("tp", "fp", "fn", "precision", "recall", "f1", "dist_mean", "dist_std",
-                    "distances"):
+        for key in (
+            "tp",
+            "fp",
+            "fn",
+            "precision",
+            "recall",
+            "f1",
+            "dist_mean",
+            "dist_std",
+            "distances",
+        ):
             row[f"det_{key}"] = det[key]
         return row
 
@@ -177,7 +218,8 @@ class NucleiEvaluator(DatasetEvaluator):
                 f"{self._dataset_name} have points-only ground truth: segmentation metrics "
                 f"need masks, so they cover the {n_seg} images with masks"
                 f"{' (none: left out)' if n_seg == 0 else ''}; detection metrics cover all "
-                f"{len(records)} images.")
+                f"{len(records)} images."
+            )
         return n_points_only
 
     def evaluate(self):
@@ -200,11 +242,16 @@ class NucleiEvaluator(DatasetEvaluator):
         if self._output_dir:
             csv_path = per_image_csv_path(self._output_dir, self._dataset_name)
             write_per_image_csv(csv_path, records)
-            write_summary_json(csv_path.replace("nuclei_per_image_", "nuclei_results_")
-                               .replace(".csv", ".json"), summary,
-                               {"dataset": self._dataset_name, **self._metric_args,
-                                "gt_point_mode": self._point_mode,
-                                "pred_points_offset": self._points_offset})
+            write_summary_json(
+                csv_path.replace("nuclei_per_image_", "nuclei_results_").replace(".csv", ".json"),
+                summary,
+                {
+                    "dataset": self._dataset_name,
+                    **self._metric_args,
+                    "gt_point_mode": self._point_mode,
+                    "pred_points_offset": self._points_offset,
+                },
+            )
             self._logger.info(f"Per-image nuclei metrics written to {csv_path}")
         self._logger.info(f"Nuclei metrics on {self._dataset_name}:\n{format_table(summary)}")
         return OrderedDict({"nuclei": summary})
@@ -224,12 +271,18 @@ def build_nuclei_evaluator(cfg, dataset_name, output_folder=None):
     ev = cfg.NUCLEIWEAK.EVAL
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-    return NucleiEvaluator(dataset_name, output_folder, radius=ev.DET_RADIUS,
-                           det_method=ev.DET_MATCHING, hausdorff=ev.HAUSDORFF,
-                           gt_point_mode=ev.POINT_MODE,
-                           foreground_classes=ev.SEM_SEG_FOREGROUND_CLASSES,
-                           connectivity=ev.CONNECTIVITY, mask_threshold=ev.MASK_THRESHOLD,
-                           pred_points_offset=ev.PRED_POINTS_OFFSET,
-                           instance_score_thresh=ev.INSTANCE_SCORE_THRESH,
-                           instance_overlap=ev.INSTANCE_OVERLAP,
-                           instance_overlap_thresh=ev.INSTANCE_OVERLAP_THRESH)
+    return NucleiEvaluator(
+        dataset_name,
+        output_folder,
+        radius=ev.DET_RADIUS,
+        det_method=ev.DET_MATCHING,
+        hausdorff=ev.HAUSDORFF,
+        gt_point_mode=ev.POINT_MODE,
+        foreground_classes=ev.SEM_SEG_FOREGROUND_CLASSES,
+        connectivity=ev.CONNECTIVITY,
+        mask_threshold=ev.MASK_THRESHOLD,
+        pred_points_offset=ev.PRED_POINTS_OFFSET,
+        instance_score_thresh=ev.INSTANCE_SCORE_THRESH,
+        instance_overlap=ev.INSTANCE_OVERLAP,
+        instance_overlap_thresh=ev.INSTANCE_OVERLAP_THRESH,
+    )

@@ -5,7 +5,8 @@ A record is a Detectron2 dataset dict (``file_name``, ``height``, ``width``, opt
 of :func:`nucleiweak_d2.data.folder.load_folder_dataset` (``name``, ``label_path``).
 
 Records of points-only COCO files (docs/CONTRACTS.md: annotations with ``point`` and no
-``segmentation``) have no instance map; :func:`is_points_only` tells them apart and
+``segmentation``) and samples of points-only folder datasets (``points/<name>.csv``, no
+``labels/``) have no instance map; :func:`is_points_only` tells them apart and
 :func:`annotation_points` gives their ground-truth points, for detection-only evaluation.
 """
 
@@ -13,8 +14,14 @@ import os
 
 import numpy as np
 
-__all__ = ["record_name", "gt_label_map", "gt_points", "masks_to_label_map",
-           "is_points_only", "annotation_points"]
+__all__ = [
+    "record_name",
+    "gt_label_map",
+    "gt_points",
+    "masks_to_label_map",
+    "is_points_only",
+    "annotation_points",
+]
 
 
 def record_name(record):
@@ -26,8 +33,9 @@ def record_name(record):
             return os.path.splitext(os.path.basename(str(record[key])))[0]
     if "image_id" in record:
         return str(record["image_id"])
-    raise ValueError(f"dataset record has no name, file_name, image_path or image_id: "
-                     f"{sorted(record)}")
+    raise ValueError(
+        f"dataset record has no name, file_name, image_path or image_id: {sorted(record)}"
+    )
 
 
 def _annotation_rle(segm, height, width, where):
@@ -41,8 +49,7 @@ def _annotation_rle(segm, height, width, where):
         if isinstance(rle.get("counts"), str):
             rle["counts"] = rle["counts"].encode("ascii")
         if [int(v) for v in rle["size"]] != [height, width]:
-            raise ValueError(f"{where}: RLE of size {rle['size']} in an image of "
-                             f"{height}x{width}")
+            raise ValueError(f"{where}: RLE of size {rle['size']} in an image of {height}x{width}")
         return rle
     if isinstance(segm, list) and segm:
         polygons = [np.asarray(p, dtype=np.float64).ravel().tolist() for p in segm]
@@ -78,10 +85,12 @@ def masks_to_label_map(record):
     for k in range(len(annotations) - 1, -1, -1):  # reverse: the first annotation wins
         ann = annotations[k]
         if "segmentation" not in ann:
-            raise ValueError(f"{where}: annotation {k} has no segmentation; an instance map "
-                             f"needs label_file_name or a mask on every annotation "
-                             f"(NucleiEvaluator scores records without any mask for "
-                             f"detection only)")
+            raise ValueError(
+                f"{where}: annotation {k} has no segmentation; an instance map "
+                f"needs label_file_name or a mask on every annotation "
+                f"(NucleiEvaluator scores records without any mask for "
+                f"detection only)"
+            )
         mask = mask_util.decode(_annotation_rle(ann["segmentation"], height, width, where))
         label[mask.astype(bool)] = k + 1
     return label
@@ -111,14 +120,18 @@ def gt_label_map(record):
     elif "annotations" in record:
         label = masks_to_label_map(record)
     else:
-        raise ValueError(f"{record.get('file_name', record_name(record))}: no ground truth "
-                         f"(neither label_file_name nor annotations)")
+        raise ValueError(
+            f"{record.get('file_name', record_name(record))}: no ground truth "
+            f"(neither label_file_name nor annotations)"
+        )
     if "height" in record and "width" in record:
         expected = (int(record["height"]), int(record["width"]))
         if label.shape != expected:
-            raise ValueError(f"ground truth {path or record.get('file_name')} is "
-                             f"{label.shape[0]}x{label.shape[1]} but the record says "
-                             f"{expected[0]}x{expected[1]}")
+            raise ValueError(
+                f"ground truth {path or record.get('file_name')} is "
+                f"{label.shape[0]}x{label.shape[1]} but the record says "
+                f"{expected[0]}x{expected[1]}"
+            )
     return label
 
 
@@ -165,6 +178,8 @@ def is_points_only(record):
     """
     if record.get("label_file_name") or record.get("label_path"):
         return False
+    if record.get("points_path") and "annotations" not in record:
+        return True  # a folder sample with clicked points only
     settings = record.get("nucleiweak")
     if isinstance(settings, dict) and settings.get("annotation") == "points_only":
         return True
@@ -198,25 +213,44 @@ def annotation_points(record):
         the image.
     """
     where = record.get("file_name", record_name(record))
+    if record.get("points_path") and "annotations" not in record:
+        from nucleiweak_d2.data.coco import read_points_file
+
+        shape = (
+            (int(record["height"]), int(record["width"]))
+            if "height" in record and "width" in record
+            else None
+        )
+        return read_points_file(record["points_path"], shape, record_name(record)).astype(
+            np.float64
+        )
     points = []
     for k, ann in enumerate(record.get("annotations") or []):
         point = ann.get("point")
         try:
             x, y = (float(v) for v in point)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: annotation {k} has no valid 'point' [x, y] "
-                             f"(got {point!r}); points-only ground truth needs one per "
-                             f"annotation") from None
+            raise ValueError(
+                f"{where}: annotation {k} has no valid 'point' [x, y] "
+                f"(got {point!r}); points-only ground truth needs one per "
+                f"annotation"
+            ) from None
         points.append((x, y))
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     if not np.isfinite(points).all():
         raise ValueError(f"{where}: annotation points must be finite")
     if "height" in record and "width" in record and len(points):
         height, width = int(record["height"]), int(record["width"])
-        outside = ((points[:, 0] < 0) | (points[:, 0] > width - 1)
-                   | (points[:, 1] < 0) | (points[:, 1] > height - 1))
+        outside = (
+            (points[:, 0] < 0)
+            | (points[:, 0] > width - 1)
+            | (points[:, 1] < 0)
+            | (points[:, 1] > height - 1)
+        )
         if outside.any():
             k = int(np.flatnonzero(outside)[0])
-            raise ValueError(f"{where}: annotation {k} has point {points[k].tolist()} outside "
-                             f"the {height}x{width} image")
+            raise ValueError(
+                f"{where}: annotation {k} has point {points[k].tolist()} outside "
+                f"the {height}x{width} image"
+            )
     return points

@@ -115,8 +115,9 @@ class _PairDistance:
             g, p = self.gt.boxes[i], self.pred.boxes[j]
             r0, c0 = min(g[0], p[0]), min(g[1], p[1])
             r1, c1 = max(g[2], p[2]), max(g[3], p[3])
-            self.cache[key] = hausdorff_distance(self.gt.mask(i, r0, c0, r1, c1),
-                                                 self.pred.mask(j, r0, c0, r1, c1))
+            self.cache[key] = hausdorff_distance(
+                self.gt.mask(i, r0, c0, r1, c1), self.pred.mask(j, r0, c0, r1, c1)
+            )
         return self.cache[key]
 
     def nearest(self, k, from_gt):
@@ -161,12 +162,19 @@ def object_hausdorff_from_table(t):
     dist = _PairDistance(t)
     best_g = best_match(t.rows, t.cols, t.inter, n)
     best_p = best_match(t.cols, t.rows, t.inter, m)
-    h_gt = np.array([dist(i, t.cols[e]) if e >= 0 else dist.nearest(i, True)
-                     for i, e in enumerate(best_g)])
-    h_pred = np.array([dist(t.rows[e], j) if e >= 0 else dist.nearest(j, False)
-                       for j, e in enumerate(best_p)])
-    return float(0.5 * ((t.gt_area * h_gt).sum() / t.gt_area.sum()
-                        + (t.pred_area * h_pred).sum() / t.pred_area.sum()))
+    h_gt = np.array(
+        [dist(i, t.cols[e]) if e >= 0 else dist.nearest(i, True) for i, e in enumerate(best_g)]
+    )
+    h_pred = np.array(
+        [dist(t.rows[e], j) if e >= 0 else dist.nearest(j, False) for j, e in enumerate(best_p)]
+    )
+    return float(
+        0.5
+        * (
+            (t.gt_area * h_gt).sum() / t.gt_area.sum()
+            + (t.pred_area * h_pred).sum() / t.pred_area.sum()
+        )
+    )
 
 
 def object_hausdorff(gt, pred):

@@ -25,9 +25,21 @@ from .detection import detection_counts, detection_metrics
 from .hausdorff import object_hausdorff, object_hausdorff_from_table
 
 __all__ = [
-    "aji", "aji_plus", "object_dice", "object_hausdorff", "pixel_metrics", "panoptic_quality",
-    "kaggle_map", "ncs", "segmentation_metrics", "detection_counts", "detection_metrics",
-    "aggregate", "image_metrics", "contingency_table", "KAGGLE_THRESHOLDS",
+    "aji",
+    "aji_plus",
+    "object_dice",
+    "object_hausdorff",
+    "pixel_metrics",
+    "panoptic_quality",
+    "kaggle_map",
+    "ncs",
+    "segmentation_metrics",
+    "detection_counts",
+    "detection_metrics",
+    "aggregate",
+    "image_metrics",
+    "contingency_table",
+    "KAGGLE_THRESHOLDS",
 ]
 
 # IoU thresholds of the Kaggle Data Science Bowl 2018 score: 0.5, 0.55, ..., 0.95.
@@ -71,7 +83,7 @@ def _aji_plus(t):
     gt_used[t.rows[edges]] = True
     pred_used[t.cols[edges]] = True
     inter = t.inter[edges].sum()
-    union = (t.union[edges].sum() + t.gt_area[~gt_used].sum() + t.pred_area[~pred_used].sum())
+    union = t.union[edges].sum() + t.gt_area[~gt_used].sum() + t.pred_area[~pred_used].sum()
     return _ratio(inter, union, _empty(t))
 
 
@@ -85,8 +97,10 @@ def _object_dice(t):
         per_object = _gather(dice, best)
         return float((area * per_object).sum() / area.sum())
 
-    return 0.5 * (one_side(t.rows, t.cols, t.n_gt, t.gt_area)
-                  + one_side(t.cols, t.rows, t.n_pred, t.pred_area))
+    return 0.5 * (
+        one_side(t.rows, t.cols, t.n_gt, t.gt_area)
+        + one_side(t.cols, t.rows, t.n_pred, t.pred_area)
+    )
 
 
 def _pixel_metrics(t):
@@ -95,9 +109,11 @@ def _pixel_metrics(t):
     fn = int(t.gt_area.sum()) - tp
     tn = t.n_pixels - tp - fp - fn
     both_empty = tp + fp + fn == 0
-    return {"acc": (tp + tn) / t.n_pixels,
-            "f1": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
-            "iou": _ratio(tp, tp + fp + fn, both_empty)}
+    return {
+        "acc": (tp + tn) / t.n_pixels,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
+        "iou": _ratio(tp, tp + fp + fn, both_empty),
+    }
 
 
 def _panoptic_quality(t):
@@ -281,18 +297,32 @@ def segmentation_metrics(gt, pred, hausdorff=False):
     t = contingency_table(gt, pred)
     pix = _pixel_metrics(t)
     pq = _panoptic_quality(t)
-    out = {"aji": _aji(t), "aji_plus": _aji_plus(t), "dice_obj": _object_dice(t),
-           "pixel_acc": pix["acc"], "pixel_f1": pix["f1"], "pixel_iou": pix["iou"],
-           "pq": pq["pq"], "dq": pq["dq"], "sq": pq["sq"], "map_kaggle": _kaggle_map(t),
-           "ncs": _ncs(t), "n_gt": t.n_gt, "n_pred": t.n_pred,
-           "obj_tp": pq["tp"], "obj_fp": pq["fp"], "obj_fn": pq["fn"]}
+    out = {
+        "aji": _aji(t),
+        "aji_plus": _aji_plus(t),
+        "dice_obj": _object_dice(t),
+        "pixel_acc": pix["acc"],
+        "pixel_f1": pix["f1"],
+        "pixel_iou": pix["iou"],
+        "pq": pq["pq"],
+        "dq": pq["dq"],
+        "sq": pq["sq"],
+        "map_kaggle": _kaggle_map(t),
+        "ncs": _ncs(t),
+        "n_gt": t.n_gt,
+        "n_pred": t.n_pred,
+        "obj_tp": pq["tp"],
+        "obj_fp": pq["fp"],
+        "obj_fn": pq["fn"],
+    }
     if hausdorff:
         out["hausdorff_obj"] = object_hausdorff_from_table(t)
     return out
 
 
-def image_metrics(gt, pred, gt_points=None, pred_points=None, radius=11.0, method="greedy",
-                  hausdorff=False):
+def image_metrics(
+    gt, pred, gt_points=None, pred_points=None, radius=11.0, method="greedy", hausdorff=False
+):
     """Per-image record for :func:`aggregate`: segmentation and (optional) detection metrics.
 
     Parameters
@@ -319,7 +349,16 @@ def image_metrics(gt, pred, gt_points=None, pred_points=None, radius=11.0, metho
     out = segmentation_metrics(gt, pred, hausdorff=hausdorff)
     if gt_points is not None and pred_points is not None:
         det = detection_metrics(gt_points, pred_points, radius, method)
-        for key in ("tp", "fp", "fn", "precision", "recall", "f1", "dist_mean", "dist_std",
-                    "distances"):
+        for key in (
+            "tp",
+            "fp",
+            "fn",
+            "precision",
+            "recall",
+            "f1",
+            "dist_mean",
+            "dist_std",
+            "distances",
+        ):
             out[f"det_{key}"] = det[key]
     return out

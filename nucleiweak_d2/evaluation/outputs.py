@@ -18,7 +18,13 @@ be chosen on val per model (``benchmarks/feng2019_monuseg.py`` does), never on t
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["OVERLAP_RULES", "output_instance_map", "output_points", "paint_masks", "label_components"]
+__all__ = [
+    "OVERLAP_RULES",
+    "output_instance_map",
+    "output_points",
+    "paint_masks",
+    "label_components",
+]
 
 #: Overlap rules of :func:`paint_masks` (``NUCLEIWEAK.EVAL.INSTANCE_OVERLAP``).
 OVERLAP_RULES = ("score", "mask_nms")
@@ -31,8 +37,9 @@ def _to_numpy(x):
     return np.asarray(x)
 
 
-def paint_masks(masks, scores=None, threshold=0.5, *, score_thresh=0.0, overlap="score",
-                overlap_thresh=0.5):
+def paint_masks(
+    masks, scores=None, threshold=0.5, *, score_thresh=0.0, overlap="score", overlap_thresh=0.5
+):
     """Paint instance masks into one label map (a mask's pixels go to at most one instance).
 
     Parameters
@@ -117,8 +124,16 @@ def label_components(foreground, connectivity=2):
     return label.astype(np.int32)
 
 
-def output_instance_map(output, foreground_classes=(1,), connectivity=2, mask_threshold=0.5, *,
-                        score_thresh=0.0, overlap="score", overlap_thresh=0.5):
+def output_instance_map(
+    output,
+    foreground_classes=(1,),
+    connectivity=2,
+    mask_threshold=0.5,
+    *,
+    score_thresh=0.0,
+    overlap="score",
+    overlap_thresh=0.5,
+):
     """Instance label map of one model output (a dict of Detectron2's ``model(inputs)`` list).
 
     Parameters
@@ -149,8 +164,10 @@ def output_instance_map(output, foreground_classes=(1,), connectivity=2, mask_th
         if label.ndim == 3 and label.shape[0] == 1:
             label = label[0]
         if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
-            raise ValueError(f"instance_map must be an (H, W) integer tensor, got shape "
-                             f"{label.shape} and dtype {label.dtype}")
+            raise ValueError(
+                f"instance_map must be an (H, W) integer tensor, got shape "
+                f"{label.shape} and dtype {label.dtype}"
+            )
         if label.size and label.min() < 0:
             raise ValueError("instance_map holds negative ids")
         return label.astype(np.int32)
@@ -162,8 +179,14 @@ def output_instance_map(output, foreground_classes=(1,), connectivity=2, mask_th
         if len(inst) == 0:
             return np.zeros((height, width), dtype=np.int32)
         scores = inst.scores if inst.has("scores") else None
-        return paint_masks(inst.pred_masks, scores, mask_threshold, score_thresh=score_thresh,
-                           overlap=overlap, overlap_thresh=overlap_thresh)
+        return paint_masks(
+            inst.pred_masks,
+            scores,
+            mask_threshold,
+            score_thresh=score_thresh,
+            overlap=overlap,
+            overlap_thresh=overlap_thresh,
+        )
     if "sem_seg" in output:
         scores = _to_numpy(output["sem_seg"])
         if scores.ndim != 3:
@@ -173,8 +196,7 @@ def output_instance_map(output, foreground_classes=(1,), connectivity=2, mask_th
         else:
             foreground = np.isin(scores.argmax(axis=0), list(foreground_classes))
         return label_components(foreground, connectivity)
-    raise ValueError(f"model output has none of instance_map, instances, sem_seg: "
-                     f"{sorted(output)}")
+    raise ValueError(f"model output has none of instance_map, instances, sem_seg: {sorted(output)}")
 
 
 def output_points(output):

@@ -9,32 +9,78 @@ import json
 import math
 import os
 
-__all__ = ["PER_IMAGE_COLUMNS", "summary_from_aggregate", "write_per_image_csv",
-           "write_summary_json", "format_table"]
+__all__ = [
+    "PER_IMAGE_COLUMNS",
+    "summary_from_aggregate",
+    "write_per_image_csv",
+    "write_summary_json",
+    "format_table",
+]
 
 # Columns of the per-image CSV, in order (those absent from every record are left out).
 PER_IMAGE_COLUMNS = (
-    "name", "n_gt", "n_pred", "aji", "aji_plus", "dice_obj", "hausdorff_obj", "pixel_acc",
-    "pixel_f1", "pixel_iou", "pq", "dq", "sq", "map_kaggle", "ncs", "obj_tp", "obj_fp",
-    "obj_fn", "det_tp", "det_fp",
-    "det_fn", "det_precision", "det_recall", "det_f1", "det_dist_mean", "det_dist_std")
+    "name",
+    "n_gt",
+    "n_pred",
+    "aji",
+    "aji_plus",
+    "dice_obj",
+    "hausdorff_obj",
+    "pixel_acc",
+    "pixel_f1",
+    "pixel_iou",
+    "pq",
+    "dq",
+    "sq",
+    "map_kaggle",
+    "ncs",
+    "obj_tp",
+    "obj_fp",
+    "obj_fn",
+    "det_tp",
+    "det_fp",
+    "det_fn",
+    "det_precision",
+    "det_recall",
+    "det_f1",
+    "det_dist_mean",
+    "det_dist_std",
+)
 
 # Reported name -> per-image key; the summary holds the mean over images and "<name>_std".
 _SEGMENTATION_NAMES = (
-    ("AJI", "aji"), ("AJI_plus", "aji_plus"), ("Dice_obj", "dice_obj"),
-    ("Hausdorff_obj", "hausdorff_obj"), ("PQ", "pq"), ("DQ", "dq"), ("SQ", "sq"),
-    ("pixel_F1", "pixel_f1"), ("pixel_acc", "pixel_acc"), ("pixel_IoU", "pixel_iou"),
-    ("mAP_kaggle", "map_kaggle"), ("NCS", "ncs"))
+    ("AJI", "aji"),
+    ("AJI_plus", "aji_plus"),
+    ("Dice_obj", "dice_obj"),
+    ("Hausdorff_obj", "hausdorff_obj"),
+    ("PQ", "pq"),
+    ("DQ", "dq"),
+    ("SQ", "sq"),
+    ("pixel_F1", "pixel_f1"),
+    ("pixel_acc", "pixel_acc"),
+    ("pixel_IoU", "pixel_iou"),
+    ("mAP_kaggle", "map_kaggle"),
+    ("NCS", "ncs"),
+)
 
 # Reported name -> key of aggregate(): micro detection scores, per-image means, pooled stats.
 _DETECTION_NAMES = (
-    ("det_P", "det_precision"), ("det_R", "det_recall"), ("det_F1", "det_f1"),
-    ("det_P_img", "det_precision_mean"), ("det_R_img", "det_recall_mean"),
-    ("det_F1_img", "det_f1_mean"), ("det_dist_mean", "det_dist_mean"),
-    ("det_dist_std", "det_dist_std"), ("det_TP", "det_tp"), ("det_FP", "det_fp"),
+    ("det_P", "det_precision"),
+    ("det_R", "det_recall"),
+    ("det_F1", "det_f1"),
+    ("det_P_img", "det_precision_mean"),
+    ("det_R_img", "det_recall_mean"),
+    ("det_F1_img", "det_f1_mean"),
+    ("det_dist_mean", "det_dist_mean"),
+    ("det_dist_std", "det_dist_std"),
+    ("det_TP", "det_tp"),
+    ("det_FP", "det_fp"),
     ("det_FN", "det_fn"),
     # object precision / recall / F1 at IoU > 0.5 (unique matches, counts summed over images)
-    ("obj_P", "obj_precision"), ("obj_R", "obj_recall"), ("obj_F1", "obj_f1"))
+    ("obj_P", "obj_precision"),
+    ("obj_R", "obj_recall"),
+    ("obj_F1", "obj_f1"),
+)
 
 
 def summary_from_aggregate(agg):

@@ -15,7 +15,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Tuple
 
-__all__ = ["MethodSpec", "BUILTIN_METHODS", "register_method", "registered_methods", "add_methods_config"]
+__all__ = [
+    "MethodSpec",
+    "BUILTIN_METHODS",
+    "register_method",
+    "registered_methods",
+    "add_methods_config",
+]
 
 
 @dataclass(frozen=True)

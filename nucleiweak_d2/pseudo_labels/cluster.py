@@ -178,7 +178,7 @@ def cluster_label_from_features(
     bg_margin=10,
     select_radius=5,
     sample_size=50000,
-    random_state=0
+    random_state=0,
 ):
     """Cluster label from per-pixel features (shared by the Qu, Liu and PROnet variants).
 

@@ -29,7 +29,7 @@ POSITIVE_WEIGHT = 10.0
 def _check_radii(r1, r2, sigma):
     if not (r1 > 0 and r2 >= r1 and sigma > 0):
         raise ValueError(
-            f"need r1 > 0, r2 >= r1 and sigma > 0, got r1={r1}, r2={r2}, " f"sigma={sigma}"
+            f"need r1 > 0, r2 >= r1 and sigma > 0, got r1={r1}, r2={r2}, sigma={sigma}"
         )
 
 

@@ -69,8 +69,11 @@ __all__ = [
     "with_blocked_boxes",
 ]
 
-register_alias(BACKBONE_REGISTRY, "build_nucleiweak_attention_fpn_backbone",
-               build_nucleiweak_feng2019_attention_fpn_backbone)
+register_alias(
+    BACKBONE_REGISTRY,
+    "build_nucleiweak_attention_fpn_backbone",
+    build_nucleiweak_feng2019_attention_fpn_backbone,
+)
 register_alias(PROPOSAL_GENERATOR_REGISTRY, "NucleiWeakPartialRPN", NucleiWeakFeng2019RPN)
 register_alias(ROI_HEADS_REGISTRY, "NucleiWeakPartialROIHeads", NucleiWeakFeng2019ROIHeads)
 register_alias(META_ARCH_REGISTRY, "NucleiWeakPartialRCNN", NucleiWeakFeng2019RCNN)

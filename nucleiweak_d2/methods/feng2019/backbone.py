@@ -41,11 +41,15 @@ class AttentionFPN(FPN):
         super().__init__(**kwargs)
         unknown = set(attention_levels) - set(self._out_features)
         if unknown:
-            raise ValueError(f"attention levels {sorted(unknown)} not in FPN outputs {self._out_features}")
+            raise ValueError(
+                f"attention levels {sorted(unknown)} not in FPN outputs {self._out_features}"
+            )
         self.attention_levels = list(attention_levels)
         self.attention = nn.ModuleDict(
             {
-                f: DecomposedSelfAttention(self._out_feature_channels[f], basis_channels, value_channels)
+                f: DecomposedSelfAttention(
+                    self._out_feature_channels[f], basis_channels, value_channels
+                )
                 for f in self.attention_levels
             }
         )

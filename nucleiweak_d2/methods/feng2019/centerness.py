@@ -199,7 +199,10 @@ class CenternessBoxHead(nn.Module):
         self.batch_size_per_batch = batch_size_per_batch
         self.positive_fraction = positive_fraction
         self.smooth_l1_beta = smooth_l1_beta
-        self.loss_weights = {"loss_centerness": centerness_loss_weight, "loss_center_box": box_loss_weight}
+        self.loss_weights = {
+            "loss_centerness": centerness_loss_weight,
+            "loss_center_box": box_loss_weight,
+        }
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.max_boxes = max_boxes
@@ -240,8 +243,10 @@ class CenternessBoxHead(nn.Module):
         """
         conv = conv if conv is not None else self.conv
         if conv is None:
-            raise ValueError("this CenternessBoxHead has no convolution of its own (own_conv=False): "
-                             "pass the shared one, e.g. the RPN head's conv")
+            raise ValueError(
+                "this CenternessBoxHead has no convolution of its own (own_conv=False): "
+                "pass the shared one, e.g. the RPN head's conv"
+            )
         x = F.relu(conv(feature))
         return self.centerness(x), self.box_deltas(x)
 
@@ -252,7 +257,9 @@ class CenternessBoxHead(nn.Module):
         xs = (torch.arange(wf, device=device, dtype=torch.float32) + 0.5) * self.stride
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")
         aw, ah = self.anchor_size
-        return torch.stack([cx - aw / 2, cy - ah / 2, cx + aw / 2, cy + ah / 2], dim=-1).reshape(-1, 4)
+        return torch.stack([cx - aw / 2, cy - ah / 2, cx + aw / 2, cy + ah / 2], dim=-1).reshape(
+            -1, 4
+        )
 
     def losses(self, logits, deltas, gt_instances):
         """Centerness BCE and centre-box smooth-L1 over the sampled locations of the batch.
@@ -271,12 +278,20 @@ class CenternessBoxHead(nn.Module):
         """
         feature_size = tuple(logits.shape[-2:])
         targets = [
-            centerness_targets(g.gt_boxes.tensor, union_of_masks(g), feature_size, self.stride, self.center_fraction)
+            centerness_targets(
+                g.gt_boxes.tensor,
+                union_of_masks(g),
+                feature_size,
+                self.stride,
+                self.center_fraction,
+            )
             for g in gt_instances
         ]
         labels = torch.stack([t[0] for t in targets]).flatten()
         target_boxes = torch.stack([t[1] for t in targets]).reshape(-1, 4)
-        pos_idx, neg_idx = subsample_labels(labels, self.batch_size_per_batch, self.positive_fraction, 0)
+        pos_idx, neg_idx = subsample_labels(
+            labels, self.batch_size_per_batch, self.positive_fraction, 0
+        )
         sampled = torch.cat([pos_idx, neg_idx])
         normalizer = max(sampled.numel(), 1)
         loss_ctr = F.binary_cross_entropy_with_logits(
@@ -286,7 +301,10 @@ class CenternessBoxHead(nn.Module):
         target_deltas = self.box2box_transform.get_deltas(anchors[pos_idx], target_boxes[pos_idx])
         pred_deltas = deltas.permute(0, 2, 3, 1).reshape(-1, 4)[pos_idx]
         loss_box = smooth_l1_loss(pred_deltas, target_deltas, self.smooth_l1_beta, reduction="sum")
-        losses = {"loss_centerness": loss_ctr / normalizer, "loss_center_box": loss_box / normalizer}
+        losses = {
+            "loss_centerness": loss_ctr / normalizer,
+            "loss_center_box": loss_box / normalizer,
+        }
         return {k: v * self.loss_weights[k] for k, v in losses.items()}
 
     @torch.no_grad()
@@ -328,7 +346,9 @@ class CenternessBoxHead(nn.Module):
             rows = torch.as_tensor(peaks[:, 0], device=logits.device, dtype=torch.long)
             cols = torch.as_tensor(peaks[:, 1], device=logits.device, dtype=torch.long)
             cell_deltas = deltas[i][:, rows, cols].t()
-            boxes = Boxes(self.box2box_transform.apply_deltas(cell_deltas, anchors[rows * wf + cols]))
+            boxes = Boxes(
+                self.box2box_transform.apply_deltas(cell_deltas, anchors[rows * wf + cols])
+            )
             boxes.clip((h, w))
             scores = prob[rows, cols]
             keep = boxes.nonempty()

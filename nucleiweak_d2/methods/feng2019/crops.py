@@ -87,7 +87,9 @@ def crop_fully_annotated(image, label, area_fraction, seed):
         raise ValueError(f"image {image.shape[:2]} and label {label.shape} must share (H, W)")
     if not np.issubdtype(label.dtype, np.integer):
         raise ValueError(f"label must be an integer instance map, got dtype {label.dtype}")
-    y0, x0, h, w = crop_window(label.shape[0], label.shape[1], area_fraction, np.random.default_rng(seed))
+    y0, x0, h, w = crop_window(
+        label.shape[0], label.shape[1], area_fraction, np.random.default_rng(seed)
+    )
     label_crop = label[y0 : y0 + h, x0 : x0 + w]
     ids, inverse = np.unique(label_crop, return_inverse=True)
     renumber = np.arange(len(ids)) + (0 if ids[0] == 0 else 1)

@@ -141,7 +141,9 @@ def _gt_boxes(record, target):
     return boxes[labeled], boxes[~labeled]
 
 
-def evaluate_pseudo_boxes(model, records, mapper, score_threshs=None, iou=0.5, target="unannotated"):
+def evaluate_pseudo_boxes(
+    model, records, mapper, score_threshs=None, iou=0.5, target="unannotated"
+):
     """Pseudo-box quality of a ``NucleiWeakFeng2019RCNN`` on dataset records, summed over images.
 
     Parameters
@@ -176,7 +178,10 @@ def evaluate_pseudo_boxes(model, records, mapper, score_threshs=None, iou=0.5, t
             annotated, unannotated = _gt_boxes(record, target)
             for t, (inst,) in found.items():
                 rows.setdefault(t, []).append(
-                    pseudo_box_quality(inst.pred_boxes, unannotated, iou, gt_boxes_annotated=annotated))
+                    pseudo_box_quality(
+                        inst.pred_boxes, unannotated, iou, gt_boxes_annotated=annotated
+                    )
+                )
     finally:
         model.train(was_training)
     return {t: sum_quality(r) for t, r in rows.items()}

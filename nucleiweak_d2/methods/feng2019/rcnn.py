@@ -79,19 +79,28 @@ class NucleiWeakFeng2019RCNN(GeneralizedRCNN):
     ):
         super().__init__(**kwargs)
         if block_false_negatives:
-            for name, module in (("proposal generator", self.proposal_generator), ("ROI heads", self.roi_heads)):
+            for name, module in (
+                ("proposal generator", self.proposal_generator),
+                ("ROI heads", self.roi_heads),
+            ):
                 if not getattr(module, "supports_blocked_boxes", False):
                     raise ValueError(
                         f"block_false_negatives needs a {name} accepting blocked_boxes "
                         f"(NucleiWeakFeng2019RPN / NucleiWeakFeng2019ROIHeads), got {type(module).__name__}"
                     )
-        if share_rpn_conv and not isinstance(getattr(getattr(self.proposal_generator, "rpn_head", None), "conv", None),
-                                             torch.nn.Module):
-            raise ValueError("share_rpn_conv needs a proposal generator with an rpn_head.conv "
-                             f"(Detectron2's StandardRPNHead), got {type(self.proposal_generator).__name__}")
+        if share_rpn_conv and not isinstance(
+            getattr(getattr(self.proposal_generator, "rpn_head", None), "conv", None),
+            torch.nn.Module,
+        ):
+            raise ValueError(
+                "share_rpn_conv needs a proposal generator with an rpn_head.conv "
+                f"(Detectron2's StandardRPNHead), got {type(self.proposal_generator).__name__}"
+            )
         if share_rpn_conv != (centerness_head.conv is None):
-            raise ValueError(f"share_rpn_conv={share_rpn_conv} needs a centerness head "
-                             f"{'without' if share_rpn_conv else 'with'} its own conv (own_conv)")
+            raise ValueError(
+                f"share_rpn_conv={share_rpn_conv} needs a centerness head "
+                f"{'without' if share_rpn_conv else 'with'} its own conv (own_conv)"
+            )
         self.centerness_head = centerness_head
         self.share_rpn_conv = share_rpn_conv
         self.dilate_masks = dilate_masks
@@ -110,8 +119,10 @@ class NucleiWeakFeng2019RCNN(GeneralizedRCNN):
             rpn_head = getattr(ret["proposal_generator"], "rpn_head", None)
             logits = getattr(rpn_head, "objectness_logits", None)
             if not isinstance(logits, torch.nn.Conv2d):
-                raise ValueError("NUCLEIWEAK.FENG2019.SHARE_RPN_CONV needs Detectron2's StandardRPNHead "
-                                 f"(MODEL.RPN.HEAD_NAME), got {type(rpn_head).__name__}")
+                raise ValueError(
+                    "NUCLEIWEAK.FENG2019.SHARE_RPN_CONV needs Detectron2's StandardRPNHead "
+                    f"(MODEL.RPN.HEAD_NAME), got {type(rpn_head).__name__}"
+                )
             head_args["conv_dim"] = logits.in_channels
         ret.update(
             centerness_head=CenternessBoxHead(cfg, shape, **head_args),
@@ -145,9 +156,15 @@ class NucleiWeakFeng2019RCNN(GeneralizedRCNN):
         if self.block_false_negatives:
             pseudo = self.centerness_head.predict_boxes(logits, deltas, images.image_sizes)
             blocked = [p.pred_boxes for p in pseudo]
-            get_event_storage().put_scalar("feng2019/num_pseudo_boxes", sum(len(b) for b in blocked) / len(blocked))
-            proposals, proposal_losses = self.proposal_generator(images, features, gt_instances, blocked_boxes=blocked)
-            _, detector_losses = self.roi_heads(images, features, proposals, gt_instances, blocked_boxes=blocked)
+            get_event_storage().put_scalar(
+                "feng2019/num_pseudo_boxes", sum(len(b) for b in blocked) / len(blocked)
+            )
+            proposals, proposal_losses = self.proposal_generator(
+                images, features, gt_instances, blocked_boxes=blocked
+            )
+            _, detector_losses = self.roi_heads(
+                images, features, proposals, gt_instances, blocked_boxes=blocked
+            )
         else:
             proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
             _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
@@ -168,7 +185,9 @@ class NucleiWeakFeng2019RCNN(GeneralizedRCNN):
             proposals, _ = self.proposal_generator(images, features, None)
             logits, deltas = self.centerness(features)
             pseudo = self.centerness_head.predict_boxes(logits, deltas, images.image_sizes)
-            proposals = [Instances.cat([p, self.as_proposals(q)]) for p, q in zip(proposals, pseudo)]
+            proposals = [
+                Instances.cat([p, self.as_proposals(q)]) for p, q in zip(proposals, pseudo)
+            ]
             results, _ = self.roi_heads(images, features, proposals, None)
             if not do_postprocess:
                 return results
@@ -199,7 +218,9 @@ class NucleiWeakFeng2019RCNN(GeneralizedRCNN):
         """
         images = self.preprocess_image(batched_inputs)
         logits, deltas = self.centerness(self.backbone(images.tensor))
-        threshs = [self.centerness_head.score_thresh] if score_threshs is None else list(score_threshs)
+        threshs = (
+            [self.centerness_head.score_thresh] if score_threshs is None else list(score_threshs)
+        )
         out = {}
         for t in threshs:
             per_image = self.centerness_head.predict_boxes(logits, deltas, images.image_sizes, t)

@@ -48,7 +48,9 @@ class NucleiWeakFeng2019ROIHeads(StandardROIHeads):
                 annotated, ignored = split_ignored(t)
                 if b is not None:
                     ignored = Boxes.cat([ignored, Boxes(b.tensor.to(ignored.device))])
-                filtered.append(p[~self.blocked_mask(p.proposal_boxes, annotated.gt_boxes, ignored)])
+                filtered.append(
+                    p[~self.blocked_mask(p.proposal_boxes, annotated.gt_boxes, ignored)]
+                )
                 annotated_targets.append(annotated)
             proposals, targets = filtered, annotated_targets
         return super().forward(images, features, proposals, targets)

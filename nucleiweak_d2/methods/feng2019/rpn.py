@@ -49,7 +49,10 @@ def with_blocked_boxes(instances, blocked):
     out = Instances(instances.image_size)
     out.gt_boxes = Boxes.cat([annotated.gt_boxes, blocked])
     out.gt_ignore = torch.cat(
-        [torch.zeros(len(annotated), dtype=torch.bool, device=device), torch.ones(len(blocked), dtype=torch.bool, device=device)]
+        [
+            torch.zeros(len(annotated), dtype=torch.bool, device=device),
+            torch.ones(len(blocked), dtype=torch.bool, device=device),
+        ]
     )
     return out
 
@@ -64,7 +67,9 @@ class NucleiWeakFeng2019RPN(RPN):
 
     supports_blocked_boxes = True
 
-    def forward(self, images, features, gt_instances=None, blocked_boxes: Optional[List[Boxes]] = None):
+    def forward(
+        self, images, features, gt_instances=None, blocked_boxes: Optional[List[Boxes]] = None
+    ):
         """``RPN.forward``, with ``blocked_boxes`` (one ``Boxes`` per image) used in training."""
         if self.training and gt_instances is not None and blocked_boxes is not None:
             gt_instances = [with_blocked_boxes(g, b) for g, b in zip(gt_instances, blocked_boxes)]

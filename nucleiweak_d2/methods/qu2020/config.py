@@ -88,5 +88,9 @@ def add_qu2020_config(cfg):
     for old, new in RENAMED_KEYS.items():
         _C.register_renamed_key(old, new)
     for old in REMOVED_KEYS:
-        _C.register_renamed_key(old, "(removed)", "the pipeline passes it to the mapper or model "
-                                "as a constructor argument; it is not a user setting")
+        _C.register_renamed_key(
+            old,
+            "(removed)",
+            "the pipeline passes it to the mapper or model "
+            "as a constructor argument; it is not a user setting",
+        )

@@ -43,8 +43,9 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
     """
 
     @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir="",
-                 points_file=""):
+    def __init__(
+        self, is_train=True, *, augmentations, image_format="RGB", cache_dir="", points_file=""
+    ):
         """
         Parameters
         ----------
@@ -58,8 +59,9 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
             JSON ``{image_id: [[x, y], ...]}``; "" uses the annotated points (the pipeline
             passes its merged annotated + detected points).
         """
-        super().__init__(is_train, augmentations=augmentations, image_format=image_format,
-                         cache_dir=cache_dir)
+        super().__init__(
+            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+        )
         self.points_by_image = None
         if points_file and is_train:  # test time needs only the image
             with open(points_file) as f:
@@ -73,12 +75,16 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
         if len(pts) == 0:
             ignore = np.full(image.shape[:2], 2, dtype=np.uint8)
             return {"voronoi": ignore, "cluster": ignore.copy()}
-        return {"voronoi": voronoi_label(pts, image.shape[:2]).astype(np.uint8),
-                "cluster": cluster_label(image, pts).astype(np.uint8)}
+        return {
+            "voronoi": voronoi_label(pts, image.shape[:2]).astype(np.uint8),
+            "cluster": cluster_label(image, pts).astype(np.uint8),
+        }
 
     def _put(self, d, maps, transforms, shape):
         maps = _moved(maps, transforms)
-        d["sem_seg"] = torch.as_tensor(np.stack([maps["voronoi"], maps["cluster"]]).astype(np.int64))
+        d["sem_seg"] = torch.as_tensor(
+            np.stack([maps["voronoi"], maps["cluster"]]).astype(np.int64)
+        )
 
 
 @NUCLEIWEAK_MAPPER_REGISTRY.register()
@@ -94,8 +100,19 @@ class NucleiWeakQu2020DetMapper(CachedTargetsMapper):
     """
 
     @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir="",
-                 r1=11.0, r2=22.0, sigma=2.75, fg_weight=10.0, background_dir=""):
+    def __init__(
+        self,
+        is_train=True,
+        *,
+        augmentations,
+        image_format="RGB",
+        cache_dir="",
+        r1=11.0,
+        r2=22.0,
+        sigma=2.75,
+        fg_weight=10.0,
+        background_dir="",
+    ):
         """
         Parameters
         ----------
@@ -109,8 +126,9 @@ class NucleiWeakQu2020DetMapper(CachedTargetsMapper):
             Background maps of the previous round; "" for the initial round (the pipeline
             passes it).
         """
-        super().__init__(is_train, augmentations=augmentations, image_format=image_format,
-                         cache_dir=cache_dir)
+        super().__init__(
+            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+        )
         self.r1, self.r2, self.sigma = float(r1), float(r2), float(sigma)
         self.fg_weight = float(fg_weight)
         self.background_dir = str(background_dir)
@@ -126,16 +144,22 @@ class NucleiWeakQu2020DetMapper(CachedTargetsMapper):
         from ...pseudo_labels.detection import extended_gaussian_target
 
         shape = image.shape[:2]
-        target, weight = extended_gaussian_target(record_points(record), shape, r1=self.r1,
-                                                  r2=self.r2, sigma=self.sigma,
-                                                  positive_weight=self.fg_weight)
+        target, weight = extended_gaussian_target(
+            record_points(record),
+            shape,
+            r1=self.r1,
+            r2=self.r2,
+            sigma=self.sigma,
+            positive_weight=self.fg_weight,
+        )
         if self.background_dir:
             from ...data.io import read_label
 
             bg = read_label(Path(self.background_dir) / f"{cache_key(record)}.png") > 0
             if bg.shape != shape:
-                raise ValueError(f"background map of {record['file_name']} is {bg.shape}, "
-                                 f"image is {shape}")
+                raise ValueError(
+                    f"background map of {record['file_name']} is {bg.shape}, image is {shape}"
+                )
             new_bg = bg & (weight == 0)
             target[new_bg] = 0.0
             weight[new_bg] = 1.0

@@ -55,8 +55,10 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         self.q = cfg.NUCLEIWEAK.QU2020
         self.rounds = int(self.q.DET.ROUNDS)
         if self.q.DET.SELECT_ROUND not in ("last", "best_val"):
-            raise ValueError("NUCLEIWEAK.QU2020.DET.SELECT_ROUND must be 'last' or 'best_val', "
-                             f"got {self.q.DET.SELECT_ROUND!r}")
+            raise ValueError(
+                "NUCLEIWEAK.QU2020.DET.SELECT_ROUND must be 'last' or 'best_val', "
+                f"got {self.q.DET.SELECT_ROUND!r}"
+            )
 
     # ------------------------------------------------------------------ stage configs
     def stage_cfg(self, stage, arch):
@@ -80,11 +82,15 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
     def det_cfg(self, k):
         """``(cfg, trainer)`` of detection round ``k`` (round k > 0 reads round k - 1's background)."""
         bg = str(self.stage_dir(f"det_round{k - 1}") / "background") if k > 0 else ""
-        return self.stage_cfg(f"det_round{k}", DET_ARCH), Trainer.with_overrides(mapper={"background_dir": bg})
+        return self.stage_cfg(f"det_round{k}", DET_ARCH), Trainer.with_overrides(
+            mapper={"background_dir": bg}
+        )
 
     def _seg_trainer(self, **model):
-        mapper = {"points_file": str(self.stage_dir("detect") / "points_merged.json"),
-                  "cache_dir": str(self.stage_dir("pseudo_labels") / "labels")}
+        mapper = {
+            "points_file": str(self.stage_dir("detect") / "points_merged.json"),
+            "cache_dir": str(self.stage_dir("pseudo_labels") / "labels"),
+        }
         return Trainer.with_overrides(mapper=mapper, model=model)
 
     def seg_cfg(self):
@@ -101,15 +107,22 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         """The segmentor of the last stage; at test time it needs nothing an earlier stage wrote."""
         stage = "crf" if self.q.CRF.MAX_ITER > 0 else "seg"
         c = self.stage_cfg(stage, SEG_ARCH)
-        c.NUCLEIWEAK.COCO_EVAL = bool(self.cfg.NUCLEIWEAK.COCO_EVAL and self.cfg.NUCLEIWEAK.UNET.OUTPUT_INSTANCES)
+        c.NUCLEIWEAK.COCO_EVAL = bool(
+            self.cfg.NUCLEIWEAK.COCO_EVAL and self.cfg.NUCLEIWEAK.UNET.OUTPUT_INSTANCES
+        )
         return c, Trainer, self.best_weights(self.stage_dir(stage))
 
     # ------------------------------------------------------------------ stages
     def stages(self):
-        stages = [Stage(f"det_round{k}", lambda k=k: self.detection_round(k), seed_offset=k)
-                  for k in range(self.rounds + 1)]
-        stages += [Stage("detect", self.detect_and_merge), Stage("pseudo_labels", self.pseudo_labels),
-                   Stage("seg", self.segmentation, seed_offset=100)]
+        stages = [
+            Stage(f"det_round{k}", lambda k=k: self.detection_round(k), seed_offset=k)
+            for k in range(self.rounds + 1)
+        ]
+        stages += [
+            Stage("detect", self.detect_and_merge),
+            Stage("pseudo_labels", self.pseudo_labels),
+            Stage("seg", self.segmentation, seed_offset=100),
+        ]
         if self.q.CRF.MAX_ITER > 0:
             stages.append(Stage("crf", self.crf_finetuning, seed_offset=101))
         return stages
@@ -119,8 +132,13 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         weights = self.train(c, self.q.DET.SELECT_METRIC, trainer)
         info = {"weights": weights}
         if self.q.DET.SELECT_ROUND == "best_val" and self.val_set:
-            res = self.evaluate(c, self.load_model(c, weights, trainer), self.val_set,
-                                self.stage_dir(f"det_round{k}") / "inference" / self.val_set, trainer)
+            res = self.evaluate(
+                c,
+                self.load_model(c, weights, trainer),
+                self.val_set,
+                self.stage_dir(f"det_round{k}") / "inference" / self.val_set,
+                trainer,
+            )
             task, _, key = self.q.DET.SELECT_METRIC.partition("/")
             info["val_score"] = float(res[task][key]) if res else None
         if k < self.rounds:
@@ -129,12 +147,23 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
 
             def save_background(inp, out):
                 prob = out["prob"].cpu().numpy().clip(0, 1)
-                bg = propagated_background(prob, r1=self.q.DET.R1, low=self.q.DET.BG_LOW,
-                                           high=self.q.DET.BG_HIGH, min_area=min_area)
+                bg = propagated_background(
+                    prob,
+                    r1=self.q.DET.R1,
+                    low=self.q.DET.BG_LOW,
+                    high=self.q.DET.BG_HIGH,
+                    min_area=min_area,
+                )
                 write_mask_png(bg_dir / f"{cache_key(inp)}.png", bg)
 
-            self.infer(c, self.load_model(c, weights, trainer), self.train_set, save_background,
-                       trainer, gather=False)
+            self.infer(
+                c,
+                self.load_model(c, weights, trainer),
+                self.train_set,
+                save_background,
+                trainer,
+                gather=False,
+            )
         return info
 
     def selected_round(self):
@@ -149,14 +178,18 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
             return self.rounds
         scores = [self.stage_info(f"det_round{k}").get("val_score") for k in range(self.rounds + 1)]
         best = int(np.argmax([float("-inf") if s is None else s for s in scores]))
-        logger.info("detection rounds' val %s: %s -> round %d", self.q.DET.SELECT_METRIC, scores, best)
+        logger.info(
+            "detection rounds' val %s: %s -> round %d", self.q.DET.SELECT_METRIC, scores, best
+        )
         return best
 
     def detect_and_merge(self):
         k = self.selected_round()
         c, trainer = self.det_cfg(k)
         model = self.load_model(c, self.best_weights(self.stage_dir(f"det_round{k}")), trainer)
-        detected = self.infer(c, model, self.train_set, lambda inp, out: out["pred_points"].cpu().numpy(), trainer)
+        detected = self.infer(
+            c, model, self.train_set, lambda inp, out: out["pred_points"].cpu().numpy(), trainer
+        )
         info = {"round": k}
         if detected:  # main process
             merged, n_ann, n_det = {}, 0, 0
@@ -172,7 +205,9 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
             write_json(out / "points_detected.json", {k: v.tolist() for k, v in detected.items()})
             write_json(out / "points_merged.json", merged)
             info.update(annotated_points=n_ann, added_detections=n_det)
-            logger.info("detect: %d annotated points, %d detections added (round %d)", n_ann, n_det, k)
+            logger.info(
+                "detect: %d annotated points, %d detections added (round %d)", n_ann, n_det, k
+            )
         return info
 
     def pseudo_labels(self):
@@ -209,7 +244,9 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         for ds in dict.fromkeys([self.val_set, *self.eval_sets]):
             if ds:
                 res = self.evaluate(c, model, ds, out_dir / "detection" / ds, trainer)
-                metrics[ds] = {m: v for m, v in res.get("nuclei", {}).items() if m.startswith("det_")}
+                metrics[ds] = {
+                    m: v for m, v in res.get("nuclei", {}).items() if m.startswith("det_")
+                }
         return {"detection": metrics}
 
 

@@ -7,8 +7,8 @@ Importing this package registers:
 """
 
 from .resnet_encoder import NucleiWeakResNet, build_nucleiweak_resnet_backbone
-from .unet_head import NucleiWeakUNetHead, ignore_aware_cross_entropy
 from .tiling import sliding_window_apply
+from .unet_head import NucleiWeakUNetHead, ignore_aware_cross_entropy
 
 __all__ = [
     "NucleiWeakResNet",

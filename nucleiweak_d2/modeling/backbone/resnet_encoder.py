@@ -35,8 +35,9 @@ class NucleiWeakResNet(ResNet):
     def __init__(self, stem, stages, num_classes=None, out_features=None, freeze_at=0):
         if not isinstance(stem, BasicStem):
             raise TypeError(f"NucleiWeakResNet needs a BasicStem, got {type(stem).__name__}")
-        super().__init__(stem, stages, num_classes=num_classes, out_features=out_features,
-                         freeze_at=freeze_at)
+        super().__init__(
+            stem, stages, num_classes=num_classes, out_features=out_features, freeze_at=freeze_at
+        )
         self._out_feature_strides["stem"] = 2
 
     @property
@@ -70,8 +71,9 @@ class NucleiWeakResNet(ResNet):
 
     def output_shape(self):
         return {
-            name: ShapeSpec(channels=self._out_feature_channels[name],
-                            stride=self._out_feature_strides[name])
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
             for name in self._out_features
         }
 
@@ -86,9 +88,16 @@ def _narrow_basic_stages(depth, in_channels, res2_channels, norm):
     stages, out_channels = [], res2_channels
     for idx, n in enumerate(_BLOCKS_PER_STAGE[depth]):
         stride = 1 if idx == 0 else 2
-        stages.append(ResNet.make_stage(BasicBlock, n, in_channels=in_channels,
-                                        out_channels=out_channels,
-                                        stride_per_block=[stride] + [1] * (n - 1), norm=norm))
+        stages.append(
+            ResNet.make_stage(
+                BasicBlock,
+                n,
+                in_channels=in_channels,
+                out_channels=out_channels,
+                stride_per_block=[stride] + [1] * (n - 1),
+                norm=norm,
+            )
+        )
         in_channels, out_channels = out_channels, out_channels * 2
     return stages
 
@@ -114,12 +123,14 @@ def build_nucleiweak_resnet_backbone(cfg, input_shape):
     if r.DEPTH not in (18, 34, 50):
         raise ValueError(f"MODEL.RESNETS.DEPTH must be 18, 34 or 50, got {r.DEPTH}")
     if r.DEPTH in (18, 34) and r.RES2_OUT_CHANNELS != 64:
-        stem = BasicStem(in_channels=input_shape.channels, out_channels=r.STEM_OUT_CHANNELS,
-                         norm=r.NORM)
+        stem = BasicStem(
+            in_channels=input_shape.channels, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM
+        )
         stages = _narrow_basic_stages(r.DEPTH, r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS, r.NORM)
     else:
         base = build_resnet_backbone(cfg, input_shape)
         stem = base.stem
         stages = [list(stage.children()) for stage in base.stages]
-    return NucleiWeakResNet(stem, stages, out_features=list(r.OUT_FEATURES),
-                            freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return NucleiWeakResNet(
+        stem, stages, out_features=list(r.OUT_FEATURES), freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
+    )

@@ -47,7 +47,9 @@ def sliding_window_apply(fn, image, tile, overlap, size_divisibility=1):
         ``(1, K, H, W)``; where tiles overlap, their outputs are averaged.
     """
     if image.dim() != 4 or image.shape[0] != 1:
-        raise ValueError(f"sliding_window_apply takes a (1, C, H, W) image, got {tuple(image.shape)}")
+        raise ValueError(
+            f"sliding_window_apply takes a (1, C, H, W) image, got {tuple(image.shape)}"
+        )
     div = max(int(size_divisibility), 1)
 
     def run(x):
@@ -65,9 +67,9 @@ def sliding_window_apply(fn, image, tile, overlap, size_divisibility=1):
     total, count = None, torch.zeros((1, 1, H, W), device=image.device)
     for y in tile_starts(H, tile, step):
         for x in tile_starts(W, tile, step):
-            out = run(image[..., y:y + tile, x:x + tile])
+            out = run(image[..., y : y + tile, x : x + tile])
             if total is None:
                 total = torch.zeros((1, out.shape[1], H, W), dtype=out.dtype, device=image.device)
-            total[..., y:y + out.shape[-2], x:x + out.shape[-1]] += out
-            count[..., y:y + out.shape[-2], x:x + out.shape[-1]] += 1
+            total[..., y : y + out.shape[-2], x : x + out.shape[-1]] += out
+            count[..., y : y + out.shape[-2], x : x + out.shape[-1]] += 1
     return total / count

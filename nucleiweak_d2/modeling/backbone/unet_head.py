@@ -31,8 +31,9 @@ def ignore_aware_cross_entropy(logits, target, ignore_value):
         ``F.cross_entropy(reduction="mean")`` would return NaN.
     """
     valid = target != ignore_value
-    loss = F.cross_entropy(logits.float(), target.long(), reduction="none",
-                           ignore_index=ignore_value)
+    loss = F.cross_entropy(
+        logits.float(), target.long(), reduction="none", ignore_index=ignore_value
+    )
     return loss.sum() / valid.sum().clamp(min=1)
 
 
@@ -47,9 +48,15 @@ class _UpBlock(nn.Module):
             self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=scale, stride=scale)
         convs = []
         for k in range(2):
-            conv = Conv2d(out_channels + skip_channels if k == 0 else out_channels, out_channels,
-                          kernel_size=3, padding=1, bias=not norm,
-                          norm=get_norm(norm, out_channels), activation=F.relu)
+            conv = Conv2d(
+                out_channels + skip_channels if k == 0 else out_channels,
+                out_channels,
+                kernel_size=3,
+                padding=1,
+                bias=not norm,
+                norm=get_norm(norm, out_channels),
+                activation=F.relu,
+            )
             weight_init.c2_msra_fill(conv)
             convs.append(conv)
         self.convs = nn.Sequential(*convs)
@@ -117,8 +124,10 @@ class NucleiWeakUNetHead(nn.Module):
         if not shapes:
             raise ValueError("NucleiWeakUNetHead(input_shape=) cannot be empty")
         if len(decoder_channels) != len(shapes):
-            raise ValueError(f"decoder_channels needs {len(shapes)} entries (one per feature "
-                             f"{[k for k, _ in shapes]}), got {list(decoder_channels)}")
+            raise ValueError(
+                f"decoder_channels needs {len(shapes)} entries (one per feature "
+                f"{[k for k, _ in shapes]}), got {list(decoder_channels)}"
+            )
         self.in_features = [k for k, _ in shapes]
         self.num_classes = num_classes
         self.ignore_value = ignore_value
@@ -131,13 +140,17 @@ class NucleiWeakUNetHead(nn.Module):
         for (name, spec), out_ch in zip(reversed(shapes[:-1]), decoder_channels):
             if stride % spec.stride:
                 raise ValueError(f"stride {stride} is not a multiple of {name}'s {spec.stride}")
-            blocks.append(_UpBlock(in_ch, spec.channels, out_ch, stride // spec.stride, norm,
-                                   dropout))
+            blocks.append(
+                _UpBlock(in_ch, spec.channels, out_ch, stride // spec.stride, norm, dropout)
+            )
             in_ch, stride = out_ch, spec.stride
         self.blocks = nn.ModuleList(blocks)
         last = decoder_channels[-1]
-        self.final_up = (nn.ConvTranspose2d(in_ch, last, kernel_size=stride, stride=stride)
-                         if stride > 1 else Conv2d(in_ch, last, kernel_size=1))
+        self.final_up = (
+            nn.ConvTranspose2d(in_ch, last, kernel_size=stride, stride=stride)
+            if stride > 1
+            else Conv2d(in_ch, last, kernel_size=1)
+        )
         # No norm / ReLU at stride 1: a BN-ReLU there can switch off every unit on the (dark,
         # minority) nucleus pixels, leaving their logits equal to the bias; the ReLU before the
         # predictor then acts on un-normalised features, which keeps it alive.
@@ -192,13 +205,18 @@ class NucleiWeakUNetHead(nn.Module):
             (already weighted; Detectron2 sums the dict).
         """
         if targets.dim() == 3:
-            return {"loss_sem_seg": self.loss_weight * ignore_aware_cross_entropy(
-                predictions, targets, self.ignore_value)}
+            return {
+                "loss_sem_seg": self.loss_weight
+                * ignore_aware_cross_entropy(predictions, targets, self.ignore_value)
+            }
         if targets.shape[1] != len(self.target_weights):
-            raise ValueError(f"{targets.shape[1]} target maps but {len(self.target_weights)} "
-                             f"target weights {self.target_weights}")
+            raise ValueError(
+                f"{targets.shape[1]} target maps but {len(self.target_weights)} "
+                f"target weights {self.target_weights}"
+            )
         return {
-            f"loss_sem_seg_t{k}": self.loss_weight * w * ignore_aware_cross_entropy(
-                predictions, targets[:, k], self.ignore_value)
+            f"loss_sem_seg_t{k}": self.loss_weight
+            * w
+            * ignore_aware_cross_entropy(predictions, targets[:, k], self.ignore_value)
             for k, w in enumerate(self.target_weights)
         }

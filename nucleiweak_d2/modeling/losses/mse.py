@@ -1,7 +1,5 @@
 """Weighted MSE of a probability map against a dense target (plain torch, no cfg)."""
 
-import torch
-
 __all__ = ["weighted_mse_loss"]
 
 
@@ -26,8 +24,10 @@ def weighted_mse_loss(prob, target, weight):
         Scalar; 0 (attached to the graph) when every pixel is ignored.
     """
     if prob.shape != target.shape or prob.shape != weight.shape:
-        raise ValueError(f"prob {tuple(prob.shape)}, target {tuple(target.shape)} and weight "
-                         f"{tuple(weight.shape)} must have the same shape")
+        raise ValueError(
+            f"prob {tuple(prob.shape)}, target {tuple(target.shape)} and weight "
+            f"{tuple(weight.shape)} must have the same shape"
+        )
     weight = weight.to(prob.dtype)
     n = (weight > 0).sum().clamp(min=1)
     return (weight * (prob - target.to(prob.dtype)) ** 2).sum() / n

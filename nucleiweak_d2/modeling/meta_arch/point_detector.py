@@ -34,8 +34,9 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
     """
 
     @configurable
-    def __init__(self, *, threshold=0.35, min_area=12, max_area=200, tile=0, tile_overlap=80,
-                 **kwargs):
+    def __init__(
+        self, *, threshold=0.35, min_area=12, max_area=200, tile=0, tile_overlap=80, **kwargs
+    ):
         """
         Parameters
         ----------
@@ -56,13 +57,19 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
     @classmethod
     def from_config(cls, cfg):
         if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES != 1:
-            raise ValueError("NucleiWeakUNetPointDetector needs MODEL.SEM_SEG_HEAD.NUM_CLASSES = 1, got "
-                             f"{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}")
+            raise ValueError(
+                "NucleiWeakUNetPointDetector needs MODEL.SEM_SEG_HEAD.NUM_CLASSES = 1, got "
+                f"{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}"
+            )
         ret = super().from_config(cfg)
         unet = cfg.NUCLEIWEAK.UNET
-        ret.update(threshold=unet.POINT_THRESHOLD, min_area=unet.POINT_MIN_AREA,
-                   max_area=unet.POINT_MAX_AREA, tile=unet.INFERENCE_TILE,
-                   tile_overlap=unet.INFERENCE_OVERLAP)
+        ret.update(
+            threshold=unet.POINT_THRESHOLD,
+            min_area=unet.POINT_MIN_AREA,
+            max_area=unet.POINT_MAX_AREA,
+            tile=unet.INFERENCE_TILE,
+            tile_overlap=unet.INFERENCE_OVERLAP,
+        )
         return ret
 
     def forward(self, batched_inputs):
@@ -73,9 +80,11 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
                 raise ValueError("training inputs need 'det_target' and 'det_weight'")
             div = self.backbone.size_divisibility
             target = ImageList.from_tensors(
-                [x["det_target"].to(self.device).float() for x in batched_inputs], div).tensor
+                [x["det_target"].to(self.device).float() for x in batched_inputs], div
+            ).tensor
             weight = ImageList.from_tensors(
-                [x["det_weight"].to(self.device).float() for x in batched_inputs], div).tensor
+                [x["det_weight"].to(self.device).float() for x in batched_inputs], div
+            ).tensor
             prob = torch.sigmoid(self.logits(images).float())
             return {"loss_det": weighted_mse_loss(prob, target, weight)}
 
@@ -85,11 +94,15 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
         for i, x in enumerate(batched_inputs):
             prob = torch.sigmoid(self.resize_output(logits[i], images.image_sizes[i], x))[0]
             prob_np = prob.cpu().numpy()
-            points = points_from_probability(prob_np, self.threshold, self.min_area,
-                                             self.max_area)
+            points = points_from_probability(prob_np, self.threshold, self.min_area, self.max_area)
             blobs = measure.label(prob_np > self.threshold, connectivity=2)
-            outputs.append({"prob": prob, "pred_points": torch.as_tensor(points).float(),
-                            "instance_map": torch.from_numpy(blobs.astype("int32"))})
+            outputs.append(
+                {
+                    "prob": prob,
+                    "pred_points": torch.as_tensor(points).float(),
+                    "instance_map": torch.from_numpy(blobs.astype("int32")),
+                }
+            )
         return outputs
 
 

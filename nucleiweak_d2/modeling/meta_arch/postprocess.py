@@ -8,8 +8,9 @@ from skimage import measure, segmentation
 __all__ = ["instances_from_foreground", "points_from_probability"]
 
 
-def instances_from_foreground(fg, min_area=20, fill_holes=True, split_touching=False,
-                              split_min_distance=5):
+def instances_from_foreground(
+    fg, min_area=20, fill_holes=True, split_touching=False, split_min_distance=5
+):
     """Instance map from a binary foreground map (Qu et al.'s ``test.py`` post-processing).
 
     Connected components (8-connectivity, as ``skimage.measure.label``), objects smaller than
@@ -52,8 +53,9 @@ def instances_from_foreground(fg, min_area=20, fill_holes=True, split_touching=F
         from skimage.feature import peak_local_max
 
         dist = ndi.distance_transform_edt(label > 0)
-        peaks = peak_local_max(dist, min_distance=int(split_min_distance), labels=label,
-                               exclude_border=False)
+        peaks = peak_local_max(
+            dist, min_distance=int(split_min_distance), labels=label, exclude_border=False
+        )
         markers = np.zeros(label.shape, dtype=np.int32)
         markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
         label = segmentation.watershed(-dist, markers, mask=label > 0)

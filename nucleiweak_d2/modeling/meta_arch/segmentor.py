@@ -35,9 +35,21 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
     """
 
     @configurable
-    def __init__(self, *, crf_weight=0.0, crf_sigma_xy=9.0, crf_sigma_rgb=0.1, min_area=20,
-                 fill_holes=True, split_touching=False, split_min_distance=5,
-                 output_instances=True, tile=0, tile_overlap=80, **kwargs):
+    def __init__(
+        self,
+        *,
+        crf_weight=0.0,
+        crf_sigma_xy=9.0,
+        crf_sigma_rgb=0.1,
+        min_area=20,
+        fill_holes=True,
+        split_touching=False,
+        split_min_distance=5,
+        output_instances=True,
+        tile=0,
+        tile_overlap=80,
+        **kwargs,
+    ):
         """
         Parameters
         ----------
@@ -70,11 +82,15 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
         unet, crf = cfg.NUCLEIWEAK.UNET, cfg.NUCLEIWEAK.LOSSES.CRF
         ret.update(
             crf_weight=0.0,  # a pipeline stage turns the CRF loss on (constructor argument)
-            crf_sigma_xy=crf.SIGMA_XY, crf_sigma_rgb=crf.SIGMA_RGB,
-            min_area=unet.MIN_AREA, fill_holes=unet.FILL_HOLES,
-            split_touching=unet.SPLIT_TOUCHING, split_min_distance=unet.SPLIT_MIN_DISTANCE,
+            crf_sigma_xy=crf.SIGMA_XY,
+            crf_sigma_rgb=crf.SIGMA_RGB,
+            min_area=unet.MIN_AREA,
+            fill_holes=unet.FILL_HOLES,
+            split_touching=unet.SPLIT_TOUCHING,
+            split_min_distance=unet.SPLIT_MIN_DISTANCE,
             output_instances=unet.OUTPUT_INSTANCES,
-            tile=unet.INFERENCE_TILE, tile_overlap=unet.INFERENCE_OVERLAP,
+            tile=unet.INFERENCE_TILE,
+            tile_overlap=unet.INFERENCE_OVERLAP,
         )
         return ret
 
@@ -86,7 +102,9 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
                 raise ValueError("training inputs need 'sem_seg' targets")
             targets = ImageList.from_tensors(
                 [x["sem_seg"].to(self.device) for x in batched_inputs],
-                self.backbone.size_divisibility, self.sem_seg_head.ignore_value).tensor
+                self.backbone.size_divisibility,
+                self.sem_seg_head.ignore_value,
+            ).tensor
             logits = self.logits(images)
             losses = self.sem_seg_head.losses(logits, targets)
             if self.crf_weight > 0:
@@ -95,25 +113,36 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
 
         with torch.no_grad():
             logits = self.logits(images)
-        return [self.inference_single(logits[i], images.image_sizes[i], x)
-                for i, x in enumerate(batched_inputs)]
+        return [
+            self.inference_single(logits[i], images.image_sizes[i], x)
+            for i, x in enumerate(batched_inputs)
+        ]
 
     def crf_loss(self, logits, image01):
         """Dense-CRF loss of the softmax foreground probability (padding excluded)."""
         from ..losses.dense_crf import dense_crf_loss, nonblack_mask
 
         prob_fg = F.softmax(logits.float(), dim=1)[:, 1]
-        return dense_crf_loss(prob_fg, image01, mask=nonblack_mask(image01),
-                              sigma_xy=self.crf_sigma_xy, sigma_rgb=self.crf_sigma_rgb)
+        return dense_crf_loss(
+            prob_fg,
+            image01,
+            mask=nonblack_mask(image01),
+            sigma_xy=self.crf_sigma_xy,
+            sigma_rgb=self.crf_sigma_rgb,
+        )
 
     def inference_single(self, logits, image_size, input_per_image):
         """Outputs of one image from its padded logits ``(C, Hpad, Wpad)``."""
         scores = F.softmax(self.resize_output(logits, image_size, input_per_image), dim=0)
         prob = scores[1] if scores.shape[0] > 1 else scores[0]
-        fg = (scores.argmax(dim=0) == 1).cpu().numpy() if scores.shape[0] > 1 else \
-            (prob > 0.5).cpu().numpy()
-        inst_map = instances_from_foreground(fg, self.min_area, self.fill_holes,
-                                             self.split_touching, self.split_min_distance)
+        fg = (
+            (scores.argmax(dim=0) == 1).cpu().numpy()
+            if scores.shape[0] > 1
+            else (prob > 0.5).cpu().numpy()
+        )
+        inst_map = instances_from_foreground(
+            fg, self.min_area, self.fill_holes, self.split_touching, self.split_min_distance
+        )
         out = {"sem_seg": scores, "prob": prob, "instance_map": torch.from_numpy(inst_map)}
         if self.output_instances:
             out["instances"] = instances_from_map(inst_map, prob.cpu().numpy())

@@ -20,8 +20,11 @@ def instances_from_map(instance_map, prob):
     h, w = instance_map.shape
     n = int(instance_map.max())
     ids = np.arange(1, n + 1)
-    masks = torch.from_numpy(instance_map[None] == ids[:, None, None]) if n else \
-        torch.zeros((0, h, w), dtype=torch.bool)
+    masks = (
+        torch.from_numpy(instance_map[None] == ids[:, None, None])
+        if n
+        else torch.zeros((0, h, w), dtype=torch.bool)
+    )
     scores = ndi.mean(prob, instance_map, ids) if n else np.zeros(0)
     inst = Instances((h, w))
     inst.pred_masks = masks
@@ -45,16 +48,24 @@ class UNetModelMixin:
 
     def logits(self, images):
         """Stride-1 logits ``(N, C, Hpad, Wpad)``; tiled per image when ``tile > 0``."""
+
         def run(x):
             return self.sem_seg_head.layers(self.backbone(x))
 
         if self.tile <= 0:
             return run(images.tensor)
-        return torch.cat([
-            sliding_window_apply(run, images.tensor[i:i + 1], self.tile, self.tile_overlap,
-                                 self.backbone.size_divisibility)
-            for i in range(len(images.tensor))
-        ])
+        return torch.cat(
+            [
+                sliding_window_apply(
+                    run,
+                    images.tensor[i : i + 1],
+                    self.tile,
+                    self.tile_overlap,
+                    self.backbone.size_divisibility,
+                )
+                for i in range(len(images.tensor))
+            ]
+        )
 
     def resize_output(self, result, image_size, input_per_image):
         """Crop padding and resize to the record's ``height``/``width``."""

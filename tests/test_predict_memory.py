@@ -1,0 +1,150 @@
+"""Memory of tools/predict.py on a large TIFF follows the tile size, not the image size.
+
+A 3072 x 3072 RGB TIFF (27 MiB of pixels; its int32 label map would be 36 MiB more) is
+predicted in 256 px tiles in a subprocess; the peak RSS above the RSS after start-up (model
+built, before the first tile) must stay well below what holding the image or the label map
+would cost. The peak is the child's own ``VmHWM``: its ``ru_maxrss`` would include the
+peak of the pytest process it was forked from (Linux keeps it across exec).
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("detectron2")
+import tifffile  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SIDE = 3072
+
+CHILD = textwrap.dedent("""
+    import json, sys
+    import numpy as np, torch
+    from scipy import ndimage
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    @META_ARCH_REGISTRY.register()
+    class MemoryTestThreshold(torch.nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.t = torch.nn.Parameter(torch.tensor(180.0))
+        @property
+        def device(self):
+            return self.t.device
+        def forward(self, inputs):
+            return [{"instance_map": torch.from_numpy(ndimage.label(
+                x["image"][0].numpy() < 180, structure=np.ones((3, 3)))[0].astype("int32"))}
+                for x in inputs]
+
+    def rss_mib(key="VmRSS"):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+
+    # import (and compile, on a first run) every module of the run before the start mark,
+    # so that the growth measured is data, not code
+    import nucleiweak_d2.data.label_store, nucleiweak_d2.data.nuclei_exports
+    import nucleiweak_d2.data.slides, nucleiweak_d2.engine.predictor, PIL.PngImagePlugin
+    import skimage.color, skimage.measure, tifffile, tqdm
+
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tool", sys.argv[1])
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    start = {}
+    real = tool.run_shard
+    def run_shard(args, todo, *a, predictor=None, **k):
+        start["rss"] = rss_mib()  # imports done, model built
+        return real(args, todo, *a, predictor=predictor, **k)
+    tool.run_shard = run_shard
+    run = tool.main(sys.argv[2:])
+    # VmHWM, this process's own peak: ru_maxrss also holds the peak of the process that
+    # started it (Linux keeps it across exec, and subprocess forks pytest's large process)
+    peak = rss_mib("VmHWM")
+    print(json.dumps({"start": start["rss"], "peak": peak, "done": len(run)}))
+""")
+
+
+def _write_big_tiff(path):
+    """A tiled TIFF of purple disks on a pale background, written tile by tile."""
+    tile = 256
+    yy, xx = np.mgrid[:tile, :tile]
+    base = np.full((tile, tile, 3), 236, np.uint8)
+    disk = ((yy % 48 - 24) ** 2 + (xx % 48 - 24) ** 2) <= 81
+    base[disk] = (80, 40, 140)
+
+    def tiles():
+        for _ in range((SIDE // tile) ** 2):
+            yield base
+
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=(SIDE, SIDE, 3),
+        dtype=np.uint8,
+        tile=(tile, tile),
+        photometric="rgb",
+        compression="zlib",
+    )
+
+
+def test_peak_memory_is_bounded_by_the_tile(tmp_path):
+    big = tmp_path / "big.tif"
+    _write_big_tiff(big)
+    config = tmp_path / "fake.yaml"
+    config.write_text(
+        "MODEL:\n  META_ARCHITECTURE: MemoryTestThreshold\n  DEVICE: cpu\nINPUT:\n  FORMAT: RGB\n"
+    )
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    out = tmp_path / "pred"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(child),
+            str(REPO / "tools" / "predict.py"),
+            "--config-file",
+            str(config),
+            "--input",
+            str(big),
+            "--output",
+            str(out),
+            "--read",
+            "tiles",
+            "--tile",
+            "256",
+            "--tile-overlap",
+            "32",
+            "--batch",
+            "2",
+            "--cache-mb",
+            "8",
+            "--overlay-max-side",
+            "512",
+            "--outputs",
+            "labels,overlay,geojson",
+            "--allow-random-weights",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(REPO),
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert stats["done"] == 1
+    grown = stats["peak"] - stats["start"]
+    image_mib = SIDE * SIDE * 3 / 2**20  # 27 MiB
+    assert grown < 0.75 * image_mib, stats  # neither the image nor the label map was held
+    with tifffile.TiffFile(out / "big_instances.tif") as tif:
+        page = tif.pages[0]
+        assert page.shape == (SIDE, SIDE) and page.is_tiled
+        corner = page.asarray()[:200, :200]
+    assert len(np.unique(corner[corner > 0])) == 16  # the 4 x 4 disks of the corner
