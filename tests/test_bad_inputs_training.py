@@ -105,3 +105,23 @@ def test_interrupted_training_resumes_bit_for_bit(data):
     # without the replayed data stream and RNG the weights would differ: check the test can fail
     fresh = _train(_cfg(data / "other_seed", opts=opts + ["SEED", "1"]))
     assert any(not torch.allclose(whole[k].float(), fresh[k].float(), atol=1e-6) for k in whole)
+
+
+def test_single_model_rerun_into_a_run_folder_is_refused(tmp_path):
+    """A Detectron2 single-model run (Feng et al.) owns its folder like a pipeline: a rerun
+    without --resume is refused and changes nothing; --overwrite removes only what it wrote."""
+    from nucleiweak_d2.engine import resolve_output_dir
+
+    run = tmp_path / "feng"
+    run.mkdir()
+    (run / "model_final.pth").write_bytes(b"weights")
+    (run / "metrics.json").write_text("{}\n")
+    (run / "notes.txt").write_text("mine")
+    cfg = setup_cfg(None, ["OUTPUT_DIR", str(run)])
+    with pytest.raises(FileExistsError, match="holds another run.*--resume.*--overwrite"):
+        resolve_output_dir(cfg)
+    assert (run / "model_final.pth").read_bytes() == b"weights"
+    assert resolve_output_dir(cfg, resume=True) == run
+    assert resolve_output_dir(cfg, eval_only=True) == run / "eval_only"
+    assert resolve_output_dir(cfg, overwrite=True) == run
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # the user's file stays

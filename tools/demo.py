@@ -179,4 +179,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nucleiweak_d2.cli import run_cli
+
+    sys.exit(run_cli(main))
