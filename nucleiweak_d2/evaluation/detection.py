@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 
 from .contingency import max_weight_matching
 
-__all__ = ["check_points", "detection_counts", "detection_metrics"]
+__all__ = ["check_points", "detection_counts", "detection_metrics", "prefixed_detection"]
 
 METHODS = ("greedy", "hungarian")
 
@@ -156,3 +156,22 @@ def detection_metrics(gt_points, pred_points, radius, method="greedy"):
     out["dist_mean"] = float(d.mean()) if d.size else 0.0
     out["dist_std"] = float(d.std()) if d.size else 0.0
     return out
+
+
+#: Keys of :func:`detection_metrics` kept per image (as ``det_<key>``).
+DETECTION_KEYS = (
+    "tp",
+    "fp",
+    "fn",
+    "precision",
+    "recall",
+    "f1",
+    "dist_mean",
+    "dist_std",
+    "distances",
+)
+
+
+def prefixed_detection(det):
+    """``{"det_<key>": value}`` of a :func:`detection_metrics` result (:data:`DETECTION_KEYS`)."""
+    return {f"det_{key}": det[key] for key in DETECTION_KEYS}

@@ -28,7 +28,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from .aggregate import aggregate
-from .detection import detection_metrics
+from .detection import detection_metrics, prefixed_detection
 from .ground_truth import annotation_points, gt_label_map, gt_points, is_points_only, record_name
 from .metrics import image_metrics
 from .outputs import output_instance_map, output_points
@@ -193,18 +193,7 @@ class NucleiEvaluator(DatasetEvaluator):
             self._metric_args["method"],
         )
         row = {"name": record_name(record)}
-        for key in (
-            "tp",
-            "fp",
-            "fn",
-            "precision",
-            "recall",
-            "f1",
-            "dist_mean",
-            "dist_std",
-            "distances",
-        ):
-            row[f"det_{key}"] = det[key]
+        row.update(prefixed_detection(det))
         return row
 
     def _warn_points_only(self, records):

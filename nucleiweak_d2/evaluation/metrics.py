@@ -21,7 +21,7 @@ import numpy as np
 
 from .aggregate import aggregate
 from .contingency import best_match, contingency_table, max_weight_matching
-from .detection import detection_counts, detection_metrics
+from .detection import detection_counts, detection_metrics, prefixed_detection
 from .hausdorff import object_hausdorff, object_hausdorff_from_table
 
 __all__ = [
@@ -349,16 +349,5 @@ def image_metrics(
     out = segmentation_metrics(gt, pred, hausdorff=hausdorff)
     if gt_points is not None and pred_points is not None:
         det = detection_metrics(gt_points, pred_points, radius, method)
-        for key in (
-            "tp",
-            "fp",
-            "fn",
-            "precision",
-            "recall",
-            "f1",
-            "dist_mean",
-            "dist_std",
-            "distances",
-        ):
-            out[f"det_{key}"] = det[key]
+        out.update(prefixed_detection(det))
     return out

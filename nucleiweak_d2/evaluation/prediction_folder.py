@@ -15,7 +15,7 @@ import os
 
 from ..data.io import read_xy_csv
 from .aggregate import aggregate
-from .detection import detection_metrics
+from .detection import detection_metrics, prefixed_detection
 from .ground_truth import annotation_points, gt_label_map, gt_points, is_points_only, record_name
 from .metrics import image_metrics
 from .report import summary_from_aggregate
@@ -191,16 +191,5 @@ def _detection_row(record, name, pred_dir, patterns, radius, method, point_mode,
         pred_pts = gt_points(pred, point_mode)
     det = detection_metrics(gt, pred_pts, radius, method)
     row = {"name": name, "prediction": path}
-    for key in (
-        "tp",
-        "fp",
-        "fn",
-        "precision",
-        "recall",
-        "f1",
-        "dist_mean",
-        "dist_std",
-        "distances",
-    ):
-        row[f"det_{key}"] = det[key]
+    row.update(prefixed_detection(det))
     return row
