@@ -290,6 +290,19 @@ class StagedPipeline:
         comm.synchronize()
         return self.best_weights(out)
 
+    def training_cfg(self, stage, arch, mapper=None):
+        """Config of a training stage: its folder, the val split as the only test set (model
+        selection), nuclei metrics only during training, the architecture and the mapper."""
+        c = self.cfg.clone()
+        c.defrost()
+        c.OUTPUT_DIR = str(self.stage_dir(stage))
+        c.DATASETS.TEST = (self.val_set,) if self.val_set else ()
+        c.NUCLEIWEAK.COCO_EVAL = False  # periodic val evaluation: nuclei metrics only
+        c.MODEL.META_ARCHITECTURE = arch
+        if mapper:
+            c.NUCLEIWEAK.MAPPER = mapper
+        return c
+
     @staticmethod
     def best_weights(folder):
         """``model_best.pth`` (selected on val) if present, else ``model_final.pth``."""

@@ -67,12 +67,7 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
     # ------------------------------------------------------------------ stage configs
     def stage_cfg(self, stage, arch):
         """Config of one stage: architecture, mapper, schedule and output folder."""
-        c = self.cfg.clone()
-        c.defrost()
-        c.OUTPUT_DIR = str(self.stage_dir(stage))
-        c.DATASETS.TEST = (self.val_set,) if self.val_set else ()
-        c.NUCLEIWEAK.COCO_EVAL = False  # periodic val evaluation: nuclei metrics only
-        c.MODEL.META_ARCHITECTURE = arch
+        c = self.training_cfg(stage, arch)
         if arch == SPN_ARCH:
             c.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
             c.NUCLEIWEAK.MAPPER = SPN_MAPPER

@@ -71,12 +71,7 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
     # ------------------------------------------------------------------ configs and files
     def stage_cfg(self, stage):
         """Config of a training stage: architecture, mapper, schedule, start weights, folder."""
-        c = self.cfg.clone()
-        c.defrost()
-        c.OUTPUT_DIR = str(self.stage_dir(stage))
-        c.DATASETS.TEST = (self.val_set,) if self.val_set else ()
-        c.NUCLEIWEAK.COCO_EVAL = False  # periodic val evaluation: nuclei metrics only
-        c.MODEL.META_ARCHITECTURE, c.NUCLEIWEAK.MAPPER = ARCH, MAPPER
+        c = self.training_cfg(stage, ARCH, MAPPER)
         i = self.train_stages.index(stage)
         if i > 0:
             c.MODEL.WEIGHTS = str(self.stage_dir(self.train_stages[i - 1]) / "model_final.pth")

@@ -31,13 +31,7 @@ class NucleiWeakWang2024Pipeline(StagedPipeline):
 
     def stage_cfg(self, stage="train"):
         """Config of the training stage: architecture, output folder, val-only periodic eval."""
-        c = self.cfg.clone()
-        c.defrost()
-        c.OUTPUT_DIR = str(self.stage_dir(stage))
-        c.DATASETS.TEST = (self.val_set,) if self.val_set else ()
-        c.MODEL.META_ARCHITECTURE = ARCH
-        c.NUCLEIWEAK.COCO_EVAL = False  # periodic val evaluation: nuclei metrics only
-        return c
+        return self.training_cfg(stage, ARCH)
 
     def stages(self):
         return [Stage("train", self.training, seed_offset=0)]
