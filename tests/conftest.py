@@ -59,3 +59,56 @@ def synthetic_root(tmp_path_factory):
             tmp_path_factory.mktemp("synthetic"), n_images=6, size=(128, 128), seed=0
         )
     )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (several-fold faster on a shared CPU, no OpenMP
+    spin-waiting; the same arithmetic as one-thread worker processes); restored after. A module
+    opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_tiny_coco(
+    tmp_dir,
+    prefix=None,
+    *,
+    n_images=4,
+    size=(128, 128),
+    seed=0,
+    split_fractions=None,
+    ratio=0.5,
+    shift=None,
+    weak_splits=("train",),
+):
+    """A tiny synthetic dataset in ``<tmp_dir>/data``, its COCO splits in ``<tmp_dir>/coco`` and,
+    with ``prefix``, the splits registered as ``<prefix>_{train,val,test}``.
+
+    ``seed`` drives both the images and the point sampling; ``split_fractions``, ``shift`` and
+    ``weak_splits`` left ``None`` take the defaults of ``make_synthetic_dataset`` /
+    ``export_coco_splits``. Returns ``(root, files, names)``: the synthetic folder, the written
+    COCO files by split, and the registered dataset names (``[]`` without ``prefix``).
+    """
+    from nucleiweak_d2.data.coco import export_coco_splits
+    from nucleiweak_d2.data.datasets import register_nuclei_splits
+    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
+
+    tmp_dir = Path(tmp_dir)
+    data_kw = {} if split_fractions is None else {"split_fractions": split_fractions}
+    root = make_synthetic_dataset(
+        tmp_dir / "data", n_images=n_images, size=size, seed=seed, **data_kw
+    )
+    coco_kw = {} if shift is None else {"shift": shift}
+    if weak_splits is not None:
+        coco_kw["weak_splits"] = list(weak_splits)
+    files = export_coco_splits(root, tmp_dir / "coco", ratio=ratio, seed=seed, **coco_kw)
+    if prefix is None:
+        return root, files, []
+    names = register_nuclei_splits(prefix, tmp_dir / "coco", root)
+    assert {f"{prefix}_train", f"{prefix}_val", f"{prefix}_test"} <= set(names)
+    return root, files, names

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import make_tiny_coco
 
 pytest.importorskip("detectron2")
 
@@ -17,14 +18,10 @@ QUICK = "configs/quick/qu2020_instant_test.yaml"
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Tiny synthetic set: train (50 % points), val, test; plus a copy of train with no points."""
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.datasets import register_nuclei_dataset, register_nuclei_splits
-    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
+    from nucleiweak_d2.data.datasets import register_nuclei_dataset
 
     tmp = tmp_path_factory.mktemp("train_checks")
-    root = make_synthetic_dataset(tmp / "data", n_images=4, size=(96, 96), seed=0)
-    files = export_coco_splits(root, tmp / "coco", ratio=0.5, seed=0, weak_splits=["train"])
-    register_nuclei_splits("tc", tmp / "coco", root)
+    root, files, _ = make_tiny_coco(tmp, "tc", size=(96, 96), ratio=0.5)
     coco = json.loads(files["train"].read_text())
     for ann in coco["annotations"]:
         ann["point_labeled"] = 0

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_tiny_coco
 
 pytest.importorskip("detectron2")
 
@@ -132,14 +133,8 @@ def test_segmentor_from_config_outputs_and_no_training():
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """4 synthetic 128x128 images (2 train / 1 val / 1 test)."""
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.datasets import register_nuclei_splits
-    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
-
     tmp = tmp_path_factory.mktemp("classical")
-    root = make_synthetic_dataset(tmp / "data", n_images=4, size=(128, 128), seed=0)
-    export_coco_splits(root, tmp / "coco", ratio=0.5, seed=0, weak_splits=["train"])
-    register_nuclei_splits("classical_smoke", tmp / "coco", root)
+    make_tiny_coco(tmp, "classical_smoke", size=(128, 128), ratio=0.5)
     return tmp
 
 

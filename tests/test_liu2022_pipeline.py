@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_coco
 
 import nucleiweak_d2.methods.liu2022  # noqa: F401  (registers the method before setup_cfg)
 from nucleiweak_d2.config import setup_cfg
@@ -15,27 +16,14 @@ from nucleiweak_d2.methods.liu2022 import NucleiWeakLiu2022Pipeline
 QUICK = "configs/quick/liu2022_instant_test.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: several-fold faster on a shared CPU (no OpenMP spin-waiting); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """4 synthetic 96x96 images (2 train / 1 val / 1 test), every point on train."""
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.datasets import register_nuclei_splits
-    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
-
     tmp = tmp_path_factory.mktemp("liu2022")
-    root = make_synthetic_dataset(tmp / "data", n_images=4, size=(96, 96), seed=0)
-    export_coco_splits(root, tmp / "coco", ratio=1.0, seed=0, weak_splits=["train"])
-    names = register_nuclei_splits("liu2022_smoke", tmp / "coco", root)
-    assert {"liu2022_smoke_train", "liu2022_smoke_val", "liu2022_smoke_test"} <= set(names)
+    make_tiny_coco(tmp, "liu2022_smoke", size=(96, 96), ratio=1.0)
     return tmp
 
 

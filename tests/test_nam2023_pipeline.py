@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_tiny_coco
 
 pytest.importorskip("detectron2")
 
@@ -16,29 +17,14 @@ from nucleiweak_d2.methods.nam2023 import NucleiWeakNam2023Pipeline  # noqa: E40
 QUICK = "configs/quick/nam2023_instant_test.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: several-fold faster on a shared CPU (no OpenMP spin-waiting); restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """4 synthetic 96x96 images (2 train / 1 val / 1 test), every point shifted by 2-4 px."""
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.datasets import register_nuclei_splits
-    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
-
     tmp = tmp_path_factory.mktemp("nam2023")
-    root = make_synthetic_dataset(tmp / "data", n_images=4, size=(96, 96), seed=0)
-    export_coco_splits(root, tmp / "coco", ratio=1.0, shift=(2, 4), seed=0)
-    names = register_nuclei_splits("nam2023_smoke", tmp / "coco", root)
-    assert {"nam2023_smoke_train", "nam2023_smoke_val", "nam2023_smoke_test"} <= set(names)
+    make_tiny_coco(tmp, "nam2023_smoke", size=(96, 96), ratio=1.0, shift=(2, 4), weak_splits=None)
     return tmp
 
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_coco
 
 pytest.importorskip("detectron2")
 
@@ -72,29 +73,15 @@ def _resume_worker(tmp, out):
     NUCLEIWEAK_PIPELINE_REGISTRY.get(cfg.NUCLEIWEAK.PIPELINE)(cfg, resume=True).run()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread, as in the workers (same arithmetic) and faster on a shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """5 synthetic 128x128 images: 2 train (50 % points) / 1 val / 2 test, so that two
     processes get one training and one test image each, and one of them no val image."""
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
-
     tmp = tmp_path_factory.mktemp("qu2020_dist")
-    root = make_synthetic_dataset(
-        tmp / "data", n_images=5, size=(128, 128), seed=0, split_fractions=(2, 1, 2)
-    )
-    export_coco_splits(root, tmp / "coco", ratio=0.5, seed=0, weak_splits=["train"])
+    make_tiny_coco(tmp, n_images=5, size=(128, 128), split_fractions=(2, 1, 2), ratio=0.5)
     names = _register(tmp)
     assert {f"{PREFIX}_train", f"{PREFIX}_val", f"{PREFIX}_test"} <= set(names)
     return tmp

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_coco
 
 pytest.importorskip("detectron2")
 
@@ -170,17 +171,13 @@ def _config_yaml(coco_dir, image_root):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """The toy package, its config and a tiny synthetic dataset (2 train / 1 val / 1 test)."""
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
-
     tmp = tmp_path_factory.mktemp("toy_method")
     pkg = tmp / "plugins" / "toy_method"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(TOY_INIT)
     (pkg / "config.py").write_text(TOY_CONFIG)
     (pkg / "pipeline.py").write_text(TOY_PIPELINE)
-    root = make_synthetic_dataset(tmp / "data", n_images=4, size=(128, 128), seed=0)
-    export_coco_splits(root, tmp / "coco", ratio=0.5, seed=0, weak_splits=["train"])
+    root, _, _ = make_tiny_coco(tmp, size=(128, 128), ratio=0.5)
     config = tmp / "toy.yaml"
     config.write_text(_config_yaml(tmp / "coco", root))
     return {"tmp": tmp, "plugins": tmp / "plugins", "config": config}

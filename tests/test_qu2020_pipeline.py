@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import make_tiny_coco
 
 pytest.importorskip("detectron2")
 
@@ -13,29 +14,14 @@ from nucleiweak_d2.methods.qu2020 import NucleiWeakQu2020Pipeline  # noqa: E402
 QUICK = "configs/quick/qu2020_instant_test.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One thread: several-fold faster on a shared CPU (no OpenMP spin-waiting); restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """4 synthetic 128x128 images (2 train / 1 val / 1 test), 50 % points on train."""
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.datasets import register_nuclei_splits
-    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
-
     tmp = tmp_path_factory.mktemp("qu2020")
-    root = make_synthetic_dataset(tmp / "data", n_images=4, size=(128, 128), seed=0)
-    export_coco_splits(root, tmp / "coco", ratio=0.5, seed=0, weak_splits=["train"])
-    names = register_nuclei_splits("qu2020_smoke", tmp / "coco", root)
-    assert {"qu2020_smoke_train", "qu2020_smoke_val", "qu2020_smoke_test"} <= set(names)
+    make_tiny_coco(tmp, "qu2020_smoke", size=(128, 128), ratio=0.5)
     return tmp
 
 

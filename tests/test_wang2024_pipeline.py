@@ -5,6 +5,7 @@ a two-iteration CPU run of ``NucleiWeakWang2024Pipeline`` on tiny synthetic data
 import json
 
 import pytest
+from conftest import make_tiny_coco
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("detectron2")
@@ -17,12 +18,7 @@ from nucleiweak_d2.methods.wang2024 import NucleiWeakWang2024Pipeline  # noqa: E
 QUICK = "configs/quick/wang2024_instant_test.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _input(h, w, points):
@@ -129,15 +125,8 @@ def test_inference_instances_follow_the_boxes(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """4 synthetic 128x128 images (2 train / 1 val / 1 test), 50 % points on train."""
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.datasets import register_nuclei_splits
-    from nucleiweak_d2.data.synthetic import make_synthetic_dataset
-
     tmp = tmp_path_factory.mktemp("wang2024")
-    root = make_synthetic_dataset(tmp / "data", n_images=4, size=(128, 128), seed=0)
-    export_coco_splits(root, tmp / "coco", ratio=0.5, seed=0, weak_splits=["train"])
-    names = register_nuclei_splits("wang2024_smoke", tmp / "coco", root)
-    assert {"wang2024_smoke_train", "wang2024_smoke_val", "wang2024_smoke_test"} <= set(names)
+    make_tiny_coco(tmp, "wang2024_smoke", size=(128, 128), ratio=0.5)
     return tmp
 
 
