@@ -68,6 +68,21 @@ METHODS = {
         "configs/qu2020/R18_monuseg_p10_cpu.yaml",
         "configs/quick/qu2020_instant_test.yaml",
     ),
+    "liu2022": BenchMethod(
+        "nucleiweak_d2.methods.liu2022",
+        "configs/liu2022/R18_monuseg_cpu.yaml",
+        "configs/quick/liu2022_instant_test.yaml",
+    ),
+    "nam2023": BenchMethod(
+        "nucleiweak_d2.methods.nam2023",
+        "configs/nam2023/R18_monuseg_p100_shift6-8_cpu.yaml",
+        "configs/quick/nam2023_instant_test.yaml",
+    ),
+    "wang2024": BenchMethod(
+        "nucleiweak_d2.methods.wang2024",
+        "configs/wang2024/R18_monuseg_p10_cpu.yaml",
+        "configs/quick/wang2024_instant_test.yaml",
+    ),
 }
 
 #: Published numbers of docs/PROTOCOL.md (fractions). ``ratio``/``shift`` None: not stated there,
