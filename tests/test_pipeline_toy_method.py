@@ -253,6 +253,10 @@ def test_toy_method_trains_through_train_net(toy, trained):
     assert 0.0 <= seg["AJI"] <= 1.0 and 0.0 <= seg["pixel_F1"] <= 1.0
     summary = (run / "summary.md").read_text()
     assert PIPELINE in summary and "| toy_test |" in summary and "AJI" in summary
+    # the pipeline's own log lines reach the console and OUTPUT_DIR/log.txt through train_net
+    for text in (proc.stdout + proc.stderr, (run / "log.txt").read_text()):
+        assert "stage train: running" in text and "stage count: done" in text
+        assert "final model: " in text and "model_final.pth" in text
 
 
 def test_rerun_refused_resume_reuses_everything(toy, trained):
