@@ -4,6 +4,7 @@ The default command (``./run test``) runs ``pytest -m "not gpu"``; tests marked 
 themselves when CUDA is absent.
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -72,6 +73,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def load_script(name, path):
+    """Import a script that is not in a package (``tools/*.py``, ``benchmarks/*.py``,
+    ``scripts/*.py``) as the module ``name``, so tests can call its functions."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_coco(

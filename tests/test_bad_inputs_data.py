@@ -6,7 +6,6 @@ split label ids (4), 12-bit images (5), truncated images (6), and the error repo
 ``tools/prepare_dataset.py`` (9).
 """
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -21,18 +20,14 @@ from nucleiweak_d2.data.io import read_image, read_xy_csv, write_image, write_la
 from nucleiweak_d2.data.points import points_from_labels
 
 tifffile = pytest.importorskip("tifffile")
+from conftest import load_script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HINT = "an offset between slide and tile coordinates is the usual cause"
 
 
 def _prepare_tool():
-    spec = importlib.util.spec_from_file_location(
-        "prepare_dataset_tool", REPO / "tools" / "prepare_dataset.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("prepare_dataset_tool", REPO / "tools" / "prepare_dataset.py")
 
 
 def _snapshot(folder):

@@ -1,7 +1,6 @@
 """Issue 11, tools/evaluate.py: image root of COCO files, default patterns, refused
 overwrites, unknown splits and the one-line error reporting (items 3, 7, 8, 9)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script  # noqa: E402
 
 from nucleiweak_d2.data.coco import export_coco_splits
 from nucleiweak_d2.data.io import write_image, write_label
@@ -18,10 +18,7 @@ SIZE = 16
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("nucleiweak_evaluate_tool_bad", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("nucleiweak_evaluate_tool_bad", TOOL)
 
 
 def _label():

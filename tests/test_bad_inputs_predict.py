@@ -4,7 +4,6 @@ Uses small fake models (a red-channel threshold, a one-id-per-pixel model) regis
 so nothing is trained.
 """
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 pytest.importorskip("detectron2")
 import torch  # noqa: E402
+from conftest import load_script  # noqa: E402
 from detectron2.modeling import META_ARCH_REGISTRY  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
@@ -62,10 +62,7 @@ for _name, _cls in ((THRESHOLD, _Threshold), (PER_PIXEL, _PerPixel)):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("predict_tool_bad_inputs", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("predict_tool_bad_inputs", TOOL)
 
 
 def _snapshot(root):

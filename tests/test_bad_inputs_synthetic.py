@@ -3,12 +3,12 @@
 Each refusal must leave every file of the folder byte-identical.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script  # noqa: E402
 
 from nucleiweak_d2.data.io import write_image, write_label
 
@@ -18,12 +18,7 @@ SMALL = ["--n-images", "3", "--size", "32", "32", "--seed", "1"]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_tool", REPO / "tools" / "make_synthetic.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_synthetic_tool", REPO / "tools" / "make_synthetic.py")
 
 
 def _snapshot(root):

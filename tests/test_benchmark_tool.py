@@ -1,12 +1,13 @@
 """tools/benchmark.py: the --quick smoke run, resume by results.jsonl, the leaderboard maths."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("detectron2")
+
+from conftest import load_script  # noqa: E402
 
 from nucleiweak_d2 import benchmarking  # noqa: E402
 from nucleiweak_d2.cli import run_cli  # noqa: E402
@@ -15,10 +16,7 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("nucleiweak_benchmark_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("nucleiweak_benchmark_tool", TOOL)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,12 +1,12 @@
 """Tests of the data CLIs: tools/make_synthetic.py, tools/prepare_dataset.py,
 datasets/prepare_monuseg.py (on a hand-made Aperio XML + TIF)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script  # noqa: E402
 
 from nucleiweak_d2.data.io import read_image, read_label
 
@@ -14,10 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load(relpath):
-    spec = importlib.util.spec_from_file_location(Path(relpath).stem, REPO / relpath)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(relpath).stem, REPO / relpath)
 
 
 make_synthetic = _load("tools/make_synthetic.py")

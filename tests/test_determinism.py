@@ -3,21 +3,16 @@
 Each tool runs twice into two folders; every file (names and bytes) must match.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f"determinism_{name}", REPO / "tools" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"determinism_{name}", REPO / "tools" / f"{name}.py")
 
 
 def _files(root):

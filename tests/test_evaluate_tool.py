@@ -1,7 +1,6 @@
 """tools/evaluate.py: score folders of predicted label maps (folder and COCO datasets)."""
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import load_script  # noqa: E402
 
 from nucleiweak_d2.data.io import write_image, write_label
 
@@ -18,10 +18,7 @@ SIZE = 16
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("nucleiweak_evaluate_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("nucleiweak_evaluate_tool", TOOL)
 
 
 def _label():

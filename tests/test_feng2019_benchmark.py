@@ -1,6 +1,5 @@
 """benchmarks/feng2019_monuseg.py on synthetic data: crop baseline data, seeding, threshold sweep."""
 
-import importlib.util
 import json
 import logging
 import math
@@ -12,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("detectron2")
 
+from conftest import load_script  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
 
 import nucleiweak_d2.methods  # noqa: E402,F401  (registration)
@@ -24,12 +24,7 @@ LOGGER = logging.getLogger("test_feng2019_benchmark")
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "feng2019_monuseg_bench", REPO / "benchmarks" / "feng2019_monuseg.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("feng2019_monuseg_bench", REPO / "benchmarks" / "feng2019_monuseg.py")
 
 
 def test_crop_baseline_data_is_fully_annotated_quarter_of_each_image(

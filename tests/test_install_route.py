@@ -1,20 +1,17 @@
 """The detectron2 route selection of scripts/install_detectron2.py, without network."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install_detectron2.py"
 
 
 @pytest.fixture(scope="module")
 def route_mod():
-    spec = importlib.util.spec_from_file_location("install_detectron2", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("install_detectron2", SCRIPT)
 
 
 def test_installed_detectron2_wins_over_everything(route_mod):

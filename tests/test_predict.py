@@ -1,6 +1,5 @@
 """tools/predict.py and NucleiPredictor with a fake thresholding model (no training)."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 
 pytest.importorskip("detectron2")
 import torch  # noqa: E402
+from conftest import load_script  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import META_ARCH_REGISTRY  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -78,10 +78,7 @@ for _name, _points in (("NucleiWeakTestThreshold", False), ("NucleiWeakTestThres
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("nucleiweak_predict_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("nucleiweak_predict_tool", TOOL)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ probability as ``prob``) makes the tests about tiling and stitching, not about a
 """
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 pytest.importorskip("detectron2")
 import tifffile  # noqa: E402
 import torch  # noqa: E402
+from conftest import load_script  # noqa: E402
 from detectron2.modeling import META_ARCH_REGISTRY  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
@@ -174,10 +174,7 @@ def test_block_canvas_bounded_cache_and_final_blocks(tmp_path):
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("predict_tool_tiles", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("predict_tool_tiles", TOOL)
 
 
 def test_tool_streams_every_output_of_a_tiff(tmp_path):

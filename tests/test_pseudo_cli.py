@@ -1,10 +1,10 @@
 """tools/make_pseudo_labels.py on a tiny synthetic COCO dataset."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script  # noqa: E402
 from PIL import Image
 
 from nucleiweak_d2.pseudo_labels import IGNORE
@@ -13,10 +13,7 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "make_pseudo_labels.py"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("make_pseudo_labels", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("make_pseudo_labels", TOOL)
 
 
 @pytest.fixture(scope="module")

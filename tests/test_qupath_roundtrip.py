@@ -1,7 +1,6 @@
 """The QuPath correction loop without QuPath: predict -> GeoJSON -> corrected points ->
 tools/prepare_dataset.py --points -> points-only COCO -> tools/evaluate.py (detection)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 pytest.importorskip("detectron2")
 import torch  # noqa: E402
+from conftest import load_script  # noqa: E402
 from detectron2.modeling import META_ARCH_REGISTRY  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
@@ -47,10 +47,7 @@ if ARCH not in META_ARCH_REGISTRY:
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"roundtrip_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"roundtrip_{name}", TOOLS / f"{name}.py")
 
 
 def _image(seed, shape=(90, 120)):
