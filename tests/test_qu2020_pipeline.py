@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from conftest import make_tiny_coco
 
 pytest.importorskip("detectron2")
@@ -65,9 +66,16 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     assert (out / "eval" / "qu2020_smoke_test" / "pred").is_dir()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
-    # the final model is the CRF stage's selected checkpoint, linked at the top of the run
-    assert result["weights"] == str(out / "crf" / "model_best.pth")
-    assert (out / "model_final.pth").read_bytes() == (out / "crf" / "model_best.pth").read_bytes()
+    # the final model is the CRF stage's selected checkpoint with its foreground threshold
+    # chosen on val (stage "calibrate"), linked at the top of the run
+    assert result["weights"] == str(out / "calibrate" / "model_best.pth")
+    final = out / "calibrate" / "model_best.pth"
+    assert (out / "model_final.pth").read_bytes() == final.read_bytes()
+    calib = json.loads((out / "calibrate" / "stage_done.json").read_text())["info"]
+    assert calib["source"] == str(out / "crf" / "model_best.pth")
+    chosen = torch.load(final, map_location="cpu", weights_only=False)["model"]["fg_threshold"]
+    assert float(chosen) == pytest.approx(calib["fg_threshold"])
+    assert max(calib["val_aji"].values()) == calib["val_aji"][str(calib["fg_threshold"])]
     assert "AJI" in (out / "summary.md").read_text()
 
     # --resume of a finished run: nothing retrained or re-evaluated, the same summary
@@ -92,7 +100,6 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     assert (fresh / "metrics.json").is_file() and not (fresh / "detect").exists()
 
     # --eval-only whose MODEL.WEIGHTS only initialises (lacks the head): refused, not scored
-    import torch
 
     state = torch.load(out / "model_final.pth", map_location="cpu")["model"]
     partial = {k: v for k, v in state.items() if k.startswith("backbone.")}

@@ -18,14 +18,50 @@ from detectron2.structures import BitMasks, Boxes, Instances
 
 from .atomic import savez_compressed
 from .io import read_image
-from .records import cache_key
+from .records import cache_key, record_points
 from .registry import NUCLEIWEAK_MAPPER_REGISTRY
 from .rle import paint_rles
-from .transforms import build_nuclei_augmentation
+from .stain import StainJitter, StainNormalizer
+from .transforms import NucleiAugInput, RandomCropAtPoints, build_nuclei_augmentation
 
-__all__ = ["NucleiDatasetMapper", "CachedTargetsMapper"]
+__all__ = ["NucleiDatasetMapper", "CachedTargetsMapper", "build_stain_steps"]
 
 _USE_MASKS = {"auto": "auto", "always": True, "never": False}
+
+
+def build_stain_steps(cfg, is_train):
+    """``(normalizer, jitter)`` of a training mapper from ``cfg.NUCLEIWEAK.DATA`` (each None
+    when off; both None at test time, where the model normalises its own inputs).
+
+    Raises
+    ------
+    ValueError
+        Stain normalisation on without a target (the trainer fits it on ``DATASETS.TRAIN``
+        before it builds the mappers, see :func:`nucleiweak_d2.engine.stain.fit_stain_target`).
+    """
+    if not is_train:
+        return None, None
+    data = cfg.NUCLEIWEAK.DATA
+    normalizer = None
+    if data.STAIN_NORM.METHOD != "none":
+        if not len(data.STAIN_NORM.TARGET):
+            raise ValueError(
+                f"NUCLEIWEAK.DATA.STAIN_NORM.METHOD is {data.STAIN_NORM.METHOD!r} but "
+                "STAIN_NORM.TARGET is empty: fit it on the training images first "
+                "(nucleiweak_d2.engine.stain.fit_stain_target) or set it"
+            )
+        normalizer = StainNormalizer(data.STAIN_NORM.METHOD, data.STAIN_NORM.TARGET)
+    jitter = None
+    if data.STAIN_JITTER.SIGMA > 0 or data.STAIN_JITTER.BIAS > 0:
+        jitter = StainJitter(
+            data.STAIN_JITTER.SIGMA, data.STAIN_JITTER.BIAS, data.STAIN_JITTER.PROB
+        )
+    return normalizer, jitter
+
+
+def _wants_points(augmentations):
+    """Whether an augmentation reads the points (a crop placed at annotated points)."""
+    return any(isinstance(a, RandomCropAtPoints) for a in augmentations)
 
 
 @NUCLEIWEAK_MAPPER_REGISTRY.register()
@@ -55,6 +91,11 @@ class NucleiDatasetMapper:
     mask becomes empty is dropped. Points-only records (no ``segmentation``/``bbox``) work
     without masks.
 
+    In training, the whole image is first stain-normalised (``stain_normalizer``) and
+    stain-jittered (``stain_jitter``), then augmented; a crop at points
+    (``RandomCropAtPoints``) sees the annotated points. Warps fill the label map with 0
+    (background) outside the image.
+
     At test time (``is_train=False``) the image is transformed by the test augmentations
     (none by default) and ``annotations`` are kept untouched, in original coordinates, so
     the evaluator can read the ground truth from them.
@@ -71,6 +112,8 @@ class NucleiDatasetMapper:
         labeled_only=True,
         point_box_size=16,
         keep_cut_masks=True,
+        stain_normalizer=None,
+        stain_jitter=None,
     ):
         """
         Parameters
@@ -92,6 +135,10 @@ class NucleiDatasetMapper:
             With masks, keep an instance whose point left the image while part of its mask is
             visible (True, the default since the fix of issue 17); False restores the old
             behaviour (dropped, its pixels become background), for comparisons only.
+        stain_normalizer, stain_jitter : callable, optional
+            Training steps on the whole RGB image before the augmentations
+            (:class:`~nucleiweak_d2.data.stain.StainNormalizer`,
+            :class:`~nucleiweak_d2.data.stain.StainJitter`).
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
@@ -104,6 +151,8 @@ class NucleiDatasetMapper:
         self.labeled_only = labeled_only
         self.point_box_size = float(point_box_size)
         self.keep_cut_masks = bool(keep_cut_masks)
+        self.stain_normalizer, self.stain_jitter = stain_normalizer, stain_jitter
+        self._wants_points = _wants_points(augmentations)
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -113,13 +162,16 @@ class NucleiDatasetMapper:
                 f"cfg.NUCLEIWEAK.DATA.USE_MASKS must be one of {sorted(_USE_MASKS)}, "
                 f"got {data.USE_MASKS!r}"
             )
+        normalizer, jitter = build_stain_steps(cfg, is_train)
         return {
             "is_train": is_train,
-            "augmentations": build_nuclei_augmentation(cfg, is_train),
+            "augmentations": build_nuclei_augmentation(cfg, is_train, seg_fill=0),
             "image_format": cfg.INPUT.FORMAT,
             "use_masks": _USE_MASKS[data.USE_MASKS],
             "labeled_only": data.LABELED_ONLY,
             "point_box_size": data.POINT_BOX_SIZE,
+            "stain_normalizer": normalizer,
+            "stain_jitter": jitter,
         }
 
     def _wants_masks(self, dataset_dict, annos):
@@ -160,13 +212,16 @@ class NucleiDatasetMapper:
             label_map = paint_rles(
                 [a["segmentation"] for a in annos], range(1, len(annos) + 1), image.shape[:2]
             ).astype(np.float32)
-        aug_input = T.AugInput(image, sem_seg=label_map)
+        image = _stain_steps(image, self.stain_normalizer, self.stain_jitter)
+        points = np.asarray([a["point"] for a in annos], dtype=np.float64).reshape(-1, 2) + 0.5
+        aug_input = NucleiAugInput(
+            image, sem_seg=label_map, points=points if self._wants_points else None
+        )
         transforms = self.augmentations(aug_input)
         image = aug_input.image
         height, width = image.shape[:2]
         dataset_dict["image"] = self._to_tensor(image)
 
-        points = np.asarray([a["point"] for a in annos], dtype=np.float64).reshape(-1, 2) + 0.5
         points = transforms.apply_coords(points) if len(points) else points
         inside = (
             (points[:, 0] >= 0)
@@ -211,6 +266,15 @@ class NucleiDatasetMapper:
         return _image_tensor(image, self.image_format)
 
 
+def _stain_steps(image, normalizer, jitter):
+    """``image`` stain-normalised, then stain-jittered (each step only when given)."""
+    if normalizer is not None:
+        image = normalizer(image)
+    if jitter is not None:
+        image = jitter(image)
+    return image
+
+
 def _image_tensor(image, image_format):
     """CHW uint8 tensor of an ``(H, W, 3)`` RGB ``image`` in ``image_format`` channel order."""
     if image_format == "BGR":
@@ -234,12 +298,33 @@ class CachedTargetsMapper(abc.ABC):
     the test augmentations (none from the config), and the annotations are kept for the
     evaluator.
 
+    In training, the whole image is stain-normalised (``stain_normalizer``) before the targets
+    are made from it (Qu et al.'s k-means colour features expect normalised colours), then
+    stain-jittered (``stain_jitter``) and augmented. A crop at points (``RandomCropAtPoints``)
+    sees the points of :meth:`_aug_points`. Warps fill moved maps with :attr:`SEG_FILL`
+    outside the image; a subclass whose maps cannot take one fill sets :attr:`SUPPORTS_WARPS`
+    False and warps are refused.
+
     Subclasses implement :meth:`_targets` and :meth:`_put`, and extend ``__init__`` and
     ``from_config`` with their own arguments (``@configurable`` on their ``__init__`` too).
     """
 
+    # Value of moved target maps outside the image under warps (2 = ignore of the label maps).
+    SEG_FILL = 2
+    # Whether the subclass's maps may be warped (affine, any-angle rotation, elastic).
+    SUPPORTS_WARPS = True
+
     @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format="RGB", cache_dir=""):
+    def __init__(
+        self,
+        is_train=True,
+        *,
+        augmentations,
+        image_format="RGB",
+        cache_dir="",
+        stain_normalizer=None,
+        stain_jitter=None,
+    ):
         """
         Parameters
         ----------
@@ -251,6 +336,8 @@ class CachedTargetsMapper(abc.ABC):
             Channel order of the output image.
         cache_dir : str
             Folder caching the targets as ``<image_id>.npz``; "" = memory only.
+        stain_normalizer, stain_jitter : callable, optional
+            Training steps on the whole RGB image (see the class docstring).
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
@@ -258,16 +345,38 @@ class CachedTargetsMapper(abc.ABC):
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.cache_dir = str(cache_dir)
+        self.stain_normalizer, self.stain_jitter = stain_normalizer, stain_jitter
+        self._wants_points = _wants_points(augmentations)
         self._cache = {}
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
-        """``is_train``, the augmentations of ``cfg`` and its ``INPUT.FORMAT``."""
-        return {
+        """``is_train``, the augmentations and stain steps of ``cfg`` and its ``INPUT.FORMAT``."""
+        data = cfg.NUCLEIWEAK.DATA
+        if is_train and not cls.SUPPORTS_WARPS:
+            warps = data.AFFINE > 0 or data.ROTATE_ANY or data.ELASTIC.PROB > 0
+            if warps:
+                raise ValueError(
+                    f"{cls.__name__} cannot warp its targets: set NUCLEIWEAK.DATA.AFFINE 0, "
+                    "ROTATE_ANY False and ELASTIC.PROB 0"
+                )
+        normalizer, jitter = build_stain_steps(cfg, is_train)
+        ret = {
             "is_train": is_train,
-            "augmentations": build_nuclei_augmentation(cfg, is_train),
+            "augmentations": build_nuclei_augmentation(cfg, is_train, seg_fill=cls.SEG_FILL),
             "image_format": cfg.INPUT.FORMAT,
         }
+        # only when on, so that subclasses written before the stain steps keep working
+        if normalizer is not None:
+            ret["stain_normalizer"] = normalizer
+        if jitter is not None:
+            ret["stain_jitter"] = jitter
+        return ret
+
+    def _aug_points(self, record):
+        """``(N, 2)`` continuous (x, y) points a crop at points may centre on: the record's
+        annotated points (pixel centre + 0.5)."""
+        return record_points(record) + 0.5
 
     @abc.abstractmethod
     def _targets(self, record, image):
@@ -341,8 +450,15 @@ class CachedTargetsMapper(abc.ABC):
                 f"{d['file_name']}: image is {image.shape[:2]}, record says "
                 f"{(d['height'], d['width'])}"
             )
-        maps = self.cached_targets(d, image) if self.is_train else None
-        aug = T.AugInput(image)
+        points = None
+        if self.is_train:
+            if self.stain_normalizer is not None:
+                image = self.stain_normalizer(image)
+            maps = self.cached_targets(d, image)
+            image = _stain_steps(image, None, self.stain_jitter)
+            if self._wants_points:
+                points = self._aug_points(d)
+        aug = NucleiAugInput(image, points=points)
         transforms = self.augmentations(aug)
         image = aug.image
         if self.is_train:

@@ -1,14 +1,44 @@
-"""Augmentations for nuclei images that Detectron2 lacks: rot90 and relative random resize.
+"""Augmentations for nuclei images that Detectron2 lacks.
 
-Coordinates follow Detectron2: continuous ``(x, y)`` with pixel centres at ``+0.5``, so
-``apply_coords`` maps the centre of a pixel to the centre of the pixel it moves to.
+Rot90 and relative random resize; any-angle rotation with an affine perturbation, elastic
+deformation and crops centred near annotated points (Qu et al. 2020's training augmentation).
+
+Conventions, shared by every transform of this module:
+
+* Coordinates follow Detectron2: continuous ``(x, y)`` with pixel centres at ``+0.5``, so
+  ``apply_coords`` maps the centre of a pixel to the centre of the pixel it moves to. Pixel
+  ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``.
+* ``apply_image`` resamples bilinearly, channel by channel; it accepts ``(H, W)`` or
+  ``(H, W, C)`` arrays of any dtype (uint8 images, float32 coordinate grids, ...) and returns
+  the input's dtype (integers rounded and clipped to their range).
+* ``apply_segmentation`` resamples with the nearest neighbour (the source pixel that contains
+  the source point), so label values are copied, never interpolated.
+* An output pixel whose source point lies outside the source image (``x`` not in ``[0, W)`` or
+  ``y`` not in ``[0, H)``) is filled: images with 0 (pure black, which the CRF loss takes for
+  padding; for float grids it is 0 too), segmentations with ``seg_fill`` (default 2, the
+  ignore label of the two-class target maps). The fill is the same for *every* map moved by
+  ``apply_segmentation``, including float32 instance-id maps whose background is 0: a mapper
+  that moves such a map through :class:`AffineTransform` or :class:`ElasticTransform` must
+  take the fill into account (the lead checks the mappers).
 """
 
 import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, Transform
+from scipy.ndimage import gaussian_filter
 
-__all__ = ["Rot90Transform", "RandomRot90", "RandomScale", "build_nuclei_augmentation"]
+__all__ = [
+    "Rot90Transform",
+    "RandomRot90",
+    "RandomScale",
+    "AffineTransform",
+    "RandomAffine",
+    "ElasticTransform",
+    "RandomElastic",
+    "RandomCropAtPoints",
+    "NucleiAugInput",
+    "build_nuclei_augmentation",
+]
 
 
 class Rot90Transform(Transform):
@@ -91,10 +121,440 @@ class RandomScale(T.Augmentation):
         return _WritableResize(h, w, new_h, new_w)
 
 
-def build_nuclei_augmentation(cfg, is_train):
+# ---------------------------------------------------------------------------------------------
+# resampling helpers (continuous source coordinates -> output pixels)
+
+
+def _pixel_centres(h, w):
+    """Continuous ``(x, y)`` of the centres of an ``h x w`` grid, two ``(h, w)`` float64 arrays."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    return xs + 0.5, ys + 0.5
+
+
+def _inside(xs, ys, h, w):
+    return (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+
+
+def _cast_like(values, dtype):
+    """``values`` (float) in ``dtype``: integers rounded and clipped to the dtype's range."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    if dtype == np.bool_:
+        return values >= 0.5
+    return values.astype(dtype, copy=False)
+
+
+def _sample_bilinear(img, xs, ys, fill=0.0):
+    """Bilinear samples of ``img`` (``(H, W)`` or ``(H, W, C)``) at continuous ``(xs, ys)``.
+
+    Inside the image the four nearest pixel centres are blended (edge pixels replicated for
+    the half pixel along the border); samples outside ``[0, W) x [0, H)`` get ``fill``.
+    """
+    img = np.asarray(img)
+    h, w = img.shape[:2]
+    inside = _inside(xs, ys, h, w)
+    fx = np.clip(xs - 0.5, 0, w - 1)
+    fy = np.clip(ys - 0.5, 0, h - 1)
+    x0 = np.floor(fx).astype(np.intp)
+    y0 = np.floor(fy).astype(np.intp)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    wx = fx - x0
+    wy = fy - y0
+    work = img.astype(np.float64 if img.dtype == np.float64 else np.float32, copy=False)
+    if img.ndim == 3:
+        wx, wy, inside = wx[..., None], wy[..., None], inside[..., None]
+    top = work[y0, x0] * (1 - wx) + work[y0, x1] * wx
+    bottom = work[y1, x0] * (1 - wx) + work[y1, x1] * wx
+    out = np.where(inside, top * (1 - wy) + bottom * wy, fill)
+    return np.ascontiguousarray(_cast_like(out, img.dtype))
+
+
+def _sample_nearest(seg, xs, ys, fill):
+    """Values of the pixels of ``seg`` containing the continuous points ``(xs, ys)``; ``fill``
+    outside the image. Values are copied, so the output's values are those of ``seg`` and
+    ``fill``."""
+    seg = np.asarray(seg)
+    h, w = seg.shape[:2]
+    cols = np.floor(xs)
+    rows = np.floor(ys)
+    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    out = seg[
+        np.clip(rows, 0, h - 1).astype(np.intp), np.clip(cols, 0, w - 1).astype(np.intp)
+    ].copy()
+    out[~inside] = fill
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# affine
+
+
+class AffineTransform(Transform):
+    """Affine warp given by a 2x3 matrix in continuous pixel-centre coordinates.
+
+    A point ``p = (x, y)`` of the input goes to ``matrix[:, :2] @ p + matrix[:, 2]`` of the
+    output (``apply_coords`` is this formula, exactly). Each output pixel takes the value at
+    the source of its centre (bilinear for images, nearest for segmentations); outside the
+    input it gets 0 (images) or ``seg_fill`` (segmentations).
+
+    Parameters
+    ----------
+    h, w : int
+        Input size.
+    matrix : array-like, (2, 3)
+        Forward map, input -> output; its 2x2 part must be invertible.
+    out_h, out_w : int
+        Output size.
+    seg_fill : int or float
+        Value of segmentation pixels coming from outside the input (default 2, the ignore
+        label; it applies to every map moved by ``apply_segmentation``).
+    """
+
+    def __init__(self, h, w, matrix, out_h, out_w, seg_fill=2):
+        super().__init__()
+        matrix = np.asarray(matrix, dtype=np.float64).reshape(2, 3)
+        if abs(np.linalg.det(matrix[:, :2])) < 1e-12:
+            raise ValueError(f"AffineTransform needs an invertible matrix, got {matrix.tolist()}")
+        self._set_attributes(
+            {
+                "h": int(h),
+                "w": int(w),
+                "matrix": matrix,
+                "out_h": int(out_h),
+                "out_w": int(out_w),
+                "seg_fill": seg_fill,
+            }
+        )
+
+    def _sources(self):
+        """Continuous source ``(x, y)`` of every output pixel centre."""
+        qx, qy = _pixel_centres(self.out_h, self.out_w)
+        inv = np.linalg.inv(self.matrix[:, :2])
+        dx, dy = qx - self.matrix[0, 2], qy - self.matrix[1, 2]
+        return inv[0, 0] * dx + inv[0, 1] * dy, inv[1, 0] * dx + inv[1, 1] * dy
+
+    def apply_image(self, img):
+        assert img.shape[:2] == (self.h, self.w), (img.shape, self.h, self.w)
+        return _sample_bilinear(img, *self._sources(), fill=0.0)
+
+    def apply_segmentation(self, segmentation):
+        assert segmentation.shape[:2] == (self.h, self.w), (segmentation.shape, self.h, self.w)
+        return _sample_nearest(segmentation, *self._sources(), fill=self.seg_fill)
+
+    def apply_coords(self, coords):
+        coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+        return coords @ self.matrix[:, :2].T + self.matrix[:, 2]
+
+    def inverse(self):
+        inv = np.linalg.inv(self.matrix[:, :2])
+        matrix = np.concatenate([inv, -inv @ self.matrix[:, 2:]], axis=1)
+        return AffineTransform(self.out_h, self.out_w, matrix, self.h, self.w, self.seg_fill)
+
+
+class RandomAffine(T.Augmentation):
+    """Any-angle rotation combined with Qu et al.'s random affine perturbation, about the image
+    centre, output the size of the input (one resampling for both).
+
+    Definition (continuous pixel-centre coordinates, image centre ``c = (W/2, H/2)``):
+
+    * ``theta`` ~ U(``rotate[0]``, ``rotate[1]``) degrees, counter-clockwise as displayed
+      (y points down): ``R = [[cos, sin], [-sin, cos]]``; ``theta = 90`` equals
+      ``np.rot90(image, 1)`` on a square image.
+    * ``B = I + E`` with each of the four entries of ``E`` ~ U(-``affine``, ``affine``). As in
+      Qu et al.'s ``RandomAffine(0.3)`` (PIL's ``Image.AFFINE`` convention) ``B`` maps the
+      *output* to the *input*: the perturbation alone is ``p_out = c + B^-1 (p_in - c)``.
+    * Their code applies the perturbation, then the rotation; combined, the forward map is
+      ``p_out = c + A (p_in - c)`` with ``A = R B^-1``.
+
+    Draws, in this order, from the global ``np.random``: ``theta``, then the four entries of
+    ``E`` (row-major). ``affine`` must be in ``[0, 0.5)`` (Qu et al.'s bound), so that ``B`` is
+    invertible (``det B >= 1 - 2 affine``). Pixels coming from outside the input are black in
+    the image and ``seg_fill`` in segmentations (the corners of a rotated image).
+
+    Parameters
+    ----------
+    affine : float
+        Bound of the perturbation of each matrix entry (0 = none; Qu et al.: 0.3).
+    rotate : (float, float)
+        Range of the rotation angle in degrees (``(0, 360)`` = any angle; ``(0, 0)`` = none).
+    seg_fill : int or float
+        Fill of segmentation pixels from outside the image (default 2, the ignore label).
+    """
+
+    def __init__(self, affine=0.3, rotate=(0.0, 360.0), seg_fill=2):
+        super().__init__()
+        if not 0 <= affine < 0.5:
+            raise ValueError(f"RandomAffine needs 0 <= affine < 0.5, got {affine}")
+        rotate = tuple(float(v) for v in rotate)
+        if len(rotate) != 2 or rotate[0] > rotate[1]:
+            raise ValueError(f"RandomAffine needs rotate = (low, high), low <= high, got {rotate}")
+        self._init(locals())
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        theta = np.deg2rad(np.random.uniform(self.rotate[0], self.rotate[1]))
+        perturbation = np.random.uniform(-self.affine, self.affine, size=(2, 2))
+        cos, sin = np.cos(theta), np.sin(theta)
+        rotation = np.array([[cos, sin], [-sin, cos]])
+        a = rotation @ np.linalg.inv(np.eye(2) + perturbation)
+        if np.allclose(a, np.eye(2), rtol=0, atol=1e-12):
+            return NoOpTransform()
+        centre = np.array([w / 2.0, h / 2.0])
+        matrix = np.concatenate([a, (centre - a @ centre)[:, None]], axis=1)
+        return AffineTransform(h, w, matrix, h, w, self.seg_fill)
+
+
+# ---------------------------------------------------------------------------------------------
+# elastic
+
+
+class ElasticTransform(Transform):
+    """Warp by a dense displacement field (Simard et al. 2003's elastic deformation).
+
+    The output pixel of centre ``q`` takes the input's value at ``q + d(q)``, with
+    ``d = (dx, dy)`` given at every pixel centre (output size = input size). Images are
+    sampled bilinearly, segmentations with the nearest neighbour; sources outside the input
+    give 0 (images) or ``seg_fill`` (segmentations).
+
+    ``apply_coords`` needs the forward map, the solution ``q`` of ``q + d(q) = p`` for an input
+    point ``p``; it is found by the fixed-point iteration ``q <- p - d(q)`` from ``q = p``
+    (``d`` interpolated bilinearly between pixel centres, edges replicated), which converges
+    when the field is a contraction (``|grad d| < 1``: smooth fields, no folds). On a folding
+    field the result is an approximation. ``inverse()`` is the elastic transform whose field is
+    this forward map on the pixel grid, minus the grid (exact up to that approximation and
+    to resampling).
+
+    Parameters
+    ----------
+    h, w : int
+        Image size.
+    dx, dy : array, (h, w)
+        Displacements in pixels along x (columns) and y (rows).
+    seg_fill : int or float
+        Fill of segmentation pixels from outside the image (default 2, the ignore label).
+    """
+
+    _ITERATIONS = 50
+
+    def __init__(self, h, w, dx, dy, seg_fill=2):
+        super().__init__()
+        dx = np.asarray(dx, dtype=np.float64)
+        dy = np.asarray(dy, dtype=np.float64)
+        if dx.shape != (int(h), int(w)) or dy.shape != (int(h), int(w)):
+            raise ValueError(f"fields {dx.shape}, {dy.shape} do not match the size {(h, w)}")
+        self._set_attributes({"h": int(h), "w": int(w), "dx": dx, "dy": dy, "seg_fill": seg_fill})
+
+    def __repr__(self):
+        mag = float(np.sqrt(np.mean(self.dx**2 + self.dy**2))) if self.dx.size else 0.0
+        return f"ElasticTransform(h={self.h}, w={self.w}, rms_displacement={mag:.3g})"
+
+    def _sources(self):
+        qx, qy = _pixel_centres(self.h, self.w)
+        return qx + self.dx, qy + self.dy
+
+    def apply_image(self, img):
+        assert img.shape[:2] == (self.h, self.w), (img.shape, self.h, self.w)
+        return _sample_bilinear(img, *self._sources(), fill=0.0)
+
+    def apply_segmentation(self, segmentation):
+        assert segmentation.shape[:2] == (self.h, self.w), (segmentation.shape, self.h, self.w)
+        return _sample_nearest(segmentation, *self._sources(), fill=self.seg_fill)
+
+    def _field_at(self, xs, ys):
+        field = np.stack([self.dx, self.dy], axis=-1)
+        # _sample_bilinear fills outside the image; replicate the edges instead
+        xs = np.clip(xs, 0.0, self.w - 1e-9)
+        ys = np.clip(ys, 0.0, self.h - 1e-9)
+        out = _sample_bilinear(field, xs[:, None], ys[:, None])[:, 0]
+        return out[:, 0], out[:, 1]
+
+    def apply_coords(self, coords):
+        coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+        px, py = coords[:, 0], coords[:, 1]
+        qx, qy = px.copy(), py.copy()
+        for _ in range(self._ITERATIONS):
+            dx, dy = self._field_at(qx, qy)
+            nx, ny = px - dx, py - dy
+            change = np.max(np.abs(np.concatenate([nx - qx, ny - qy]))) if len(px) else 0.0
+            qx, qy = nx, ny
+            if change < 1e-7:
+                break
+        return np.stack([qx, qy], axis=1)
+
+    def inverse(self):
+        px, py = _pixel_centres(self.h, self.w)
+        q = self.apply_coords(np.stack([px.ravel(), py.ravel()], axis=1))
+        dx = q[:, 0].reshape(self.h, self.w) - px
+        dy = q[:, 1].reshape(self.h, self.w) - py
+        return ElasticTransform(self.h, self.w, dx, dy, self.seg_fill)
+
+
+class RandomElastic(T.Augmentation):
+    """Simard-style elastic deformation, with probability ``prob``.
+
+    Each displacement component is white noise U(-1, 1) per pixel, smoothed by a Gaussian of
+    standard deviation ``sigma`` pixels (``scipy.ndimage.gaussian_filter``, reflected borders)
+    and multiplied by ``alpha`` pixels. The smoothed noise has a standard deviation of about
+    ``0.17 / sigma`` (measured on 250 px fields), so the RMS displacement per axis is about
+    ``0.17 alpha / sigma`` pixels; the field's gradient is about ``0.08 alpha / sigma**2``
+    typically and ``0.5 alpha / sigma**2`` at most (the warp folds when it reaches 1).
+    Defaults ``alpha=50, sigma=6``: about 1.4 px RMS per axis (at most ~7 px), varying over
+    ~10-20 px, gradient at most ~0.7: wobbly nucleus outlines on 200-250 px crops without
+    folds.
+
+    Draws from the global ``np.random``: the coin (``np.random.rand() < prob``), then the x
+    noise, then the y noise (each ``(H, W)``).
+
+    Parameters
+    ----------
+    alpha : float
+        Scale of the displacements in pixels (0 = identity).
+    sigma : float
+        Smoothness of the field, in pixels (> 0).
+    prob : float
+        Probability of deforming an image.
+    seg_fill : int or float
+        Fill of segmentation pixels from outside the image (default 2, the ignore label).
+    """
+
+    def __init__(self, alpha=50.0, sigma=6.0, prob=1.0, seg_fill=2):
+        super().__init__()
+        if alpha < 0 or sigma <= 0 or not 0 <= prob <= 1:
+            raise ValueError(
+                f"RandomElastic needs alpha >= 0, sigma > 0, 0 <= prob <= 1, got "
+                f"{alpha}, {sigma}, {prob}"
+            )
+        self._init(locals())
+
+    def get_transform(self, image):
+        if not np.random.rand() < self.prob:
+            return NoOpTransform()
+        h, w = image.shape[:2]
+        dx = gaussian_filter(np.random.uniform(-1, 1, size=(h, w)), self.sigma) * self.alpha
+        dy = gaussian_filter(np.random.uniform(-1, 1, size=(h, w)), self.sigma) * self.alpha
+        if self.alpha == 0:
+            return NoOpTransform()
+        return ElasticTransform(h, w, dx, dy, self.seg_fill)
+
+
+# ---------------------------------------------------------------------------------------------
+# point-aware input and crop
+
+
+class NucleiAugInput(T.AugInput):
+    """``T.AugInput`` that also carries the annotated ``points`` through the augmentations.
+
+    ``points`` is an ``(N, 2)`` array of continuous ``(x, y)`` (pixel centres at ``+0.5``) in
+    the current image; every transform applied to the input also moves them with
+    ``apply_coords``, so an augmentation later in the list (e.g. :class:`RandomCropAtPoints`)
+    sees where the points are after the earlier ones. Points that leave the image are kept
+    (the crop ignores them).
+    """
+
+    def __init__(self, image, *, boxes=None, sem_seg=None, points=None):
+        super().__init__(image, boxes=boxes, sem_seg=sem_seg)
+        if points is not None:
+            points = np.asarray(points, dtype=np.float64).reshape(-1, 2).copy()
+        self.points = points
+
+    def transform(self, tfm):
+        super().transform(tfm)
+        if self.points is not None and len(self.points):
+            # copy: some fvcore transforms (flips) move coordinates in place
+            self.points = np.asarray(tfm.apply_coords(self.points.copy()), dtype=np.float64)
+
+
+class RandomCropAtPoints(T.Augmentation):
+    """Fixed-size crop centred, with probability ``prob_at_point``, near an annotated point.
+
+    With probability ``prob_at_point`` (and at least one point inside the image), a point is
+    drawn uniformly among those inside the image and the crop centre is that point plus a
+    uniform jitter of up to ``jitter`` times the crop size along each axis (default 1/4, so the
+    point lies in the central half of the crop before clamping); the crop is then moved inside
+    the image, which keeps the point inside it. Otherwise the crop is uniform, exactly as
+    ``T.RandomCrop("absolute", crop_size)``. Like that crop, the size is clamped to the image
+    (an image smaller than the crop is not padded: the crop is the whole image along that
+    axis).
+
+    The points come from the augmentation input's ``points`` attribute (a
+    :class:`NucleiAugInput`, moved by the earlier augmentations); an input without the
+    attribute, or with ``points=None`` or none inside the image, gets the uniform crop.
+
+    Draws from the global ``np.random``: the coin (``np.random.rand()``), then either the
+    point index and the two jitters (x, y) or the uniform offsets (y then x, as
+    ``T.RandomCrop``).
+
+    Parameters
+    ----------
+    crop_size : (int, int)
+        ``(height, width)`` of the crop.
+    prob_at_point : float
+        Probability of centring the crop near a point.
+    jitter : float
+        Largest offset of the crop centre from the point, as a fraction of the crop size.
+    """
+
+    def __init__(self, crop_size, prob_at_point=0.5, jitter=0.25):
+        super().__init__()
+        crop_size = tuple(int(v) for v in crop_size)
+        if len(crop_size) != 2 or min(crop_size) <= 0:
+            raise ValueError(f"crop_size must be two positive ints, got {crop_size}")
+        if not 0 <= prob_at_point <= 1 or not 0 <= jitter <= 0.5:
+            raise ValueError(
+                f"RandomCropAtPoints needs 0 <= prob_at_point <= 1 and 0 <= jitter <= 0.5, "
+                f"got {prob_at_point}, {jitter}"
+            )
+        self._init(locals())
+
+    def __call__(self, aug_input):
+        tfm = self.get_transform(aug_input.image, getattr(aug_input, "points", None))
+        aug_input.transform(tfm)
+        return tfm
+
+    def get_transform(self, image, points=None):
+        h, w = image.shape[:2]
+        ch, cw = min(self.crop_size[0], h), min(self.crop_size[1], w)
+        at_point = np.random.rand() < self.prob_at_point
+        if points is not None:
+            points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            points = points[_inside(points[:, 0], points[:, 1], h, w)]
+        if at_point and points is not None and len(points):
+            px, py = points[np.random.randint(len(points))]
+            cx = px + np.random.uniform(-self.jitter, self.jitter) * cw
+            cy = py + np.random.uniform(-self.jitter, self.jitter) * ch
+            x0 = int(np.clip(np.floor(cx - cw / 2.0 + 0.5), 0, w - cw))
+            y0 = int(np.clip(np.floor(cy - ch / 2.0 + 0.5), 0, h - ch))
+            # rounding may leave a point on the very edge of a tiny crop outside it: recentre
+            if not (x0 <= px < x0 + cw):
+                x0 = int(np.clip(np.floor(px - cw / 2.0), 0, w - cw))
+            if not (y0 <= py < y0 + ch):
+                y0 = int(np.clip(np.floor(py - ch / 2.0), 0, h - ch))
+        else:
+            y0 = np.random.randint(h - ch + 1)
+            x0 = np.random.randint(w - cw + 1)
+        return T.CropTransform(int(x0), int(y0), int(cw), int(ch))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_nuclei_augmentation(cfg, is_train, seg_fill=2):
     """Augmentations from ``cfg.NUCLEIWEAK.DATA`` (none at test time).
 
-    Training order: random scale, horizontal flip, vertical flip, rot90, random crop.
+    ``seg_fill`` is the value the warps (affine, rotation, elastic) give to the pixels of a
+    moved map that come from outside the image: 2, the ignore label of the two-class target
+    maps, by default; a mapper moving a map of another meaning passes its own (e.g. 0).
+
+    Training order: random scale, any-angle rotation / affine perturbation
+    (:class:`RandomAffine`), elastic deformation, horizontal flip, vertical flip, rot90, random
+    crop (:class:`RandomCropAtPoints` when ``CROP_AT_POINTS > 0``, else ``T.RandomCrop``). The
+    crop is last so that it is taken from the whole warped image: most of the black corners of
+    a rotated image fall outside a crop smaller than the image. With the default config (all
+    of ``AFFINE``, ``ROTATE_ANY``, ``ELASTIC.PROB``, ``CROP_AT_POINTS`` off) the list is the
+    same as before they existed. ``RandomCropAtPoints`` reads the points from a
+    :class:`NucleiAugInput`; with a plain ``T.AugInput`` it crops uniformly.
     """
     if not is_train:
         return []
@@ -103,6 +563,20 @@ def build_nuclei_augmentation(cfg, is_train):
     lo, hi = data.RESIZE_SCALE
     if (lo, hi) != (1.0, 1.0):
         augs.append(RandomScale(lo, hi))
+    affine = float(data.AFFINE)
+    if affine > 0 or data.ROTATE_ANY:
+        rotate = (0.0, 360.0) if data.ROTATE_ANY else (0.0, 0.0)
+        augs.append(RandomAffine(affine=affine, rotate=rotate, seg_fill=seg_fill))
+    elastic = data.ELASTIC
+    if float(elastic.PROB) > 0:
+        augs.append(
+            RandomElastic(
+                alpha=float(elastic.ALPHA),
+                sigma=float(elastic.SIGMA),
+                prob=float(elastic.PROB),
+                seg_fill=seg_fill,
+            )
+        )
     if data.HFLIP_PROB > 0:
         augs.append(T.RandomFlip(prob=data.HFLIP_PROB, horizontal=True, vertical=False))
     if data.VFLIP_PROB > 0:
@@ -110,5 +584,10 @@ def build_nuclei_augmentation(cfg, is_train):
     if data.ROT90:
         augs.append(RandomRot90())
     if len(data.CROP_SIZE) == 2 and min(data.CROP_SIZE) > 0:
-        augs.append(T.RandomCrop("absolute", tuple(int(v) for v in data.CROP_SIZE)))
+        crop = tuple(int(v) for v in data.CROP_SIZE)
+        at_points = float(data.CROP_AT_POINTS)
+        if at_points > 0:
+            augs.append(RandomCropAtPoints(crop, prob_at_point=at_points))
+        else:
+            augs.append(T.RandomCrop("absolute", crop))
     return augs

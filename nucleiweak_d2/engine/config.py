@@ -1,5 +1,6 @@
 """Config keys of the training glue: mapper and pipeline names, dataset registration, our solver
-keys, and what a pipeline evaluates at its end. All under ``cfg.NUCLEIWEAK``.
+keys, training speed options, and what a pipeline evaluates at its end. All under
+``cfg.NUCLEIWEAK``.
 """
 
 from detectron2.config import CfgNode as CN
@@ -36,3 +37,16 @@ def add_engine_config(cfg):
     _C.NUCLEIWEAK.SOLVER.OPTIMIZER = "SGD"
     # Adam betas, used when NUCLEIWEAK.SOLVER.OPTIMIZER is "ADAM".
     _C.NUCLEIWEAK.SOLVER.BETAS = (0.9, 0.999)
+
+    _C.NUCLEIWEAK.TRAIN = CN()
+    # Convert the model the Trainer builds to the channels_last (NHWC) memory format; the conv
+    # activations follow the weights' format. Any device; same arithmetic up to rounding.
+    _C.NUCLEIWEAK.TRAIN.CHANNELS_LAST = False
+    # MODEL.DEVICE "cpu" only: run the training forward under torch.autocast("cpu",
+    # dtype=torch.bfloat16) (the UNet losses cast their logits back to float32); weights,
+    # gradients and the optimiser stay float32, no grad scaler. Ignored on CUDA, where SOLVER.AMP.ENABLED (Detectron2's
+    # AMPTrainer) is the mixed-precision switch.
+    _C.NUCLEIWEAK.TRAIN.CPU_BF16 = False
+    # torch intra-op CPU threads (torch.set_num_threads) set when the Trainer is built;
+    # 0 leaves the process' setting (torch's default, or an entry point's --threads).
+    _C.NUCLEIWEAK.TRAIN.NUM_THREADS = 0

@@ -150,6 +150,10 @@ class StagedPipeline:
     result_key = "evaluation"
 
     def __init__(self, cfg, *, resume=False, eval_only=False):
+        if not eval_only:
+            from .stain import fit_stain_target
+
+            cfg = fit_stain_target(cfg)  # an empty stain target is fitted once, on DATASETS.TRAIN
         self.cfg = cfg
         self.root = Path(cfg.OUTPUT_DIR)
         self.resume, self.eval_only = bool(resume), bool(eval_only)
@@ -351,6 +355,44 @@ class StagedPipeline:
         return inference_on_dataset(
             model, trainer.build_test_loader(cfg, dataset), DatasetEvaluators(evaluators)
         )
+
+    def calibrate_threshold(self, cfg, weights, stage, trainer=Trainer):
+        """Calibrate a segmentor's foreground threshold on the val split (main process).
+
+        Runs the model of ``weights`` over ``self.val_set``, chooses the threshold with
+        :func:`~nucleiweak_d2.engine.calibration.calibrate_fg_threshold` and saves the model
+        with it as ``<stage>/model_best.pth``. Without a val split the weights are saved with
+        the uncalibrated 0.5.
+
+        Returns
+        -------
+        dict
+            The stage info: ``weights`` and the calibration record.
+        """
+        from detectron2.data import DatasetCatalog
+
+        from .calibration import calibrate_fg_threshold
+
+        model = self.load_model(cfg, weights, trainer)
+        probs = {}
+        if self.val_set:
+            probs = self.infer(
+                cfg, model, self.val_set, lambda inp, out: out["prob"].half().cpu(), trainer
+            )
+        out = self.stage_dir(stage)
+        info = {"weights": str(out / "model_best.pth"), "source": str(weights)}
+        if comm.is_main_process():
+            if probs:
+                records = DatasetCatalog.get(self.val_set)
+                info.update(
+                    calibrate_fg_threshold(
+                        model, records, lambda r: {"prob": probs[str(r["image_id"])]}
+                    )
+                )
+            out.mkdir(parents=True, exist_ok=True)
+            DetectionCheckpointer(model, save_dir=str(out)).save("model_best")
+        comm.synchronize()
+        return info
 
     # ------------------------------------------------------------------ the run
     def _eval_weights(self):

@@ -60,8 +60,10 @@ __all__ = [
     "shard_inputs",
 ]
 
-# Keys that may differ between a checkpoint and its model without changing predictions.
-_IGNORABLE_KEY_SUFFIXES = ("num_batches_tracked",)
+# Keys a checkpoint may lack or add without making its model untrained: BatchNorm counters, the
+# segmentor's calibrated foreground threshold and the stain normalisation buffers (checkpoints
+# written before they existed load with 0.5 and no normalisation, their old behaviour).
+_IGNORABLE_KEY_SUFFIXES = ("num_batches_tracked", "fg_threshold", "stain_code", "stain_target")
 _SHOWN_KEYS = 3  # keys named in an error message
 
 

@@ -3,6 +3,7 @@
 import logging
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -22,7 +23,7 @@ from ..data.checks import check_disjoint_splits, check_training_points
 from ..data.registry import build_mapper
 from ..evaluation.evaluator import build_nuclei_evaluator
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "CPUAutocastTrainer", "cpu_bf16_enabled"]
 
 
 class Trainer(DefaultTrainer):
@@ -33,8 +34,13 @@ class Trainer(DefaultTrainer):
     written by an earlier stage, a loss switched on for one stage) as constructor arguments of
     the model and the mapper with :meth:`with_overrides`.
 
-    Two additions:
+    Three additions:
 
+    - the speed options of ``cfg.NUCLEIWEAK.TRAIN`` (off by default): ``CHANNELS_LAST``
+      converts the built model to the NHWC memory format; ``CPU_BF16`` runs the forward
+      under bfloat16 autocast on CPU (:class:`CPUAutocastTrainer`; on CUDA Detectron2's
+      ``SOLVER.AMP.ENABLED`` route is left as is); ``NUM_THREADS`` sets torch's intra-op
+      threads;
     - the training data are checked first: at least one annotated point in
       ``DATASETS.TRAIN``, and no image shared between a training and a held-out dataset
       (:mod:`nucleiweak_d2.data.checks`);
@@ -48,7 +54,24 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         check_training_data(cfg)
         self._resumed_rng = None
+        threads = int(cfg.NUCLEIWEAK.TRAIN.NUM_THREADS)
+        if threads > 0:
+            torch.set_num_threads(threads)
         super().__init__(cfg)
+        if cfg.NUCLEIWEAK.TRAIN.CPU_BF16 and not cpu_bf16_enabled(cfg):
+            logging.getLogger(__name__).warning(
+                "NUCLEIWEAK.TRAIN.CPU_BF16 is ignored on MODEL.DEVICE %r (CPU only; on CUDA "
+                "SOLVER.AMP.ENABLED selects Detectron2's AMPTrainer)",
+                cfg.MODEL.DEVICE,
+            )
+        if cpu_bf16_enabled(cfg):
+            # DefaultTrainer builds a SimpleTrainer; swap it before any step (the loader is not
+            # iterated yet, the hooks hold this Trainer, not the inner one)
+            plain = self._trainer
+            self._trainer = CPUAutocastTrainer(
+                plain.model, plain.data_loader, plain.optimizer, dtype=torch.bfloat16
+            )
+            plain.concurrent_executor.shutdown(wait=False)
 
     def state_dict(self):
         state = super().state_dict()
@@ -117,11 +140,21 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
+        """Detectron2's model, with :attr:`model_overrides`, in the channels_last memory format
+        when ``cfg.NUCLEIWEAK.TRAIN.CHANNELS_LAST``."""
         if not cls.model_overrides:
-            return super().build_model(cfg)
-        model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg, **cls.model_overrides)
-        model.to(torch.device(cfg.MODEL.DEVICE))
-        logging.getLogger(__name__).info("Model (with %s):\n%s", sorted(cls.model_overrides), model)
+            model = super().build_model(cfg)
+        else:
+            arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+            model = arch(cfg, **cls.model_overrides)
+            model.to(torch.device(cfg.MODEL.DEVICE))
+            logging.getLogger(__name__).info(
+                "Model (with %s):\n%s", sorted(cls.model_overrides), model
+            )
+        if cfg.NUCLEIWEAK.TRAIN.CHANNELS_LAST:
+            # 4-D weights become NHWC (the Parameter objects stay); a conv with NHWC weights
+            # returns NHWC activations, so the NCHW input needs no conversion
+            model.to(memory_format=torch.channels_last)
         return model
 
     @classmethod
@@ -183,6 +216,55 @@ class Trainer(DefaultTrainer):
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
+
+
+def cpu_bf16_enabled(cfg):
+    """Whether ``cfg`` trains with bfloat16 autocast on CPU: ``NUCLEIWEAK.TRAIN.CPU_BF16`` and
+    a CPU ``MODEL.DEVICE`` (on CUDA Detectron2's ``SOLVER.AMP.ENABLED`` applies instead)."""
+    return bool(cfg.NUCLEIWEAK.TRAIN.CPU_BF16) and torch.device(cfg.MODEL.DEVICE).type == "cpu"
+
+
+class CPUAutocastTrainer(SimpleTrainer):
+    """:class:`SimpleTrainer` whose forward runs under ``torch.autocast("cpu", dtype)``.
+
+    Only the model call (which returns the loss dict) is autocast; the sum of the losses is
+    taken in float32, and the backward pass and the optimiser step run outside autocast on the
+    float32 parameters. bfloat16 has float32's exponent range, so no gradient scaling is needed
+    (unlike CUDA float16, Detectron2's :class:`~detectron2.engine.AMPTrainer`).
+    The step mirrors ``SimpleTrainer.run_step`` (Detectron2 0.6/0.7).
+    """
+
+    def __init__(self, model, data_loader, optimizer, dtype=torch.bfloat16, **kwargs):
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        self.dtype = dtype
+
+    def run_step(self):
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=self.dtype):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        loss_dict = {k: v.float() for k, v in loss_dict.items()}
+        losses = sum(loss_dict.values())
+        if not self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        losses.backward()
+
+        self.after_backward()
+
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(
+                self._write_metrics, loss_dict, data_time, iter=self.iter
+            )
+        else:
+            self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
 
 
 def check_training_data(cfg):

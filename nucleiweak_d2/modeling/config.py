@@ -32,8 +32,14 @@ def add_unet_config(cfg):
     _C.NUCLEIWEAK.UNET.TARGET_WEIGHTS = [1.0]
     # Inference tile size in pixels (square); 0 runs on the whole (padded) image.
     _C.NUCLEIWEAK.UNET.INFERENCE_TILE = 0
+    # CPU inference in bfloat16 autocast with channels_last weights (probabilities differ by
+    # ~1e-4 from float32; ~3x faster on CPUs with bf16 units, benchmarks/bench_training_speed.py).
+    _C.NUCLEIWEAK.UNET.FAST_CPU_INFERENCE = False
     # Overlap of inference tiles in pixels (Qu et al.: 224 tiles, overlap 80).
     _C.NUCLEIWEAK.UNET.INFERENCE_OVERLAP = 80
+    # Segmentor: foreground probability threshold forced at inference, in (0, 1); <= 0 uses the
+    # threshold saved in the weights (chosen on val by a pipeline's calibration, else 0.5 = argmax).
+    _C.NUCLEIWEAK.UNET.FG_THRESHOLD = -1.0
     # Segmentor post-processing: objects smaller than this (pixels) are removed (Qu et al.: 20).
     _C.NUCLEIWEAK.UNET.MIN_AREA = 20
     # Segmentor post-processing: fill holes of every object.
@@ -51,6 +57,14 @@ def add_unet_config(cfg):
     _C.NUCLEIWEAK.UNET.POINT_MIN_AREA = 12
     # Point detector: components larger than this (pixels) are dropped (0 = no limit).
     _C.NUCLEIWEAK.UNET.POINT_MAX_AREA = 200
+    # Local torchvision ResNet .pth (resnet18/34/50-*.pth) loaded into the encoder when the model
+    # is built ("" = random encoder; skipped when MODEL.WEIGHTS is set). Needs torchvision's widths
+    # and depth, INPUT.FORMAT RGB/BGR with ImageNet PIXEL_MEAN/STD in that order (see
+    # modeling/backbone/imagenet.py) and, for R50+, RESNETS.STRIDE_IN_1X1 False.
+    _C.NUCLEIWEAK.UNET.IMAGENET_WEIGHTS = ""
+    # Append the standardised hematoxylin optical density (colour deconvolution, rgb2hed's H)
+    # to the model's input as a 4th channel; with IMAGENET_WEIGHTS its stem weights start at 0.
+    _C.NUCLEIWEAK.UNET.HEMATOXYLIN_INPUT = False
 
 
 def add_losses_config(cfg):

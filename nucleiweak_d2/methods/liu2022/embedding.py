@@ -36,6 +36,10 @@ class NucleiWeakLiu2022EmbeddingNet(UNetModelMixin, SemanticSegmentor):
     ``"coords"`` when present, else from the image size (the whole image at test time).
     """
 
+    # the CoordConv stem takes the 3 colour channels and 2 coordinates (5 inputs), so the
+    # optional hematoxylin input channel (NUCLEIWEAK.UNET.HEMATOXYLIN_INPUT) is refused
+    HEMATOXYLIN_INPUT_SUPPORTED = False
+
     @configurable
     def __init__(
         self,

@@ -46,6 +46,7 @@ class NucleiWeakLiu2022SPNMapper(CachedTargetsMapper):
         color_weight=0.2,
         patch_size=60,
         d_max=20.0,
+        **stain_steps,
     ):
         """
         Parameters
@@ -58,9 +59,16 @@ class NucleiWeakLiu2022SPNMapper(CachedTargetsMapper):
             only (the pipeline passes its ``pseudo_labels/labels`` folder).
         color_weight, patch_size, d_max
             lambda, L and d* of :func:`~nucleiweak_d2.pseudo_labels.adaptive_cluster_label`.
+        **stain_steps
+            ``stain_normalizer``, ``stain_jitter`` of
+            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
         """
         super().__init__(
-            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+            is_train,
+            augmentations=augmentations,
+            image_format=image_format,
+            cache_dir=cache_dir,
+            **stain_steps,
         )
         self.color_weight, self.patch_size, self.d_max = (
             float(color_weight),
@@ -107,6 +115,9 @@ class NucleiWeakLiu2022IENMapper(CachedTargetsMapper):
     augmentation (:func:`~.coords.coordinate_grid` moved by the same transforms as the image).
     """
 
+    # warps fill the instance map with 0 (ignore) outside the image
+    SEG_FILL = 0
+
     @configurable
     def __init__(
         self,
@@ -119,6 +130,7 @@ class NucleiWeakLiu2022IENMapper(CachedTargetsMapper):
         t_fg=0.5,
         t_bg=0.3,
         min_area=20,
+        **stain_steps,
     ):
         """
         Parameters
@@ -132,9 +144,16 @@ class NucleiWeakLiu2022IENMapper(CachedTargetsMapper):
             needed in training only).
         t_fg, t_bg, min_area
             See :func:`~.pseudo_labels.instance_pseudo_label`.
+        **stain_steps
+            ``stain_normalizer``, ``stain_jitter`` of
+            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
         """
         super().__init__(
-            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+            is_train,
+            augmentations=augmentations,
+            image_format=image_format,
+            cache_dir=cache_dir,
+            **stain_steps,
         )
         self.prob_dir = str(prob_dir)
         self.t_fg, self.t_bg, self.min_area = float(t_fg), float(t_bg), int(min_area)

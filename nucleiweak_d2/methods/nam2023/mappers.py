@@ -46,6 +46,9 @@ def _move_points(transforms, points):
 class NucleiWeakNam2023Mapper(CachedTargetsMapper):
     """Binary labels, centre map and (from round 0 on) offset targets; see the module docstring."""
 
+    # the label maps need the fill 2 (ignore) and the nuclei map 0: one warp cannot give both
+    SUPPORTS_WARPS = False
+
     @configurable
     def __init__(
         self,
@@ -61,6 +64,7 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         cache_dir="",
         points_file="",
         targets_dir="",
+        **stain_steps,
     ):
         """
         Parameters
@@ -82,9 +86,16 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
             "" = the annotated points (the pipeline passes the refined points of the round).
         targets_dir : str
             Folder of the shape-guided offset targets; "" = no offset targets (warm-up).
+        **stain_steps
+            ``stain_normalizer``, ``stain_jitter`` of
+            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
         """
         super().__init__(
-            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+            is_train,
+            augmentations=augmentations,
+            image_format=image_format,
+            cache_dir=cache_dir,
+            **stain_steps,
         )
         self.label_args = {"geodesic": bool(geodesic), "beta": float(beta), "d_max": float(d_max)}
         self.center_radius = float(center_radius)

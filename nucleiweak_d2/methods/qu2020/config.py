@@ -57,6 +57,10 @@ def add_qu2020_config(cfg):
     # Which round's detector finds the training points: "last" (the paper) or "best_val" (the
     # round with the best DET.SELECT_METRIC on the val split; for short schedules).
     _C.NUCLEIWEAK.QU2020.DET.SELECT_ROUND = "last"
+    # Choose the detector's threshold and minimum blob area (NUCLEIWEAK.UNET.POINT_THRESHOLD,
+    # POINT_MIN_AREA) on val by detection F1 before it finds the training points (a deviation:
+    # the paper fixes them).
+    _C.NUCLEIWEAK.QU2020.DET.CALIBRATE = True
     # Metric (key in the evaluator's results) that selects the detection checkpoint on val.
     _C.NUCLEIWEAK.QU2020.DET.SELECT_METRIC = "nuclei/det_F1"
     # Background propagation: pixels with probability below this become background.
@@ -78,6 +82,9 @@ def add_qu2020_config(cfg):
     _C.NUCLEIWEAK.QU2020.SEG.BASE_LR = 1e-4
     # Metric that selects the segmentation (and CRF) checkpoint on val.
     _C.NUCLEIWEAK.QU2020.SEG.SELECT_METRIC = "nuclei/AJI"
+    # Choose the foreground threshold of the final model on val (stage "calibrate"; the paper
+    # takes the argmax, i.e. 0.5, which a short CPU schedule leaves badly calibrated).
+    _C.NUCLEIWEAK.QU2020.SEG.CALIBRATE_THRESHOLD = True
 
     _C.NUCLEIWEAK.QU2020.CRF = CN()
     # Learning-rate factor of the fine-tuning stage relative to SEG.BASE_LR (paper: 0.1).

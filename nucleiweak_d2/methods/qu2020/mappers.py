@@ -44,7 +44,14 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
 
     @configurable
     def __init__(
-        self, is_train=True, *, augmentations, image_format="RGB", cache_dir="", points_file=""
+        self,
+        is_train=True,
+        *,
+        augmentations,
+        image_format="RGB",
+        cache_dir="",
+        points_file="",
+        **stain_steps,
     ):
         """
         Parameters
@@ -58,14 +65,26 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
         points_file : str
             JSON ``{image_id: [[x, y], ...]}``; "" uses the annotated points (the pipeline
             passes its merged annotated + detected points).
+        **stain_steps
+            ``stain_normalizer``, ``stain_jitter`` of
+            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
         """
         super().__init__(
-            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+            is_train,
+            augmentations=augmentations,
+            image_format=image_format,
+            cache_dir=cache_dir,
+            **stain_steps,
         )
         self.points_by_image = None
         if points_file and is_train:  # test time needs only the image
             with open(points_file) as f:
                 self.points_by_image = {str(k): v for k, v in json.load(f).items()}
+
+    def _aug_points(self, record):
+        """The merged points of the image (a crop at points centres on annotated or detected
+        nuclei alike)."""
+        return record_points(record, self.points_by_image) + 0.5
 
     def _targets(self, record, image):
         from ...pseudo_labels.cluster import cluster_label
@@ -99,6 +118,9 @@ class NucleiWeakQu2020DetMapper(CachedTargetsMapper):
     Both maps are ``(1, H, W)`` float32.
     """
 
+    # warps fill both maps with 0 outside the image: target 0 with weight 0, i.e. ignored
+    SEG_FILL = 0
+
     @configurable
     def __init__(
         self,
@@ -112,6 +134,7 @@ class NucleiWeakQu2020DetMapper(CachedTargetsMapper):
         sigma=2.75,
         fg_weight=10.0,
         background_dir="",
+        **stain_steps,
     ):
         """
         Parameters
@@ -125,9 +148,16 @@ class NucleiWeakQu2020DetMapper(CachedTargetsMapper):
         background_dir : str
             Background maps of the previous round; "" for the initial round (the pipeline
             passes it).
+        **stain_steps
+            ``stain_normalizer``, ``stain_jitter`` of
+            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
         """
         super().__init__(
-            is_train, augmentations=augmentations, image_format=image_format, cache_dir=cache_dir
+            is_train,
+            augmentations=augmentations,
+            image_format=image_format,
+            cache_dir=cache_dir,
+            **stain_steps,
         )
         self.r1, self.r2, self.sigma = float(r1), float(r2), float(sigma)
         self.fg_weight = float(fg_weight)

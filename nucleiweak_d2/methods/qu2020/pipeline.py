@@ -15,9 +15,13 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`; each in ``OUTP
    (``alpha L_vor + (1 - alpha) L_cluster``).
 5. ``crf`` (seed ``SEED + 101``): fine-tuning from the selected ``seg`` model with the dense-CRF
    loss, lr x ``CRF.LR_FACTOR``; skipped when ``CRF.MAX_ITER`` is 0.
-6. ``eval``: the final model (``crf/model_best.pth``, or ``seg``'s without CRF; linked to
-   ``OUTPUT_DIR/model_final.pth``) on ``NUCLEIWEAK.EVAL_DATASETS``; the selected detector's
-   detection metrics on val and the same sets.
+6. ``calibrate`` (with ``SEG.CALIBRATE_THRESHOLD``, a deviation: Qu et al. take the argmax):
+   the foreground threshold of the last model chosen on val
+   (:meth:`~nucleiweak_d2.engine.pipeline.StagedPipeline.calibrate_threshold`), saved in its
+   weights as ``calibrate/model_best.pth``.
+7. ``eval``: the final model (``calibrate/``, else ``crf/model_best.pth``, or ``seg``'s without
+   CRF; linked to ``OUTPUT_DIR/model_final.pth``) on ``NUCLEIWEAK.EVAL_DATASETS``; the
+   selected detector's detection metrics on val and the same sets.
 
 Model selection (``model_best.pth``) uses ``DATASETS.TEST[0]`` (the val split) only.
 """
@@ -37,6 +41,16 @@ from .artifacts import write_mask_png
 from .postprocess import merge_points
 
 __all__ = ["NucleiWeakQu2020Pipeline"]
+
+
+def comm_broadcast(obj):
+    """``obj`` of the main process, in every process (``{}`` where it is ``{}`` everywhere)."""
+    from detectron2.utils import comm
+
+    if comm.get_world_size() == 1:
+        return obj
+    return comm.all_gather(obj)[0]
+
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +112,19 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         c.MODEL.WEIGHTS = self.best_weights(self.stage_dir("seg"))
         return c, self._seg_trainer(crf_weight=self.cfg.NUCLEIWEAK.LOSSES.CRF.WEIGHT)
 
+    def trained_stage(self):
+        """The last training stage: ``crf``, or ``seg`` when the CRF stage is skipped."""
+        return "crf" if self.q.CRF.MAX_ITER > 0 else "seg"
+
     def final_model(self):
         """The segmentor of the last stage; at test time it needs nothing an earlier stage wrote."""
-        stage = "crf" if self.q.CRF.MAX_ITER > 0 else "seg"
+        stage = self.trained_stage()
         c = self.stage_cfg(stage, SEG_ARCH)
         c.NUCLEIWEAK.COCO_EVAL = bool(
             self.cfg.NUCLEIWEAK.COCO_EVAL and self.cfg.NUCLEIWEAK.UNET.OUTPUT_INSTANCES
         )
+        if self.q.SEG.CALIBRATE_THRESHOLD:
+            stage = "calibrate"
         return c, Trainer, self.best_weights(self.stage_dir(stage))
 
     # ------------------------------------------------------------------ stages
@@ -120,6 +140,8 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         ]
         if self.q.CRF.MAX_ITER > 0:
             stages.append(Stage("crf", self.crf_finetuning, seed_offset=101))
+        if self.q.SEG.CALIBRATE_THRESHOLD:
+            stages.append(Stage("calibrate", self.calibrate))
         return stages
 
     def detection_round(self, k):
@@ -178,14 +200,62 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         )
         return best
 
+    def detector(self, k, info=None):
+        """``(cfg, trainer, model)`` of detection round ``k`` with the post-processing the
+        ``detect`` stage chose on val (``info``, when given, or its record)."""
+        c, trainer = self.det_cfg(k)
+        model = self.load_model(c, self.best_weights(self.stage_dir(f"det_round{k}")), trainer)
+        if info is None:
+            info = self.stage_info("detect")
+        if "point_threshold" in info:
+            model.threshold, model.min_area = info["point_threshold"], info["point_min_area"]
+        return c, trainer, model
+
+    def calibrate_detector(self, c, model, trainer):
+        """Threshold and minimum blob area of the detector chosen on val by detection F1
+        (``DET.CALIBRATE``; a deviation: Qu et al. fix 0.35 and 12 px for their schedule)."""
+        from ...engine.calibration import select_point_postprocess
+        from ...evaluation.ground_truth import gt_label_map, gt_points
+        from ...modeling.meta_arch.postprocess import points_from_probability
+
+        if not (self.q.DET.CALIBRATE and self.val_set):
+            return {}
+        probs = self.infer(
+            c, model, self.val_set, lambda inp, out: out["prob"].half().cpu(), trainer
+        )
+        if not probs:  # not the main process
+            return {}
+        records = DatasetCatalog.get(self.val_set)
+        mode = self.cfg.NUCLEIWEAK.EVAL.POINT_MODE
+        (threshold, min_area), scores = select_point_postprocess(
+            [probs[str(r["image_id"])].float().numpy() for r in records],
+            [gt_points(gt_label_map(r), mode) for r in records],
+            self.cfg.NUCLEIWEAK.EVAL.DET_RADIUS,
+            lambda prob, t, a: points_from_probability(prob, t, a, model.max_area),
+        )
+        logger.info(
+            "detector post-processing on val: threshold %.2f, min area %d (F1 %.4f; "
+            "configured %.2f/%d: %s)",
+            threshold,
+            min_area,
+            scores[f"{threshold}/{min_area}"],
+            model.threshold,
+            model.min_area,
+            scores.get(f"{float(model.threshold)}/{int(model.min_area)}", "not in the grid"),
+        )
+        return {"point_threshold": threshold, "point_min_area": min_area, "val_det_F1": scores}
+
     def detect_and_merge(self):
         k = self.selected_round()
         c, trainer = self.det_cfg(k)
         model = self.load_model(c, self.best_weights(self.stage_dir(f"det_round{k}")), trainer)
+        calib = comm_broadcast(self.calibrate_detector(c, model, trainer))
+        if calib:
+            model.threshold, model.min_area = calib["point_threshold"], calib["point_min_area"]
         detected = self.infer(
             c, model, self.train_set, lambda inp, out: out["pred_points"].cpu().numpy(), trainer
         )
-        info = {"round": k}
+        info = {"round": k, **calib}
         if detected:  # main process
             merged, n_ann, n_det = {}, 0, 0
             for record in DatasetCatalog.get(self.train_set):
@@ -227,14 +297,19 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         c, trainer = self.crf_cfg()
         return {"weights": self.train(c, self.q.SEG.SELECT_METRIC, trainer)}
 
+    def calibrate(self):
+        stage = self.trained_stage()
+        c = self.stage_cfg(stage, SEG_ARCH)
+        return self.calibrate_threshold(
+            c, self.best_weights(self.stage_dir(stage)), "calibrate", Trainer
+        )
+
     # ------------------------------------------------------------------ extra results
     def extra_evaluation(self, out_dir):
         """Detection P/R/F1 of the selected detector on val and the eval sets (training runs)."""
         if self.eval_only or not (self.stage_dir("detect") / "stage_done.json").is_file():
             return {}
-        k = self.stage_info("detect")["round"]
-        c, trainer = self.det_cfg(k)
-        model = self.load_model(c, self.best_weights(self.stage_dir(f"det_round{k}")), trainer)
+        c, trainer, model = self.detector(self.stage_info("detect")["round"])
         metrics = {}
         for ds in dict.fromkeys([self.val_set, *self.eval_sets]):
             if ds:

@@ -6,6 +6,13 @@ Importing this package registers:
 - ``NucleiWeakUNetHead`` in ``SEM_SEG_HEADS_REGISTRY``.
 """
 
+from .hematoxylin import hematoxylin_channel, hematoxylin_density
+from .imagenet import (
+    check_imagenet_normalisation,
+    convert_torchvision_resnet,
+    imagenet_weights_from_cfg,
+    load_imagenet_weights,
+)
 from .resnet_encoder import NucleiWeakResNet, build_nucleiweak_resnet_backbone
 from .tiling import sliding_window_apply
 from .unet_head import NucleiWeakUNetHead, ignore_aware_cross_entropy
@@ -16,4 +23,10 @@ __all__ = [
     "NucleiWeakUNetHead",
     "ignore_aware_cross_entropy",
     "sliding_window_apply",
+    "convert_torchvision_resnet",
+    "load_imagenet_weights",
+    "check_imagenet_normalisation",
+    "imagenet_weights_from_cfg",
+    "hematoxylin_density",
+    "hematoxylin_channel",
 ]

@@ -29,9 +29,17 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
     is added (``loss_crf``), padding pixels (pure black) excluded.
 
     Inference outputs per image: ``"sem_seg"`` (C, H, W) class probabilities, ``"prob"``
-    (H, W) foreground probability, ``"instance_map"`` (H, W) int32 (argmax, connected
-    components, objects < ``min_area`` removed, holes filled, optional watershed split) and,
-    when ``output_instances``, ``"instances"`` with dense ``pred_masks`` for COCOEvaluator.
+    (H, W) foreground probability, ``"instance_map"`` (H, W) int32 (foreground probability
+    above the threshold, connected components, objects < ``min_area`` removed, holes filled,
+    optional watershed split) and, when ``output_instances``, ``"instances"`` with dense
+    ``pred_masks`` for COCOEvaluator.
+
+    The foreground threshold is the persistent buffer ``fg_threshold`` (0.5 = Qu et al.'s
+    argmax of the two classes) unless ``fg_threshold`` is given (> 0) to the constructor. The
+    buffer is part of the checkpoint, so a threshold calibrated on val
+    (:func:`nucleiweak_d2.engine.calibration.calibrate_fg_threshold`) travels with the weights
+    into evaluation, ``tools/predict.py`` and the Python API. A checkpoint written before the
+    buffer existed loads with 0.5.
     """
 
     @configurable
@@ -48,6 +56,7 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
         output_instances=True,
         tile=0,
         tile_overlap=80,
+        fg_threshold=-1.0,
         **kwargs,
     ):
         """
@@ -64,6 +73,9 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
             Also return ``"instances"`` (memory: one dense mask per object).
         tile, tile_overlap : int
             Sliding-window inference (``tile <= 0``: whole image).
+        fg_threshold : float
+            Foreground probability threshold forced at inference (in (0, 1)); ``<= 0`` uses the
+            checkpoint's calibrated buffer (0.5 when uncalibrated).
         **kwargs
             ``backbone``, ``sem_seg_head``, ``pixel_mean``, ``pixel_std`` of
             :class:`SemanticSegmentor`.
@@ -75,6 +87,17 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
         self.split_touching, self.split_min_distance = bool(split_touching), int(split_min_distance)
         self.output_instances = bool(output_instances)
         self.tile, self.tile_overlap = int(tile), int(tile_overlap)
+        if not fg_threshold < 1.0:
+            raise ValueError(f"fg_threshold must be < 1 (<= 0: calibrated), got {fg_threshold}")
+        self.fg_threshold_override = float(fg_threshold)
+        self.register_buffer("fg_threshold", torch.tensor(0.5), persistent=True)
+
+    @property
+    def threshold(self):
+        """The foreground threshold inference uses (forced, else the calibrated buffer)."""
+        if self.fg_threshold_override > 0:
+            return self.fg_threshold_override
+        return float(self.fg_threshold)
 
     @classmethod
     def from_config(cls, cfg):
@@ -91,6 +114,7 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
             output_instances=unet.OUTPUT_INSTANCES,
             tile=unet.INFERENCE_TILE,
             tile_overlap=unet.INFERENCE_OVERLAP,
+            fg_threshold=unet.FG_THRESHOLD,
         )
         return ret
 
@@ -106,9 +130,12 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
                 self.sem_seg_head.ignore_value,
             ).tensor
             logits = self.logits(images)
-            losses = self.sem_seg_head.losses(logits, targets)
-            if self.crf_weight > 0:
-                losses["loss_crf"] = self.crf_weight * self.crf_loss(logits, raw01.tensor)
+            # losses in float32 also under autocast (CPU bf16, CUDA fp16)
+            with torch.autocast(logits.device.type, enabled=False):
+                logits = logits.float()
+                losses = self.sem_seg_head.losses(logits, targets)
+                if self.crf_weight > 0:
+                    losses["loss_crf"] = self.crf_weight * self.crf_loss(logits, raw01.tensor)
             return losses
 
         with torch.no_grad():
@@ -135,11 +162,7 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
         """Outputs of one image from its padded logits ``(C, Hpad, Wpad)``."""
         scores = F.softmax(self.resize_output(logits, image_size, input_per_image), dim=0)
         prob = scores[1] if scores.shape[0] > 1 else scores[0]
-        fg = (
-            (scores.argmax(dim=0) == 1).cpu().numpy()
-            if scores.shape[0] > 1
-            else (prob > 0.5).cpu().numpy()
-        )
+        fg = (prob > self.threshold).cpu().numpy()
         inst_map = instances_from_foreground(
             fg, self.min_area, self.fill_holes, self.split_touching, self.split_min_distance
         )

@@ -1,13 +1,23 @@
-"""Parts shared by the UNet meta-architectures: preprocessing, (tiled) stride-1 logits, output
-resizing, and Detectron2 ``Instances`` from an instance map."""
+"""Parts shared by the UNet meta-architectures: building (optional ImageNet encoder and
+hematoxylin input channel), preprocessing, (tiled) stride-1 logits, output resizing, and
+Detectron2 ``Instances`` from an instance map."""
+
+import logging
 
 import numpy as np
 import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_backbone, build_sem_seg_head
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList, Instances
 from scipy import ndimage as ndi
 
+from ...data.stain import StainNormalizer
+from ..backbone.hematoxylin import hematoxylin_channel
+from ..backbone.imagenet import imagenet_weights_from_cfg
 from ..backbone.tiling import sliding_window_apply
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["UNetModelMixin", "instances_from_map"]
 
@@ -35,20 +45,205 @@ def instances_from_map(instance_map, prob):
 
 
 class UNetModelMixin:
-    """Preprocessing and (tiled) logits shared by the UNet meta-architectures."""
+    """Building, preprocessing and (tiled) logits shared by the UNet meta-architectures.
+
+    Listed before :class:`SemanticSegmentor` in the bases, so that the meta-architecture's
+    ``super().__init__`` / ``super().from_config`` come here first.
+
+    Hematoxylin input (``NUCLEIWEAK.UNET.HEMATOXYLIN_INPUT``): :meth:`preprocess` appends the
+    standardised hematoxylin optical density
+    (:func:`~nucleiweak_d2.modeling.backbone.hematoxylin.hematoxylin_channel`, computed from the
+    input image in ``INPUT.FORMAT`` order) to the normalised image, and :meth:`from_config`
+    builds the encoder with one more input channel; training, evaluation and the predictor get it
+    through the model, no mapper changes. A meta-architecture whose forward feeds the backbone
+    something else than :meth:`preprocess`'s image sets ``HEMATOXYLIN_INPUT_SUPPORTED = False``.
+
+    Stain normalisation (``NUCLEIWEAK.DATA.STAIN_NORM``): the method and its fitted target are
+    persistent buffers (``stain_code``, ``stain_target``), so they are saved with the weights and
+    a checkpoint brings its own normalisation to evaluation, ``tools/predict.py`` and the API. In
+    eval mode :meth:`preprocess` normalises every input image (whole image, or each inference
+    tile of a slide) with :class:`~nucleiweak_d2.data.stain.StainNormalizer`; in training the
+    mappers normalise the whole image before cropping, so the model does not. A checkpoint
+    written before these buffers existed loads without normalisation, its old behaviour.
+    """
+
+    # Whether the class's forward passes preprocess()'s images (with the extra channel) on.
+    HEMATOXYLIN_INPUT_SUPPORTED = True
+    # Stain normalisation methods by buffer code.
+    STAIN_METHODS = StainNormalizer.METHODS
+    # Length of the stain target buffer (Macenko's 8 values; Reinhard uses the first 6).
+    STAIN_TARGET_SIZE = 8
+
+    def __init__(
+        self,
+        *,
+        hematoxylin_input=False,
+        input_format="RGB",
+        stain_method="none",
+        stain_target=(),
+        fast_cpu_inference=False,
+        **kwargs,
+    ):
+        """
+        Parameters
+        ----------
+        hematoxylin_input : bool
+            Append the hematoxylin channel to the normalised input (the backbone must take
+            ``len(pixel_mean) + 1`` channels).
+        input_format : str
+            ``"RGB"`` or ``"BGR"``: channel order of the input images (read for the
+            hematoxylin channel and the stain normalisation).
+        stain_method : str
+            ``"none"``, ``"reinhard"`` or ``"macenko"``: inference-time stain normalisation.
+        stain_target : sequence of float
+            Its flat target (empty while not fitted: the trainer fits it before training, a
+            checkpoint brings its own).
+        fast_cpu_inference : bool
+            CPU inference in bfloat16 autocast with channels_last weights (see :meth:`logits`).
+        **kwargs
+            Those of :class:`SemanticSegmentor`.
+        """
+        super().__init__(**kwargs)
+        if hematoxylin_input and input_format not in ("RGB", "BGR"):
+            raise ValueError(
+                f"NUCLEIWEAK.UNET.HEMATOXYLIN_INPUT needs INPUT.FORMAT RGB or BGR, got "
+                f"{input_format!r}"
+            )
+        self.hematoxylin_input = bool(hematoxylin_input)
+        self.input_format = str(input_format)
+        if stain_method not in self.STAIN_METHODS:
+            raise ValueError(
+                f"stain normalisation must be one of {self.STAIN_METHODS}, got {stain_method!r}"
+            )
+        target = torch.full((self.STAIN_TARGET_SIZE,), float("nan"))
+        values = torch.as_tensor(list(stain_target), dtype=torch.float32).reshape(-1)
+        if len(values) > self.STAIN_TARGET_SIZE:
+            raise ValueError(f"stain target has {len(values)} values, at most 8 expected")
+        target[: len(values)] = values
+        self.register_buffer(
+            "stain_code", torch.tensor(self.STAIN_METHODS.index(stain_method)), persistent=True
+        )
+        self.register_buffer("stain_target", target, persistent=True)
+        self._stain_normalizer = None  # (code, target tuple, StainNormalizer), built lazily
+        self.fast_cpu_inference = bool(fast_cpu_inference)
+
+    @classmethod
+    def from_config(cls, cfg):
+        """:class:`SemanticSegmentor`'s arguments, with the UNet-specific building steps.
+
+        The backbone takes ``len(MODEL.PIXEL_MEAN)`` channels, plus one with
+        ``NUCLEIWEAK.UNET.HEMATOXYLIN_INPUT``; ``NUCLEIWEAK.UNET.IMAGENET_WEIGHTS`` is loaded
+        into the encoder
+        (:func:`~nucleiweak_d2.modeling.backbone.imagenet.imagenet_weights_from_cfg`) before the
+        head is built; the head keeps its random initialisation.
+        """
+        unet = cfg.NUCLEIWEAK.UNET
+        hematoxylin = bool(unet.HEMATOXYLIN_INPUT)
+        if hematoxylin and not cls.HEMATOXYLIN_INPUT_SUPPORTED:
+            raise ValueError(
+                f"{cls.__name__} does not support NUCLEIWEAK.UNET.HEMATOXYLIN_INPUT; set it False"
+            )
+        channels = len(cfg.MODEL.PIXEL_MEAN) + (1 if hematoxylin else 0)
+        backbone = build_backbone(cfg, ShapeSpec(channels=channels))
+        loaded = imagenet_weights_from_cfg(cfg, backbone)
+        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        if loaded is not None:
+            logger.info(
+                "ImageNet weights %s: %d encoder tensors loaded%s; random initialisation kept "
+                "by the decoder (sem_seg_head, %d tensors)",
+                unet.IMAGENET_WEIGHTS,
+                len(loaded),
+                " (stem.conv1 hematoxylin channel zero-initialised)" if hematoxylin else "",
+                len(sem_seg_head.state_dict()),
+            )
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "hematoxylin_input": hematoxylin,
+            "input_format": cfg.INPUT.FORMAT,
+            "stain_method": cfg.NUCLEIWEAK.DATA.STAIN_NORM.METHOD,
+            "stain_target": list(cfg.NUCLEIWEAK.DATA.STAIN_NORM.TARGET),
+            "fast_cpu_inference": bool(unet.FAST_CPU_INFERENCE),
+        }
+
+    def stain_normalizer(self):
+        """The :class:`StainNormalizer` of the buffers, or None (method "none").
+
+        Raises
+        ------
+        ValueError
+            A method without its fitted target (a model built for training, never trained).
+        """
+        code = int(self.stain_code)
+        if code == 0:
+            return None
+        method = self.STAIN_METHODS[code]
+        size = 6 if method == "reinhard" else 8
+        values = self.stain_target.detach().cpu()[:size]
+        if torch.isnan(values).any():
+            raise ValueError(
+                f"the model normalises stains ({method}) but has no fitted target: load trained "
+                "weights, or set NUCLEIWEAK.DATA.STAIN_NORM.TARGET"
+            )
+        key = (code, tuple(values.tolist()))
+        if self._stain_normalizer is None or self._stain_normalizer[:2] != key:
+            self._stain_normalizer = (*key, StainNormalizer(method, list(key[1])))
+        return self._stain_normalizer[2]
+
+    def _normalise_stain(self, image, normalizer):
+        """A ``(3, H, W)`` float image in 0..255 (``input_format`` order) stain-normalised."""
+        rgb = image[[2, 1, 0]] if self.input_format == "BGR" else image
+        array = rgb.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        out = torch.from_numpy(normalizer(np.ascontiguousarray(array))).permute(2, 0, 1)
+        out = out.to(device=image.device, dtype=image.dtype)
+        return out[[2, 1, 0]] if self.input_format == "BGR" else out
 
     def preprocess(self, batched_inputs):
-        """Return ``(normalised ImageList, raw ImageList in [0, 1])``, both zero-padded."""
+        """Return ``(normalised ImageList, raw ImageList in [0, 1])``, both zero-padded.
+
+        In eval mode the images are first stain-normalised when the model has a stain method.
+
+        With ``hematoxylin_input`` the normalised images carry a last channel, the standardised
+        hematoxylin density of the raw image; the raw images keep their own channels.
+        """
         raw = [x["image"].to(self.device).float() for x in batched_inputs]
+        normalizer = None if self.training else self.stain_normalizer()
+        if normalizer is not None:
+            raw = [self._normalise_stain(x, normalizer) for x in raw]
         norm = [(x - self.pixel_mean) / self.pixel_std for x in raw]
+        if getattr(self, "hematoxylin_input", False):
+            norm = [
+                torch.cat([n, hematoxylin_channel(x / 255.0, self.input_format)], dim=0)
+                for n, x in zip(norm, raw)
+            ]
         div = self.backbone.size_divisibility
         images = ImageList.from_tensors(norm, div)
         raw01 = ImageList.from_tensors([x / 255.0 for x in raw], div)
         return images, raw01
 
     def logits(self, images):
-        """Stride-1 logits ``(N, C, Hpad, Wpad)``; tiled per image when ``tile > 0``."""
+        """Stride-1 logits ``(N, C, Hpad, Wpad)``; tiled per image when ``tile > 0``.
 
+        In eval mode on CPU with ``NUCLEIWEAK.UNET.FAST_CPU_INFERENCE`` (attribute
+        ``fast_cpu_inference``, set by the meta-architecture's ``from_config``) the weights
+        are converted to channels_last once and the network runs under bfloat16 autocast; the
+        logits are returned in float32.
+        """
+        if (
+            getattr(self, "fast_cpu_inference", False)
+            and not self.training
+            and images.tensor.device.type == "cpu"
+        ):
+            if not getattr(self, "_channels_last", False):
+                self.to(memory_format=torch.channels_last)
+                self._channels_last = True
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self._logits(images).float()
+        return self._logits(images)
+
+    def _logits(self, images):
         def run(x):
             return self.sem_seg_head.layers(self.backbone(x))
 

@@ -1,0 +1,116 @@
+"""The foreground threshold chosen on val, stored in the segmentor's weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from nucleiweak_d2.engine.calibration import calibrate_fg_threshold, select_threshold
+from nucleiweak_d2.modeling.meta_arch.postprocess import instances_from_foreground
+
+
+def _label(fg):
+    return instances_from_foreground(fg, min_area=0, fill_holes=False)
+
+
+def _disc_case():
+    """Two nuclei of radius 6; the network gives them 0.35 in the core and 0.2 around."""
+    yy, xx = np.mgrid[:40, :40]
+    gt = np.zeros((40, 40), np.int32)
+    prob = np.full((40, 40), 0.05, np.float32)
+    for i, (cy, cx) in enumerate([(10, 10), (28, 28)], start=1):
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        gt[r2 <= 36] = i
+        prob[r2 <= 36] = 0.35
+    return prob, gt
+
+
+def test_select_threshold_picks_the_best_aji_on_a_hand_made_case():
+    prob, gt = _disc_case()
+    best, scores = select_threshold([prob], [gt], _label, thresholds=(0.1, 0.3, 0.5))
+    # 0.1 and 0.3 give the two discs exactly (AJI 1); 0.5 gives nothing (AJI 0)
+    assert scores == {0.1: 1.0, 0.3: 1.0, 0.5: 0.0}
+    assert best == 0.3  # tie broken towards 0.5
+
+
+def test_select_threshold_refuses_bad_input():
+    prob, gt = _disc_case()
+    with pytest.raises(ValueError, match="one ground truth per"):
+        select_threshold([prob], [], _label)
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        select_threshold([prob], [gt], _label, thresholds=(0.0, 0.5))
+    with pytest.raises(ValueError, match="differ in size"):
+        select_threshold([prob], [gt[:10]], _label)
+
+
+class _Stub(torch.nn.Module):
+    min_area, fill_holes, split_touching, split_min_distance = 0, False, False, 5
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("fg_threshold", torch.tensor(0.5))
+
+
+def test_calibrate_sets_the_buffer(monkeypatch):
+    import nucleiweak_d2.engine.calibration as cal
+
+    prob, gt = _disc_case()
+    monkeypatch.setattr(cal, "gt_label_map", lambda record: gt)
+    model = _Stub()
+    info = calibrate_fg_threshold(
+        model, [{"image_id": 1}], lambda r: {"prob": torch.from_numpy(prob)}, (0.3, 0.5)
+    )
+    assert info["fg_threshold"] == 0.3 and info["images"] == 1
+    assert float(model.fg_threshold) == pytest.approx(0.3)
+
+
+def test_segmentor_threshold_travels_with_the_weights(tmp_path):
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.engine.predictor import load_trained_weights
+    from nucleiweak_d2.engine.trainer import Trainer
+
+    cfg = setup_cfg(
+        "configs/quick/qu2020_instant_test.yaml",
+        ["MODEL.META_ARCHITECTURE", "NucleiWeakUNetSegmentor", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 2],
+    )
+    model = Trainer.build_model(cfg)
+    assert model.threshold == 0.5
+    model.fg_threshold.fill_(0.3)
+    path = tmp_path / "m.pth"
+    torch.save({"model": model.state_dict()}, path)
+    fresh = Trainer.build_model(cfg)
+    load_trained_weights(fresh, str(path))
+    assert fresh.threshold == pytest.approx(0.3)
+    # a checkpoint written before the buffer existed still loads, with 0.5
+    old = {k: v for k, v in model.state_dict().items() if k != "fg_threshold"}
+    torch.save({"model": old}, path)
+    fresh = Trainer.build_model(cfg)
+    load_trained_weights(fresh, str(path))
+    assert fresh.threshold == 0.5
+    # the config forces a threshold over the calibrated one
+    cfg.defrost()
+    cfg.NUCLEIWEAK.UNET.FG_THRESHOLD = 0.4
+    forced = Trainer.build_model(cfg)
+    forced.fg_threshold.fill_(0.3)
+    assert forced.threshold == pytest.approx(0.4)
+
+
+def test_segmentor_inference_uses_the_threshold():
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.engine.trainer import Trainer
+
+    cfg = setup_cfg(
+        "configs/quick/qu2020_instant_test.yaml",
+        ["MODEL.META_ARCHITECTURE", "NucleiWeakUNetSegmentor", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 2],
+    )
+    model = Trainer.build_model(cfg).eval()
+    image = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
+    out = model([{"image": image, "height": 64, "width": 64}])[0]
+    prob = out["prob"]
+    for t in (0.05, 0.5, 0.95):
+        model.fg_threshold.fill_(t)
+        out = model([{"image": image, "height": 64, "width": 64}])[0]
+        fg = out["instance_map"].numpy() > 0
+        expected = (
+            instances_from_foreground((prob > t).numpy(), model.min_area, model.fill_holes) > 0
+        )
+        assert (fg == expected).all()
