@@ -13,6 +13,7 @@ from skimage.draw import disk  # noqa: E402
 from nucleiweak_d2.config import add_nucleiweak_config  # noqa: E402
 from nucleiweak_d2.data.transforms import (  # noqa: E402
     AffineTransform,
+    CenterCrop,
     ElasticTransform,
     NucleiAugInput,
     RandomAffine,
@@ -315,19 +316,28 @@ def test_build_default_unchanged_and_options():
     cfg.NUCLEIWEAK.DATA.ELASTIC.PROB = 0.5
     cfg.NUCLEIWEAK.DATA.CROP_AT_POINTS = 0.5
     augs = build_nuclei_augmentation(cfg, True)
+    # with warps, a region of 1.45 x the crop is cut first (at points), warped, then centre-cropped
     assert [type(a) for a in augs] == [
         RandomScale,
+        RandomCropAtPoints,
         RandomAffine,
         RandomElastic,
         T.RandomFlip,
         T.RandomFlip,
         RandomRot90,
-        RandomCropAtPoints,
+        CenterCrop,
     ]
-    assert augs[1].affine == 0.3 and augs[1].rotate == (0.0, 360.0)
-    assert augs[2].prob == 0.5 and augs[2].alpha == 50.0 and augs[2].sigma == 6.0
+    crop = tuple(cfg.NUCLEIWEAK.DATA.CROP_SIZE)
+    assert augs[1].crop_size == tuple(int(np.ceil(1.45 * v)) for v in crop)
+    assert augs[1].prob_at_point == 0.5 and augs[-1].crop_size == crop
+    assert augs[2].affine == 0.3 and augs[2].rotate == (0.0, 360.0)
+    assert augs[3].prob == 0.5 and augs[3].alpha == 50.0 and augs[3].sigma == 6.0
     cfg.NUCLEIWEAK.DATA.ROTATE_ANY = False
-    assert build_nuclei_augmentation(cfg, True)[1].rotate == (0.0, 0.0)
+    assert build_nuclei_augmentation(cfg, True)[2].rotate == (0.0, 0.0)
+    # crops at points without warps: the crop itself is placed at points
+    cfg.NUCLEIWEAK.DATA.AFFINE, cfg.NUCLEIWEAK.DATA.ELASTIC.PROB = 0.0, 0.0
+    assert type(build_nuclei_augmentation(cfg, True)[-1]) is RandomCropAtPoints
+    cfg.NUCLEIWEAK.DATA.AFFINE, cfg.NUCLEIWEAK.DATA.ELASTIC.PROB = 0.3, 0.5
 
     # the full chain runs on an image + label map + points, and the points follow
     np.random.seed(11)

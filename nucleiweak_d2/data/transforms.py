@@ -36,6 +36,7 @@ __all__ = [
     "ElasticTransform",
     "RandomElastic",
     "RandomCropAtPoints",
+    "CenterCrop",
     "NucleiAugInput",
     "build_nuclei_augmentation",
 ]
@@ -537,6 +538,28 @@ class RandomCropAtPoints(T.Augmentation):
         return T.CropTransform(int(x0), int(y0), int(cw), int(ch))
 
 
+class CenterCrop(T.Augmentation):
+    """The central ``(height, width)`` crop (clamped to the image size)."""
+
+    def __init__(self, crop_size):
+        super().__init__()
+        crop_size = tuple(int(v) for v in crop_size)
+        if len(crop_size) != 2 or min(crop_size) <= 0:
+            raise ValueError(f"crop_size must be two positive ints, got {crop_size}")
+        self._init(locals())
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        ch, cw = min(self.crop_size[0], h), min(self.crop_size[1], w)
+        return T.CropTransform((w - cw) // 2, (h - ch) // 2, cw, ch)
+
+
+# Side of the region cut before the warps, relative to the crop: a square of side s rotated by
+# any angle still covers its central s / sqrt(2), so 1.45 keeps the final central crop free of
+# out-of-image corners under rotation (the affine perturbation may still bring some in).
+WARP_MARGIN = 1.45
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -549,9 +572,10 @@ def build_nuclei_augmentation(cfg, is_train, seg_fill=2):
 
     Training order: random scale, any-angle rotation / affine perturbation
     (:class:`RandomAffine`), elastic deformation, horizontal flip, vertical flip, rot90, random
-    crop (:class:`RandomCropAtPoints` when ``CROP_AT_POINTS > 0``, else ``T.RandomCrop``). The
-    crop is last so that it is taken from the whole warped image: most of the black corners of
-    a rotated image fall outside a crop smaller than the image. With the default config (all
+    crop (:class:`RandomCropAtPoints` when ``CROP_AT_POINTS > 0``, else ``T.RandomCrop``).
+    With warps and a crop, the random crop (of side :data:`WARP_MARGIN` x the crop) comes
+    before the warps, so that only that region is resampled, and the last step is the
+    :class:`CenterCrop` of the crop size: the rotation's out-of-image corners stay outside it. With the default config (all
     of ``AFFINE``, ``ROTATE_ANY``, ``ELASTIC.PROB``, ``CROP_AT_POINTS`` off) the list is the
     same as before they existed. ``RandomCropAtPoints`` reads the points from a
     :class:`NucleiAugInput`; with a plain ``T.AugInput`` it crops uniformly.
@@ -563,6 +587,20 @@ def build_nuclei_augmentation(cfg, is_train, seg_fill=2):
     lo, hi = data.RESIZE_SCALE
     if (lo, hi) != (1.0, 1.0):
         augs.append(RandomScale(lo, hi))
+    crop = None
+    if len(data.CROP_SIZE) == 2 and min(data.CROP_SIZE) > 0:
+        crop = tuple(int(v) for v in data.CROP_SIZE)
+    at_points = float(data.CROP_AT_POINTS)
+    warps = float(data.AFFINE) > 0 or data.ROTATE_ANY or float(data.ELASTIC.PROB) > 0
+    if warps and crop is not None:
+        # warp only a region around the future crop, not the whole image (12x fewer pixels for
+        # a 192 crop of a 1000 image); the final crop is then its centre
+        region = tuple(int(np.ceil(WARP_MARGIN * v)) for v in crop)
+        augs.append(
+            RandomCropAtPoints(region, prob_at_point=at_points)
+            if at_points > 0
+            else T.RandomCrop("absolute", region)
+        )
     affine = float(data.AFFINE)
     if affine > 0 or data.ROTATE_ANY:
         rotate = (0.0, 360.0) if data.ROTATE_ANY else (0.0, 0.0)
@@ -583,10 +621,10 @@ def build_nuclei_augmentation(cfg, is_train, seg_fill=2):
         augs.append(T.RandomFlip(prob=data.VFLIP_PROB, horizontal=False, vertical=True))
     if data.ROT90:
         augs.append(RandomRot90())
-    if len(data.CROP_SIZE) == 2 and min(data.CROP_SIZE) > 0:
-        crop = tuple(int(v) for v in data.CROP_SIZE)
-        at_points = float(data.CROP_AT_POINTS)
-        if at_points > 0:
+    if crop is not None:
+        if warps:
+            augs.append(CenterCrop(crop))
+        elif at_points > 0:
             augs.append(RandomCropAtPoints(crop, prob_at_point=at_points))
         else:
             augs.append(T.RandomCrop("absolute", crop))
