@@ -261,3 +261,25 @@ def test_fast_cpu_inference_matches_float32():
     assert (out - ref).abs().max() < 2e-2  # bf16 rounding only
     fast.train()  # training is unaffected: float32 logits
     assert fast.logits(fast.preprocess([x])[0]).dtype == torch.float32
+
+
+def test_training_images_are_decoded_and_normalised_once(tmp_path, monkeypatch):
+    import nucleiweak_d2.data.mapper as mapper_module
+
+    rec, img = _record(tmp_path)
+    reads = []
+    real_read = mapper_module.read_image
+    monkeypatch.setattr(mapper_module, "read_image", lambda f: reads.append(f) or real_read(f))
+    calls = []
+    normalizer = StainNormalizer("reinhard", _reinhard_target())
+
+    def counting(image):
+        calls.append(1)
+        return normalizer(image)
+
+    mapper = NucleiWeakQu2020SegMapper(True, augmentations=[], stain_normalizer=counting)
+    first = mapper(rec)["image"]
+    second = mapper(rec)["image"]
+    assert len(reads) == 1 and len(calls) == 1
+    assert torch.equal(first, second)
+    np.testing.assert_array_equal(second.numpy().transpose(1, 2, 0), normalizer(img))

@@ -91,8 +91,9 @@ class NucleiDatasetMapper:
     mask becomes empty is dropped. Points-only records (no ``segmentation``/``bbox``) work
     without masks.
 
-    In training, the whole image is first stain-normalised (``stain_normalizer``) and
-    stain-jittered (``stain_jitter``), then augmented; a crop at points
+    In training, the whole image is first stain-normalised (``stain_normalizer``; kept in
+    memory, see :class:`_ImageCache`), then augmented, then stain-jittered (``stain_jitter``,
+    on the crop: a per-pixel colour change, ~30x cheaper there); a crop at points
     (``RandomCropAtPoints``) sees the annotated points. Warps fill the label map with 0
     (background) outside the image.
 
@@ -153,6 +154,7 @@ class NucleiDatasetMapper:
         self.keep_cut_masks = bool(keep_cut_masks)
         self.stain_normalizer, self.stain_jitter = stain_normalizer, stain_jitter
         self._wants_points = _wants_points(augmentations)
+        self._images = _ImageCache()
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -212,13 +214,14 @@ class NucleiDatasetMapper:
             label_map = paint_rles(
                 [a["segmentation"] for a in annos], range(1, len(annos) + 1), image.shape[:2]
             ).astype(np.float32)
-        image = _stain_steps(image, self.stain_normalizer, self.stain_jitter)
+        if self.stain_normalizer is not None:
+            image = self._images.get(dataset_dict, lambda: self.stain_normalizer(image))
         points = np.asarray([a["point"] for a in annos], dtype=np.float64).reshape(-1, 2) + 0.5
         aug_input = NucleiAugInput(
             image, sem_seg=label_map, points=points if self._wants_points else None
         )
         transforms = self.augmentations(aug_input)
-        image = aug_input.image
+        image = _stain_steps(aug_input.image, None, self.stain_jitter)  # on the crop: cheaper
         height, width = image.shape[:2]
         dataset_dict["image"] = self._to_tensor(image)
 
@@ -266,6 +269,31 @@ class NucleiDatasetMapper:
         return _image_tensor(image, self.image_format)
 
 
+class _ImageCache:
+    """Training images decoded (and stain-normalised) once, kept in memory up to ``max_bytes``
+    (1 GiB: MoNuSeg's 12 training images take 36 MB); beyond it images are made again at each
+    use. Keyed by :func:`~nucleiweak_d2.data.records.cache_key`; one per mapper (per process).
+    Callers must not modify the arrays it returns (the augmentations copy)."""
+
+    def __init__(self, max_bytes=1 << 30):
+        self.max_bytes, self.used, self._images = int(max_bytes), 0, {}
+
+    def peek(self, record):
+        """The kept image of ``record``, or None."""
+        return self._images.get(cache_key(record))
+
+    def get(self, record, make):
+        """The kept image of ``record``, else ``make()`` (kept when it fits)."""
+        key = cache_key(record)
+        if key not in self._images:
+            image = make()
+            if self.used + image.nbytes > self.max_bytes:
+                return image
+            self._images[key] = image
+            self.used += image.nbytes
+        return self._images[key]
+
+
 def _stain_steps(image, normalizer, jitter):
     """``image`` stain-normalised, then stain-jittered (each step only when given)."""
     if normalizer is not None:
@@ -298,9 +326,10 @@ class CachedTargetsMapper(abc.ABC):
     the test augmentations (none from the config), and the annotations are kept for the
     evaluator.
 
-    In training, the whole image is stain-normalised (``stain_normalizer``) before the targets
-    are made from it (Qu et al.'s k-means colour features expect normalised colours), then
-    stain-jittered (``stain_jitter``) and augmented. A crop at points (``RandomCropAtPoints``)
+    In training, the whole image is decoded and stain-normalised (``stain_normalizer``) once
+    and kept in memory (:class:`_ImageCache`); the targets are made from it (Qu et al.'s k-means
+    colour features expect normalised colours); it is then augmented and the crop
+    stain-jittered (``stain_jitter``). A crop at points (``RandomCropAtPoints``)
     sees the points of :meth:`_aug_points`. Warps fill moved maps with :attr:`SEG_FILL`
     outside the image; a subclass whose maps cannot take one fill sets :attr:`SUPPORTS_WARPS`
     False and warps are refused.
@@ -348,6 +377,7 @@ class CachedTargetsMapper(abc.ABC):
         self.stain_normalizer, self.stain_jitter = stain_normalizer, stain_jitter
         self._wants_points = _wants_points(augmentations)
         self._cache = {}
+        self._images = _ImageCache()
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -444,7 +474,9 @@ class CachedTargetsMapper(abc.ABC):
 
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)
-        image = np.array(read_image(d["file_name"]))  # RGB uint8, writable
+        image = self._images.peek(d) if self.is_train else None
+        if image is None:
+            image = np.array(read_image(d["file_name"]))  # RGB uint8, writable
         if image.shape[:2] != (d["height"], d["width"]):
             raise ValueError(
                 f"{d['file_name']}: image is {image.shape[:2]}, record says "
@@ -452,10 +484,8 @@ class CachedTargetsMapper(abc.ABC):
             )
         points = None
         if self.is_train:
-            if self.stain_normalizer is not None:
-                image = self.stain_normalizer(image)
+            image = self._images.get(d, lambda: _stain_steps(image, self.stain_normalizer, None))
             maps = self.cached_targets(d, image)
-            image = _stain_steps(image, None, self.stain_jitter)
             if self._wants_points:
                 points = self._aug_points(d)
         aug = NucleiAugInput(image, points=points)
@@ -463,5 +493,6 @@ class CachedTargetsMapper(abc.ABC):
         image = aug.image
         if self.is_train:
             self._put(d, maps, transforms, image.shape[:2])
+            image = _stain_steps(image, None, self.stain_jitter)  # on the crop: cheaper
         d["image"] = _image_tensor(image, self.image_format)
         return d
