@@ -138,36 +138,59 @@ def bench_unet_tile(args):
     from nucleiweak_d2.api import load_predictor
 
     torch.set_num_threads(max(1, args.threads))
-    predictor = load_predictor(
-        REPO / args.config,
-        args.weights,
-        device=args.device,
-        allow_random_weights=args.weights is None,
-    )
+    variants = {"float32": []}
+    if args.compare_fast:  # the same weights with NUCLEIWEAK.UNET.FAST_CPU_INFERENCE, interleaved
+        variants["bf16+channels_last"] = ["NUCLEIWEAK.UNET.FAST_CPU_INFERENCE", "True"]
+    predictors = {
+        name: load_predictor(
+            REPO / args.config,
+            args.weights,
+            device=args.device,
+            opts=list(args.opts) + extra,
+            allow_random_weights=args.weights is None,
+        )
+        for name, extra in variants.items()
+    }
+    if args.compare_fast and args.weights is None:  # same random weights in both
+        state = predictors["float32"].model.state_dict()
+        predictors["bf16+channels_last"].model.load_state_dict(state)
     image = synthetic_tiles(1, args.tile_size)[0]
-    predictor.run_batch([image])  # warm-up
-    forward, convert = [], []
+    times = {name: ([], []) for name in predictors}
+    probs = {}
+    for predictor in predictors.values():
+        predictor.run_batch([image])  # warm-up
     for _ in range(args.repeats):
-        if args.device and args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        output = predictor.run_batch([image])[0]
-        if args.device and args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        forward.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        label, _ = predictor._convert(output)
-        convert.append(time.perf_counter() - t)
-    f, c = statistics.median(forward), statistics.median(convert)
+        for name, predictor in predictors.items():
+            forward, convert = times[name]
+            if args.device and args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            output = predictor.run_batch([image])[0]
+            if args.device and args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            forward.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            label, _ = predictor._convert(output)
+            convert.append(time.perf_counter() - t)
+            probs[name] = output["prob"].float()
     mpx = args.tile_size**2 / 1e6
-    print(
-        f"UNet tile ({args.config}, {'weights ' + args.weights if args.weights else 'random weights'}"
-        f", device {predictor.cfg.MODEL.DEVICE}): {args.tile_size}x{args.tile_size} px: forward "
-        f"{f * 1e3:.0f} ms, output -> instance map {c * 1e3:.0f} ms (median of {args.repeats}); "
-        f"{mpx / (f + c):.2f} Mpx/s",
-        flush=True,
-    )
-    return {"forward_s": f, "convert_s": c}
+    result = {}
+    base = statistics.median(times["float32"][0])
+    for name, (forward, convert) in times.items():
+        f, c = statistics.median(forward), statistics.median(convert)
+        print(
+            f"UNet tile ({args.config}, "
+            f"{'weights ' + args.weights if args.weights else 'random weights'}, device "
+            f"{predictors[name].cfg.MODEL.DEVICE}, {name}): {args.tile_size}x{args.tile_size} "
+            f"px: forward {f * 1e3:.0f} ms ({f / base:.2f} x float32), output -> instance map "
+            f"{c * 1e3:.0f} ms (median of {args.repeats}); {mpx / (f + c):.2f} Mpx/s",
+            flush=True,
+        )
+        result[name] = {"forward_s": f, "convert_s": c}
+    if len(probs) > 1:
+        diff = (probs["bf16+channels_last"] - probs["float32"]).abs()
+        print(f"  foreground probability, bf16 vs float32: max |diff| {float(diff.max()):.2e}")
+    return result["float32"] if len(result) == 1 else result
 
 
 def write_region_tiff(path, size, tile=1000, block=256):
@@ -308,6 +331,12 @@ def main(argv=None):
         default=None,
         help="where the TIFF and outputs go (default: a temporary folder, removed)",
     )
+    parser.add_argument(
+        "--compare-fast",
+        action="store_true",
+        help="also time NUCLEIWEAK.UNET.FAST_CPU_INFERENCE (bf16 + channels_last), interleaved",
+    )
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides KEY VALUE ...")
     parser.add_argument("--skip-unet", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
     args = parser.parse_args(argv)
