@@ -48,6 +48,7 @@ class _Stub(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("fg_threshold", torch.tensor(0.5))
+        self.register_buffer("split_distance", torch.tensor(-1.0))
 
 
 def test_calibrate_sets_the_buffer(monkeypatch):
@@ -57,10 +58,32 @@ def test_calibrate_sets_the_buffer(monkeypatch):
     monkeypatch.setattr(cal, "gt_label_map", lambda record: gt)
     model = _Stub()
     info = calibrate_fg_threshold(
-        model, [{"image_id": 1}], lambda r: {"prob": torch.from_numpy(prob)}, (0.3, 0.5)
+        model, [{"image_id": 1}], lambda r: {"prob": torch.from_numpy(prob)}, (0.3, 0.5), (0, 6)
     )
-    assert info["fg_threshold"] == 0.3 and info["images"] == 1
+    # separate discs: splitting changes nothing, so the tie goes to no split
+    assert info["fg_threshold"] == 0.3 and info["split_distance"] == 0 and info["images"] == 1
+    assert info["val_aji"] == {"0.3/0": 1.0, "0.5/0": 0.0, "0.3/6": 1.0, "0.5/6": 0.0}
     assert float(model.fg_threshold) == pytest.approx(0.3)
+    assert float(model.split_distance) == 0.0
+
+
+def test_calibrate_chooses_a_split_when_nuclei_touch(monkeypatch):
+    import nucleiweak_d2.engine.calibration as cal
+
+    yy, xx = np.mgrid[:40, :60]
+    gt = np.zeros((40, 60), np.int32)
+    for i, cx in enumerate((22, 37), start=1):  # two discs of radius 8 that touch
+        gt[((yy - 20) ** 2 + (xx - cx) ** 2 <= 64) & (gt == 0)] = i
+    prob = np.where(gt > 0, 0.9, 0.05).astype(np.float32)
+    monkeypatch.setattr(cal, "gt_label_map", lambda record: gt)
+    model = _Stub()
+    info = calibrate_fg_threshold(
+        model, [{"image_id": 1}], lambda r: {"prob": torch.from_numpy(prob)}, (0.5,), (0, 6)
+    )
+    assert info["val_aji"]["0.5/6"] > 0.9 > info["val_aji"]["0.5/0"]
+    assert info["split_distance"] == 6 and float(model.split_distance) == 6.0
+    with pytest.raises(ValueError, match="split distances"):
+        calibrate_fg_threshold(model, [{"image_id": 1}], lambda r: {"prob": prob}, (0.5,), (-1,))
 
 
 def test_segmentor_threshold_travels_with_the_weights(tmp_path):
@@ -86,6 +109,12 @@ def test_segmentor_threshold_travels_with_the_weights(tmp_path):
     fresh = Trainer.build_model(cfg)
     load_trained_weights(fresh, str(path))
     assert fresh.threshold == 0.5
+    # the split distance travels too; -1 (never calibrated) keeps the configured split
+    assert fresh.split == (model.split_touching, model.split_min_distance)
+    model.split_distance.fill_(8.0)
+    torch.save({"model": model.state_dict()}, path)
+    load_trained_weights(fresh, str(path))
+    assert fresh.split == (True, 8)
     # the config forces a threshold over the calibrated one
     cfg.defrost()
     cfg.NUCLEIWEAK.UNET.FG_THRESHOLD = 0.4

@@ -75,7 +75,8 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     assert calib["source"] == str(out / "crf" / "model_best.pth")
     chosen = torch.load(final, map_location="cpu", weights_only=False)["model"]["fg_threshold"]
     assert float(chosen) == pytest.approx(calib["fg_threshold"])
-    assert max(calib["val_aji"].values()) == calib["val_aji"][str(calib["fg_threshold"])]
+    chosen_key = f"{calib['fg_threshold']}/{calib['split_distance']}"
+    assert max(calib["val_aji"].values()) == calib["val_aji"][chosen_key]
     assert "AJI" in (out / "summary.md").read_text()
 
     # --resume of a finished run: nothing retrained or re-evaluated, the same summary

@@ -27,6 +27,7 @@ from ..evaluation.metrics import aji
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "SPLIT_DISTANCES",
     "POINT_THRESHOLDS",
     "POINT_MIN_AREAS",
     "select_threshold",
@@ -37,7 +38,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Candidate foreground thresholds (0.5 is the uncalibrated argmax).
-DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.15, 0.751, 0.05), 2).tolist())
+DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.651, 0.05), 2).tolist())
+# Candidate splits of touching nuclei: 0 = none (Qu et al.), d = a distance-transform watershed
+# with seeds at least d pixels apart.
+SPLIT_DISTANCES = (0, 6, 8, 10, 12)
 # Candidate detection thresholds and minimum blob areas (pixels) of the point detector.
 POINT_THRESHOLDS = tuple(np.round(np.arange(0.15, 0.651, 0.05), 2).tolist())
 POINT_MIN_AREAS = (2, 4, 8, 12, 20)
@@ -90,51 +94,70 @@ def select_threshold(probs, gts, to_instances, thresholds=DEFAULT_THRESHOLDS):
     return best, scores
 
 
-def calibrate_fg_threshold(model, records, run_model, thresholds=DEFAULT_THRESHOLDS):
-    """Choose the foreground threshold of ``model`` on ``records`` and store it in the model.
+def calibrate_fg_threshold(
+    model, records, run_model, thresholds=DEFAULT_THRESHOLDS, split_distances=SPLIT_DISTANCES
+):
+    """Choose the foreground threshold and the split of touching nuclei of ``model`` on
+    ``records`` and store them in the model.
+
+    Every split distance is tried with every threshold (:func:`select_threshold`); the pair of
+    the highest mean AJI wins, ties going to no split, then the smaller distance.
 
     Parameters
     ----------
     model : NucleiWeakUNetSegmentor
-        A trained segmentor (its ``fg_threshold`` buffer is set in place; its instance
-        post-processing is reused).
+        A trained segmentor (its ``fg_threshold`` and ``split_distance`` buffers are set in
+        place; its ``min_area`` and ``fill_holes`` are reused).
     records : list of dict
         Val dataset dicts with ground truth (masks or label files).
     run_model : callable
         ``run_model(record) -> output dict`` with ``"prob"`` (the model's inference output).
     thresholds : sequence of float
-        Candidates.
+        Candidate thresholds.
+    split_distances : sequence of int
+        Candidate split distances (0 = no split).
 
     Returns
     -------
     dict
-        ``{"fg_threshold": chosen, "val_aji": {threshold: mean AJI}, "images": n}``.
+        ``{"fg_threshold": t, "split_distance": d, "val_aji": {"<t>/<d>": mean AJI},
+        "images": n}``.
     """
     from ..modeling.meta_arch.postprocess import instances_from_foreground
 
+    if not split_distances or any(int(d) < 0 for d in split_distances):
+        raise ValueError(f"split distances must be >= 0, got {list(split_distances)}")
     probs, gts = [], []
     for record in records:
         probs.append(run_model(record)["prob"].float().cpu().numpy())
         gts.append(gt_label_map(record))
 
-    def to_instances(fg):
-        return instances_from_foreground(
-            fg, model.min_area, model.fill_holes, model.split_touching, model.split_min_distance
-        )
+    scores, choices = {}, []
+    for d in sorted({int(d) for d in split_distances}):
 
-    best, scores = select_threshold(probs, gts, to_instances, thresholds)
+        def to_instances(fg, d=d):
+            return instances_from_foreground(fg, model.min_area, model.fill_holes, d > 0, d)
+
+        best_t, by_t = select_threshold(probs, gts, to_instances, thresholds)
+        scores.update({f"{t}/{d}": v for t, v in by_t.items()})
+        choices.append((round(by_t[best_t], 12), -d, best_t, d))
+    _, _, best_t, best_d = max(choices)  # ties: no split, then the smaller distance
     with torch.no_grad():
-        model.fg_threshold.fill_(best)
+        model.fg_threshold.fill_(best_t)
+        model.split_distance.fill_(float(best_d))
     logger.info(
-        "foreground threshold on val (%d images): %.2f (AJI %.4f; 0.5 gives %s)",
+        "post-processing on val (%d images): threshold %.2f, split distance %d (AJI %.4f; "
+        "0.5 without split gives %s)",
         len(records),
-        best,
-        scores[best],
-        f"{scores[0.5]:.4f}" if 0.5 in scores else "n/a",
+        best_t,
+        best_d,
+        scores[f"{best_t}/{best_d}"],
+        f"{scores['0.5/0']:.4f}" if "0.5/0" in scores else "n/a",
     )
     return {
-        "fg_threshold": best,
-        "val_aji": {str(t): s for t, s in scores.items()},
+        "fg_threshold": best_t,
+        "split_distance": best_d,
+        "val_aji": scores,
         "images": len(records),
     }
 

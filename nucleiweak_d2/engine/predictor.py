@@ -61,9 +61,16 @@ __all__ = [
 ]
 
 # Keys a checkpoint may lack or add without making its model untrained: BatchNorm counters, the
-# segmentor's calibrated foreground threshold and the stain normalisation buffers (checkpoints
-# written before they existed load with 0.5 and no normalisation, their old behaviour).
-_IGNORABLE_KEY_SUFFIXES = ("num_batches_tracked", "fg_threshold", "stain_code", "stain_target")
+# segmentor's calibrated post-processing and the stain normalisation buffers (checkpoints
+# written before they existed load with 0.5, the configured split and no normalisation, their
+# old behaviour).
+_IGNORABLE_KEY_SUFFIXES = (
+    "num_batches_tracked",
+    "fg_threshold",
+    "split_distance",
+    "stain_code",
+    "stain_target",
+)
 _SHOWN_KEYS = 3  # keys named in an error message
 
 

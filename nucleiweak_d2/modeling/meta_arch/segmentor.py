@@ -35,11 +35,14 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
     ``pred_masks`` for COCOEvaluator.
 
     The foreground threshold is the persistent buffer ``fg_threshold`` (0.5 = Qu et al.'s
-    argmax of the two classes) unless ``fg_threshold`` is given (> 0) to the constructor. The
-    buffer is part of the checkpoint, so a threshold calibrated on val
+    argmax of the two classes) and the split of touching nuclei the buffer ``split_distance``
+    (-1: the constructor's ``split_touching`` / ``split_min_distance``; 0: no split; d > 0: a
+    watershed with seeds at least d pixels apart), unless ``fg_threshold`` is given (> 0) to
+    the constructor, which then forces the constructor's post-processing. The buffers are part
+    of the checkpoint, so post-processing calibrated on val
     (:func:`nucleiweak_d2.engine.calibration.calibrate_fg_threshold`) travels with the weights
     into evaluation, ``tools/predict.py`` and the Python API. A checkpoint written before the
-    buffer existed loads with 0.5.
+    buffers existed loads with 0.5 and the constructor's split.
     """
 
     @configurable
@@ -91,6 +94,7 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
             raise ValueError(f"fg_threshold must be < 1 (<= 0: calibrated), got {fg_threshold}")
         self.fg_threshold_override = float(fg_threshold)
         self.register_buffer("fg_threshold", torch.tensor(0.5), persistent=True)
+        self.register_buffer("split_distance", torch.tensor(-1.0), persistent=True)
 
     @property
     def threshold(self):
@@ -98,6 +102,15 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
         if self.fg_threshold_override > 0:
             return self.fg_threshold_override
         return float(self.fg_threshold)
+
+    @property
+    def split(self):
+        """``(split_touching, split_min_distance)`` inference uses (forced or configured, else
+        the calibrated buffer)."""
+        distance = float(self.split_distance)
+        if self.fg_threshold_override > 0 or distance < 0:
+            return self.split_touching, self.split_min_distance
+        return distance > 0, int(round(distance))
 
     @classmethod
     def from_config(cls, cfg):
@@ -163,9 +176,7 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
         scores = F.softmax(self.resize_output(logits, image_size, input_per_image), dim=0)
         prob = scores[1] if scores.shape[0] > 1 else scores[0]
         fg = (prob > self.threshold).cpu().numpy()
-        inst_map = instances_from_foreground(
-            fg, self.min_area, self.fill_holes, self.split_touching, self.split_min_distance
-        )
+        inst_map = instances_from_foreground(fg, self.min_area, self.fill_holes, *self.split)
         out = {"sem_seg": scores, "prob": prob, "instance_map": torch.from_numpy(inst_map)}
         if self.output_instances:
             out["instances"] = instances_from_map(inst_map, prob.cpu().numpy())
