@@ -122,3 +122,18 @@ def make_tiny_coco(
     names = register_nuclei_splits(prefix, tmp_dir / "coco", root)
     assert {f"{prefix}_train", f"{prefix}_val", f"{prefix}_test"} <= set(names)
     return root, files, names
+
+
+# Config overrides of a tiny CPU ResNet-18 UNet (8-channel stem, narrow decoder) for model tests.
+TINY_UNET_OPTS = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "8",
+    "NUCLEIWEAK.UNET.DECODER_CHANNELS",
+    "[16,16,8,8,8]",
+]

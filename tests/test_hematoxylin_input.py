@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import TINY_UNET_OPTS
 
 pytest.importorskip("detectron2")
 
@@ -18,17 +19,7 @@ from nucleiweak_d2.modeling.backbone.hematoxylin import (  # noqa: E402
 )
 
 BASE = "configs/Base-Nuclei-UNet.yaml"
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.DEPTH",
-    "18",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS",
-    "8",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    "8",
-    "NUCLEIWEAK.UNET.DECODER_CHANNELS",
-    "[16,16,8,8,8]",
+TINY = TINY_UNET_OPTS + [
     "NUCLEIWEAK.UNET.HEMATOXYLIN_INPUT",
     "True",
 ]

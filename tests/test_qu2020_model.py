@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_UNET_OPTS
 
 pytest.importorskip("detectron2")
 
@@ -24,17 +25,7 @@ from nucleiweak_d2.modeling.meta_arch import (  # noqa: E402
     points_from_probability,
 )
 
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.DEPTH",
-    "18",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS",
-    "8",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    "8",
-    "NUCLEIWEAK.UNET.DECODER_CHANNELS",
-    "[16,16,8,8,8]",
+TINY = TINY_UNET_OPTS + [
     "NUCLEIWEAK.UNET.TARGET_WEIGHTS",
     "[0.5,0.5]",
 ]

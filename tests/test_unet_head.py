@@ -1,6 +1,7 @@
 """ResNet encoder + UNet head: shapes, strides, gradients, losses, tiling."""
 
 import pytest
+from conftest import TINY_UNET_OPTS
 
 pytest.importorskip("detectron2")
 
@@ -16,18 +17,7 @@ from nucleiweak_d2.modeling.backbone import (  # noqa: E402
     sliding_window_apply,
 )
 
-TINY = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.RESNETS.DEPTH",
-    "18",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS",
-    "8",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    "8",
-    "NUCLEIWEAK.UNET.DECODER_CHANNELS",
-    "[16,16,8,8,8]",
-]
+TINY = TINY_UNET_OPTS
 
 
 def _cfg(opts=()):
