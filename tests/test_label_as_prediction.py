@@ -86,3 +86,12 @@ def test_bad_inputs_give_one_line_errors(lap, tmp_path, capsys):
     assert "no dataset" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown kind"):
         lap.predict("voronoi", np.zeros((8, 8, 3), np.uint8), np.array([[2, 2]]))
+
+
+def test_recalibrate_run_refuses_a_folder_without_a_model(tmp_path, capsys):
+    from conftest import load_script
+
+    script = load_script("recalibrate_run", "benchmarks/recalibrate_run.py")
+    (tmp_path / "split.json").write_text("{}")
+    assert script.main([str(tmp_path / "run"), "--data", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
