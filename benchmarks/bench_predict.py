@@ -140,6 +140,7 @@ def bench_unet_tile(args):
     torch.set_num_threads(max(1, args.threads))
     variants = {"float32": []}
     if args.compare_fast:  # the same weights with NUCLEIWEAK.UNET.FAST_CPU_INFERENCE, interleaved
+        variants["float32"] = ["NUCLEIWEAK.UNET.FAST_CPU_INFERENCE", "False"]
         variants["bf16+channels_last"] = ["NUCLEIWEAK.UNET.FAST_CPU_INFERENCE", "True"]
     predictors = {
         name: load_predictor(
