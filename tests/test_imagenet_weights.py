@@ -200,3 +200,39 @@ def test_refuses_wrong_normalisation_and_stride(tmp_path):
     )
     with pytest.raises(ValueError, match="STRIDE_IN_1X1 False"):
         imagenet_weights_from_cfg(cfg, None)
+
+
+def test_convert_tool_gives_detectron2_fpn_models_the_imagenet_encoder(tmp_path):
+    """tools/convert_imagenet_weights.py: a torchvision ResNet-18 file becomes a .pkl that
+    Detectron2's checkpointer matches into Feng et al.'s FPN backbone (``bottom_up``)."""
+    import torchvision
+    from conftest import load_script
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from nucleiweak_d2.config import setup_cfg
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    src = tmp_path / "resnet18.pth"
+    torch.save(reference, src)
+    tool = load_script("convert_imagenet_weights", "tools/convert_imagenet_weights.py")
+    dst = tmp_path / "r18.pkl"
+    assert tool.main([str(src), str(dst)]) == 0
+    cfg = setup_cfg(
+        "configs/quick/feng2019_partial_instant_test.yaml",
+        ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(dst)],
+    )
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(dst))
+    bottom_up = model.backbone.bottom_up
+    assert torch.equal(bottom_up.stem.conv1.weight, reference["conv1.weight"])
+    assert torch.equal(bottom_up.res3[0].conv1.weight, reference["layer2.0.conv1.weight"])
+    assert torch.equal(
+        bottom_up.res2[1].conv2.norm.running_var, reference["layer1.1.bn2.running_var"]
+    )
+    # nothing is overwritten; a missing file is one clear error
+    with pytest.raises(ValueError, match="exists"):
+        tool.convert(src, dst)
+    with pytest.raises(ValueError, match="not found"):
+        tool.convert(tmp_path / "missing.pth", tmp_path / "x.pkl")
