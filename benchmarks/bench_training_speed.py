@@ -64,10 +64,24 @@ def cpu_flags():
     return []
 
 
+# Every speed option and the stain normalisation off, whatever the config file turns on: the
+# baseline is the plain float32 network and each variant switches on what it measures.
+PLAIN = [
+    "NUCLEIWEAK.TRAIN.CPU_BF16",
+    "False",
+    "NUCLEIWEAK.TRAIN.CHANNELS_LAST",
+    "False",
+    "NUCLEIWEAK.UNET.FAST_CPU_INFERENCE",
+    "False",
+    "NUCLEIWEAK.DATA.STAIN_NORM.METHOD",
+    "none",
+]
+
+
 def build_cfg(config, opts=()):
     from nucleiweak_d2.config import setup_cfg
 
-    return setup_cfg(str(config), ["MODEL.DEVICE", "cpu", *opts])
+    return setup_cfg(str(config), ["MODEL.DEVICE", "cpu", *PLAIN, *opts])
 
 
 def build_model(cfg, channels_last=False):
