@@ -28,8 +28,8 @@ def data_root():
 
 
 def records(root, split):
-    """``[{"name", "image", "label"}]`` of ``split`` in ``root/split.json``."""
-    from nucleiweak_d2.data.io import read_image, read_label
+    """``[{"name", "image", "label_path"}]`` of ``split`` in ``root/split.json``."""
+    from nucleiweak_d2.data.io import read_image
 
     names = json.loads((root / "split.json").read_text()).get(split)
     if names is None:
@@ -38,7 +38,8 @@ def records(root, split):
     for name in names:
         image = next((root / "images").glob(f"{name}.*"))
         label = next((root / "labels").glob(f"{name}.*"))
-        out.append({"name": name, "image": read_image(image), "label": read_label(label)})
+        # "label_path": the key gt_label_map reads for folder samples
+        out.append({"name": name, "image": read_image(image), "label_path": str(label)})
     return out
 
 
@@ -59,8 +60,9 @@ def main(argv=None):
 
     import torch
 
-    import nucleiweak_d2.engine.calibration as cal
     from nucleiweak_d2.api import load_predictor
+    from nucleiweak_d2.engine.calibration import calibrate_fg_threshold
+    from nucleiweak_d2.evaluation.ground_truth import gt_label_map
     from nucleiweak_d2.evaluation.metrics import aji, object_dice
     from nucleiweak_d2.modeling.meta_arch.postprocess import instances_from_foreground
 
@@ -69,8 +71,7 @@ def main(argv=None):
     predictor = load_predictor(stage / "config.yaml", stage / "model_best.pth", device="cpu")
     model = predictor.model
     val = records(root, args.val)
-    cal.gt_label_map = lambda r: np.asarray(r["label"], dtype=np.int32)  # folder records
-    info = cal.calibrate_fg_threshold(model, val, lambda r: predictor.run_model(r["image"]))
+    info = calibrate_fg_threshold(model, val, lambda r: predictor.run_model(r["image"]))
     t, d = info["fg_threshold"], info["split_distance"]
     print(
         f"val ({len(val)} images): threshold {t}, split distance {d}: AJI "
@@ -80,7 +81,7 @@ def main(argv=None):
     chosen, argmax, dice = [], [], []
     for r in records(root, args.test):
         prob = predictor.run_model(r["image"])["prob"].float().cpu().numpy()
-        gt = np.asarray(r["label"], dtype=np.int32)
+        gt = gt_label_map(r)
         label = instances_from_foreground(prob > t, model.min_area, model.fill_holes, d > 0, d)
         chosen.append(aji(gt, label))
         dice.append(object_dice(gt, label))

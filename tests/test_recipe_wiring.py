@@ -283,3 +283,21 @@ def test_training_images_are_decoded_and_normalised_once(tmp_path, monkeypatch):
     assert len(reads) == 1 and len(calls) == 1
     assert torch.equal(first, second)
     np.testing.assert_array_equal(second.numpy().transpose(1, 2, 0), normalizer(img))
+
+
+def test_points_mapper_decodes_a_normalised_training_image_once(tmp_path, monkeypatch):
+    import nucleiweak_d2.data.mapper as mapper_module
+    from nucleiweak_d2.data.mapper import NucleiDatasetMapper
+
+    rec, img = _record(tmp_path)
+    reads = []
+    real_read = mapper_module.read_image
+    monkeypatch.setattr(mapper_module, "read_image", lambda f: reads.append(f) or real_read(f))
+    normalizer = StainNormalizer("reinhard", _reinhard_target())
+    mapper = NucleiDatasetMapper(
+        True, augmentations=[], use_masks=False, stain_normalizer=normalizer
+    )
+    first, second = mapper(rec), mapper(rec)
+    assert len(reads) == 1
+    assert torch.equal(first["image"], second["image"])
+    np.testing.assert_array_equal(second["image"].numpy().transpose(1, 2, 0), normalizer(img))

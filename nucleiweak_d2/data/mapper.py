@@ -190,7 +190,9 @@ class NucleiDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image(dataset_dict["file_name"])
+        image = self._images.peek(dataset_dict) if self.is_train else None
+        if image is None:  # a normalised training image is kept: decode only the first time
+            image = read_image(dataset_dict["file_name"])
         expected = (dataset_dict.get("height"), dataset_dict.get("width"))
         if None not in expected and image.shape[:2] != tuple(expected):
             raise ValueError(
@@ -221,7 +223,7 @@ class NucleiDatasetMapper:
             image, sem_seg=label_map, points=points if self._wants_points else None
         )
         transforms = self.augmentations(aug_input)
-        image = _stain_steps(aug_input.image, None, self.stain_jitter)  # on the crop: cheaper
+        image = _apply(self.stain_jitter, aug_input.image)  # on the crop: cheaper
         height, width = image.shape[:2]
         dataset_dict["image"] = self._to_tensor(image)
 
@@ -294,13 +296,9 @@ class _ImageCache:
         return self._images[key]
 
 
-def _stain_steps(image, normalizer, jitter):
-    """``image`` stain-normalised, then stain-jittered (each step only when given)."""
-    if normalizer is not None:
-        image = normalizer(image)
-    if jitter is not None:
-        image = jitter(image)
-    return image
+def _apply(step, image):
+    """``step(image)``, or ``image`` when the step is off (None)."""
+    return image if step is None else step(image)
 
 
 def _image_tensor(image, image_format):
@@ -484,7 +482,7 @@ class CachedTargetsMapper(abc.ABC):
             )
         points = None
         if self.is_train:
-            image = self._images.get(d, lambda: _stain_steps(image, self.stain_normalizer, None))
+            image = self._images.get(d, lambda: _apply(self.stain_normalizer, image))
             maps = self.cached_targets(d, image)
             if self._wants_points:
                 points = self._aug_points(d)
@@ -493,6 +491,6 @@ class CachedTargetsMapper(abc.ABC):
         image = aug.image
         if self.is_train:
             self._put(d, maps, transforms, image.shape[:2])
-            image = _stain_steps(image, None, self.stain_jitter)  # on the crop: cheaper
+            image = _apply(self.stain_jitter, image)  # on the crop: cheaper
         d["image"] = _image_tensor(image, self.image_format)
         return d
