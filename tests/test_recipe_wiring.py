@@ -257,10 +257,30 @@ def test_fast_cpu_inference_matches_float32():
     ref = model([x])[0]["prob"]
     out = fast([x])[0]["prob"]
     assert out.dtype == torch.float32
-    assert fast.sem_seg_head.predictor.weight.is_contiguous(memory_format=torch.channels_last)
+    backbone, head = fast._folded_networks()
+    assert backbone.stem.conv1.norm is None and backbone.stem.conv1.bias is not None
+    assert backbone.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.backbone.stem.conv1.norm is not None  # the model itself is not changed
     assert (out - ref).abs().max() < 2e-2  # bf16 rounding only
     fast.train()  # training is unaffected: float32 logits
     assert fast.logits(fast.preprocess([x])[0]).dtype == torch.float32
+
+
+def test_fast_cpu_inference_follows_weight_changes():
+    """The folded copy is rebuilt after an in-place change (an optimizer step, new weights)."""
+    torch.manual_seed(0)
+    model, _ = _segmentor()
+    fast, _ = _segmentor(["NUCLEIWEAK.UNET.FAST_CPU_INFERENCE", "True"])
+    fast.load_state_dict(model.state_dict())
+    x = {"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "height": 64, "width": 64}
+    before = fast([x])[0]["prob"]
+    with torch.no_grad():
+        for m in (model, fast):
+            m.sem_seg_head.predictor.bias.add_(torch.tensor([2.0, -2.0]))
+            m.backbone.stem.conv1.norm.running_mean.add_(0.5)
+    after = fast([x])[0]["prob"]
+    assert (after - before).abs().max() > 0.1
+    assert (after - model([x])[0]["prob"]).abs().max() < 2e-2
 
 
 def test_training_images_are_decoded_and_normalised_once(tmp_path, monkeypatch):

@@ -9,9 +9,10 @@ Reinhard normalisation
     E. Reinhard, M. Ashikhmin, B. Gooch and P. Shirley, "Color transfer between images",
     IEEE Computer Graphics and Applications 21(5), 34-41, 2001.
     Per-channel standardisation in a decorrelated colour space, then rescaling to target
-    means/stds. Deviations: CIELAB (``skimage.color.rgb2lab``) replaces Ruderman's l-alpha-beta
-    space, and the source statistics are computed over tissue pixels only (``L <= 90``; all
-    pixels if that leaves fewer than 1%); the transform itself is applied to every pixel.
+    means/stds. Deviations: CIELAB (as ``skimage.color.rgb2lab``, computed in float32) replaces
+    Ruderman's l-alpha-beta space, and the source statistics are computed over tissue pixels
+    only (``L <= 90``; all pixels if that leaves fewer than 1%); the transform itself is applied
+    to every pixel.
     Fall-back: :func:`reinhard_normalize` returns a blank image (fewer than 1% tissue pixels)
     unchanged.
 Macenko normalisation
@@ -47,10 +48,9 @@ of a slide never crashes inference; :func:`fit_macenko_target` skips such images
 when no image is usable.
 """
 
-import warnings
-
 import numpy as np
-from skimage.color import hed_from_rgb, lab2rgb, rgb2lab, rgb_from_hed
+from skimage.color import hed_from_rgb, rgb_from_hed
+from skimage.color.colorconv import rgb_from_xyz, xyz_from_rgb
 
 __all__ = [
     "REINHARD_WHITE_L",
@@ -123,9 +123,46 @@ def _to_uint8(values):
 # ----------------------------------------------------------------------------------------------
 
 
+# CIELAB as scikit-image's ``rgb2lab`` / ``lab2rgb`` (sRGB, D65 white, 2 degree observer), in
+# float32 with a lookup table for the sRGB decoding of uint8 values: 5-10x faster than the
+# float64 originals on a 1000x1000 image, equal to them within 1e-3 in Lab and 1 grey level in RGB
+# (tests/test_stain.py checks both).
+_XYZ_WHITE = np.array([0.95047, 1.0, 1.08883])
+_SRGB_LEVELS = np.arange(256, dtype=np.float64) / 255.0
+_SRGB_TO_LINEAR = np.where(
+    _SRGB_LEVELS > 0.04045, ((_SRGB_LEVELS + 0.055) / 1.055) ** 2.4, _SRGB_LEVELS / 12.92
+).astype(np.float32)
+_LINEAR_TO_WHITE_XYZ = (xyz_from_rgb / _XYZ_WHITE[:, None]).T.astype(np.float32)
+_WHITE_XYZ_TO_LINEAR = (rgb_from_xyz * _XYZ_WHITE[None, :]).T.astype(np.float32)
+
+
 def _rgb_to_lab(image):
-    """CIELAB of a uint8 RGB image, float32 (speed; statistics accumulate in float64)."""
-    return rgb2lab(image.astype(np.float32) / np.float32(255.0)).astype(np.float32, copy=False)
+    """CIELAB of a uint8 RGB image, ``(H, W, 3)`` float32 (statistics accumulate in float64)."""
+    t = _SRGB_TO_LINEAR[image.reshape(-1, 3)] @ _LINEAR_TO_WHITE_XYZ  # XYZ / white
+    f = np.where(t > 0.008856, np.cbrt(t), np.float32(7.787) * t + np.float32(16.0 / 116.0))
+    lab = np.empty_like(f)
+    lab[:, 0] = np.float32(116.0) * f[:, 1] - np.float32(16.0)
+    lab[:, 1] = np.float32(500.0) * (f[:, 0] - f[:, 1])
+    lab[:, 2] = np.float32(200.0) * (f[:, 1] - f[:, 2])
+    return lab.reshape(image.shape)
+
+
+def _lab_to_rgb_uint8(lab):
+    """uint8 RGB of a float32 CIELAB image; out-of-gamut colours are clipped (as ``lab2rgb``)."""
+    lab = lab.reshape(-1, 3)
+    f = np.empty_like(lab)
+    f[:, 1] = (lab[:, 0] + np.float32(16.0)) / np.float32(116.0)
+    f[:, 0] = lab[:, 1] / np.float32(500.0) + f[:, 1]
+    f[:, 2] = np.maximum(f[:, 1] - lab[:, 2] / np.float32(200.0), 0)  # Z < 0 clipped
+    t = np.where(f > 0.2068966, f * f * f, (f - np.float32(16.0 / 116.0)) / np.float32(7.787))
+    linear = t @ _WHITE_XYZ_TO_LINEAR
+    srgb = np.where(
+        linear > 0.0031308,
+        np.float32(1.055) * np.power(np.maximum(linear, 0.0031308), np.float32(1 / 2.4))
+        - np.float32(0.055),
+        np.float32(12.92) * linear,
+    )
+    return _to_uint8(np.clip(srgb, 0, 1) * np.float32(255.0))
 
 
 def _is_blank_lab(lab):
@@ -148,9 +185,8 @@ def _lab_stats(lab, mask):
             raise ValueError("mask selects no pixels")
     if keep is not None:
         pixels = pixels[keep]
-    return np.concatenate(
-        [pixels.mean(axis=0, dtype=np.float64), pixels.std(axis=0, dtype=np.float64)]
-    )
+    channels = np.ascontiguousarray(pixels.T, dtype=np.float64)  # rows: 4x faster reductions
+    return np.concatenate([channels.mean(axis=1), channels.std(axis=1)])
 
 
 def _check_reinhard_target(target):
@@ -234,11 +270,7 @@ def reinhard_normalize(image, target):
     lab = (lab - src_mean.astype(np.float32)) * scale.astype(np.float32) + target[:3].astype(
         np.float32
     )
-    with warnings.catch_warnings():
-        # lab2rgb warns about (and clips) colours outside the XYZ gamut
-        warnings.simplefilter("ignore", UserWarning)
-        rgb = lab2rgb(lab)
-    return _to_uint8(rgb * 255.0)
+    return _lab_to_rgb_uint8(lab).reshape(image.shape)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -59,8 +59,19 @@ def instances_from_foreground(
         markers = np.zeros(label.shape, dtype=np.int32)
         markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
         label = segmentation.watershed(-dist, markers, mask=label > 0)
-    label, _, _ = segmentation.relabel_sequential(label)
-    return label.astype(np.int32)
+    return _relabel_sequential(label)
+
+
+def _relabel_sequential(label):
+    """Ids of ``label`` renumbered 1..N in their order (as ``skimage``'s ``relabel_sequential``,
+    which sorts every pixel: a lookup table of the ids present is 10-20x faster)."""
+    if label.size == 0:
+        return label.astype(np.int32)
+    present = np.flatnonzero(np.bincount(label.ravel()))
+    present = present[present > 0]
+    lut = np.zeros(int(label.max()) + 1, dtype=np.int32)
+    lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    return lut[label]
 
 
 def points_from_probability(prob, threshold=0.35, min_area=12, max_area=0):

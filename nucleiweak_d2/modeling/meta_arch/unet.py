@@ -13,6 +13,7 @@ from detectron2.structures import BitMasks, ImageList, Instances
 from scipy import ndimage as ndi
 
 from ...data.stain import StainNormalizer
+from ..backbone.fold_bn import fold_batchnorm, parameter_versions
 from ..backbone.hematoxylin import hematoxylin_channel
 from ..backbone.imagenet import imagenet_weights_from_cfg
 from ..backbone.tiling import sliding_window_apply
@@ -227,25 +228,40 @@ class UNetModelMixin:
         """Stride-1 logits ``(N, C, Hpad, Wpad)``; tiled per image when ``tile > 0``.
 
         In eval mode on CPU with ``NUCLEIWEAK.UNET.FAST_CPU_INFERENCE`` (attribute
-        ``fast_cpu_inference``, set by the meta-architecture's ``from_config``) the weights
-        are converted to channels_last once and the network runs under bfloat16 autocast; the
-        logits are returned in float32.
+        ``fast_cpu_inference``, set by the meta-architecture's ``from_config``) the network
+        runs as a channels_last copy with batch norm folded into the convolutions, under
+        bfloat16 autocast; the logits are returned in float32.
         """
         if (
             getattr(self, "fast_cpu_inference", False)
             and not self.training
             and images.tensor.device.type == "cpu"
         ):
-            if not getattr(self, "_channels_last", False):
-                self.to(memory_format=torch.channels_last)
-                self._channels_last = True
+            backbone, head = self._folded_networks()
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return self._logits(images).float()
+                return self._logits(images, backbone, head).float()
         return self._logits(images)
 
-    def _logits(self, images):
+    def _folded_networks(self):
+        """Channels_last copies of the backbone and head with batch norm folded into the
+        convolutions (:func:`fold_batchnorm`), rebuilt when a weight changes (e.g. between the
+        evaluations of a training run)."""
+        key = parameter_versions(self)
+        cached = self.__dict__.get("_folded")
+        if cached is None or cached[0] != key:
+            nets = [
+                fold_batchnorm(net).to(memory_format=torch.channels_last)
+                for net in (self.backbone, self.sem_seg_head)
+            ]
+            self.__dict__["_folded"] = cached = (key, *nets)  # not a submodule: no state_dict
+        return cached[1], cached[2]
+
+    def _logits(self, images, backbone=None, head=None):
+        backbone = self.backbone if backbone is None else backbone
+        head = self.sem_seg_head if head is None else head
+
         def run(x):
-            return self.sem_seg_head.layers(self.backbone(x))
+            return head.layers(backbone(x))
 
         if self.tile <= 0:
             return run(images.tensor)
