@@ -143,3 +143,50 @@ def test_segmentor_inference_uses_the_threshold():
             instances_from_foreground((prob > t).numpy(), model.min_area, model.fill_holes) > 0
         )
         assert (fg == expected).all()
+
+
+def _under_confident_segmentor(tmp_path, calibrate_eval):
+    """A tiny segmentor whose probability is 0.3 inside nuclei (dark pixels) and 0.05 elsewhere,
+    registered val data, and its config."""
+    pytest.importorskip("detectron2")
+    from conftest import TINY_UNET_OPTS, make_tiny_coco
+
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.engine.trainer import Trainer
+
+    prefix = f"calev{int(calibrate_eval)}"
+    make_tiny_coco(tmp_path, prefix, n_images=4, size=(64, 64))
+    cfg = setup_cfg(
+        "configs/quick/qu2020_instant_test.yaml",
+        TINY_UNET_OPTS
+        + ["MODEL.META_ARCHITECTURE", "NucleiWeakUNetSegmentor"]
+        + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "2", "NUCLEIWEAK.COCO_EVAL", "False"]
+        + ["DATASETS.TEST", f"('{prefix}_val',)", "OUTPUT_DIR", str(tmp_path / "out")]
+        + ["NUCLEIWEAK.UNET.CALIBRATE_EVAL", str(calibrate_eval)]
+        + ["NUCLEIWEAK.UNET.CALIBRATION_SPLITS", "[0]"],
+    )
+    model = Trainer.build_model(cfg)
+
+    def logits(images):  # fixed output: class-1 probability 0.3 on dark pixels, else 0.05
+        dark = (images.tensor.mean(dim=1, keepdim=True) < 1.0).float()
+        p = 0.05 + 0.25 * dark
+        return torch.cat([torch.zeros_like(p), torch.log(p / (1 - p))], dim=1)
+
+    model.logits = logits
+    return cfg, model
+
+
+@pytest.mark.parametrize("calibrate_eval", [False, True])
+def test_periodic_evaluation_calibrates_an_under_confident_segmentor(tmp_path, calibrate_eval):
+    from nucleiweak_d2.engine.trainer import Trainer
+
+    cfg, model = _under_confident_segmentor(tmp_path, calibrate_eval)
+    model.train()
+    results = Trainer.test(cfg, model)
+    aji = results["nuclei"]["AJI"]
+    if calibrate_eval:  # a threshold below 0.3 finds the dark nuclei
+        assert float(model.fg_threshold) < 0.3 and aji > 0.2
+        assert int(model.split_distance) == 0
+    else:  # 0.5 finds nothing
+        assert float(model.fg_threshold) == 0.5 and aji == 0.0
+    assert model.training  # the training mode is restored

@@ -179,3 +179,26 @@ def test_pipeline_scores_the_baseline_without_training(tiny_dataset):
     assert again["segmentation"]["classical_smoke_test"]["nuclei"]["AJI"] == pytest.approx(
         res["AJI"]
     )
+
+
+def test_settings_chosen_on_val_split_touching_discs_and_drop_specks(monkeypatch):
+    """Two touching discs of radius 9 and a 3x3 speck: the split needs seeds closer than the
+    disc centres' 16 px; the speck (a false positive) is removed by min_area 20, not by 0."""
+    import nucleiweak_d2.methods.classical.calibrate as calibrate
+    from nucleiweak_d2.methods.classical import select_classical_settings
+
+    img, masks = _image([(32, 40), (32, 56)])
+    img[5:8, 5:8] = NUCLEUS
+    gt = np.zeros(img.shape[:2], np.int32)
+    for i, m in enumerate(masks, start=1):
+        gt[m & (gt == 0)] = i
+    monkeypatch.setattr(calibrate, "gt_label_map", lambda record: gt)
+    info = select_classical_settings(
+        [{"file_name": "val.png"}], lambda path: img, min_distances=(3, 20), min_areas=(0, 20)
+    )
+    assert set(info["val_aji"]) == {"3/0", "3/20", "20/0", "20/20"}
+    assert (info["min_distance"], info["min_area"]) == (3, 20)
+    assert info["val_aji"]["3/20"] > max(info["val_aji"]["3/0"], info["val_aji"]["20/20"])
+    assert info["images"] == 1
+    with pytest.raises(ValueError, match="at least one val image"):
+        select_classical_settings([], lambda path: img)

@@ -248,12 +248,18 @@ def test_every_stage_of_a_pipeline_shares_the_fitted_target(tmp_path):
     assert list(again.cfg.NUCLEIWEAK.DATA.STAIN_NORM.TARGET) == []
 
 
-def test_fast_cpu_inference_matches_float32():
+def _float32_and_fast():
+    """The same random segmentor twice: float32, and with FAST_CPU_INFERENCE; an input."""
     torch.manual_seed(0)
     model, _ = _segmentor()
     fast, _ = _segmentor(["NUCLEIWEAK.UNET.FAST_CPU_INFERENCE", "True"])
     fast.load_state_dict(model.state_dict())
     x = {"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "height": 64, "width": 64}
+    return model, fast, x
+
+
+def test_fast_cpu_inference_matches_float32():
+    model, fast, x = _float32_and_fast()
     ref = model([x])[0]["prob"]
     out = fast([x])[0]["prob"]
     assert out.dtype == torch.float32
@@ -268,11 +274,7 @@ def test_fast_cpu_inference_matches_float32():
 
 def test_fast_cpu_inference_follows_weight_changes():
     """The folded copy is rebuilt after an in-place change (an optimizer step, new weights)."""
-    torch.manual_seed(0)
-    model, _ = _segmentor()
-    fast, _ = _segmentor(["NUCLEIWEAK.UNET.FAST_CPU_INFERENCE", "True"])
-    fast.load_state_dict(model.state_dict())
-    x = {"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "height": 64, "width": 64}
+    model, fast, x = _float32_and_fast()
     before = fast([x])[0]["prob"]
     with torch.no_grad():
         for m in (model, fast):

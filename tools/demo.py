@@ -3,18 +3,25 @@
 
 Generates synthetic H&E-like tiles, exports COCO files with 10 % of the training points
 labelled (val and test keep every point for evaluation), registers them, runs the whole
-pipeline (detection + self-training, merge, pseudo-labels, segmentation, CRF fine-tuning,
-evaluation) and writes
+pipeline (detection, merge, pseudo-labels, segmentation, CRF fine-tuning, post-processing
+chosen on val, evaluation), scores the no-learning baseline on the same test split (its split
+distance and minimum area chosen on the same val split), predicts the test images with the
+trained model and writes
 
-- ``<out>/demo_metrics.json`` and a printed table (detection P/R/F1, pixel Acc/F1, object
-  Dice, AJI on the test split);
-- ``<out>/overlays/<image>.png``: image | ground-truth outlines | predicted outlines.
+- ``<out>/demo_metrics.json`` and a printed table: the trained model beside the baseline
+  (detection P/R/F1, pixel Acc/F1, object Dice, AJI on the test split);
+- ``<out>/overlays/<image>.png``: image | ground-truth outlines | predicted outlines;
+- ``<out>/predictions/``: what ``tools/predict.py`` writes for the test images: instance label
+  PNGs, overlays, QuPath GeoJSON (``*_nuclei.geojson``) and per-nucleus CSV (``*_nuclei.csv``).
+
+Measured on the 2-core CPU of the development machine with nothing else running: see
+``docs/RECIPE.md`` (the demo section) for the wall time and the figures.
 
 Example::
 
     python tools/demo.py --out output/demo
     python tools/demo.py --out output/demo --resume        # reuse finished stages
-    python tools/demo.py --out output/demo_fast --opts NUCLEIWEAK.QU2020.DET.ROUNDS 1
+    python tools/demo.py --out output/demo_fast --opts NUCLEIWEAK.QU2020.SEG.MAX_ITER 300
 """
 
 import argparse
@@ -24,6 +31,7 @@ import time
 from pathlib import Path
 
 DATASETS = ("nucleiweak_synthetic_train", "nucleiweak_synthetic_val", "nucleiweak_synthetic_test")
+CLASSICAL_CONFIG = str(Path(__file__).resolve().parents[1] / "configs/classical/synthetic.yaml")
 ROWS = (
     ("det_P", "detection precision"),
     ("det_R", "detection recall"),
@@ -40,9 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="output/demo", help="output folder")
     p.add_argument("--config-file", default="configs/qu2020/R18_synthetic.yaml")
     p.add_argument(
-        "--n-images", type=int, default=12, help="synthetic tiles (train/val/test 50/25/25 %%)"
+        "--n-images", type=int, default=16, help="synthetic tiles (train/val/test 50/25/25 %%)"
     )
-    p.add_argument("--size", type=int, default=160, help="tile side in pixels")
+    p.add_argument("--size", type=int, default=192, help="tile side in pixels")
     p.add_argument("--ratio", type=float, default=0.1, help="fraction of training points labelled")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -81,14 +89,72 @@ def prepare_data(out, n_images, size, ratio, seed):
     return root
 
 
-def table(summary, dataset):
-    det = summary["detection"].get(dataset, {})
-    seg = summary["segmentation"].get(dataset, {}).get("nuclei", {})
-    lines = [f"{'metric':<22}{'value':>8}", "-" * 30]
-    for key, name in ROWS:
-        value = det.get(key, seg.get(key))
-        lines.append(f"{name:<22}{value:>8.4f}" if value is not None else f"{name:<22}{'n/a':>8}")
+def table(summaries, dataset):
+    """One column per ``(name, summary)``: detection and segmentation metrics of ``dataset``."""
+    lines = [f"{'metric':<22}" + "".join(f"{name:>14}" for name, _ in summaries)]
+    lines.append("-" * len(lines[0]))
+    for key, label in ROWS:
+        cells = []
+        for _, summary in summaries:
+            det = summary.get("detection", {}).get(dataset, {})
+            seg = summary.get("segmentation", {}).get(dataset, {}).get("nuclei", {})
+            value = det.get(key, seg.get(key))
+            cells.append(f"{value:>14.4f}" if value is not None else f"{'n/a':>14}")
+        lines.append(f"{label:<22}" + "".join(cells))
     return "\n".join(lines)
+
+
+def run_classical(out, args):
+    """The no-learning baseline on the test split, its split distance and minimum area chosen
+    on val (:func:`select_classical_settings`); returns ``(summary, settings)``."""
+    from detectron2.data import DatasetCatalog
+
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.data.io import read_image
+    from nucleiweak_d2.methods.classical import (
+        NucleiWeakClassicalPipeline,
+        select_classical_settings,
+    )
+
+    cfg = setup_cfg(
+        CLASSICAL_CONFIG,
+        ["OUTPUT_DIR", str(out / "classical"), "NUCLEIWEAK.EVAL_DATASETS", f"['{DATASETS[2]}']"],
+    )
+    c = cfg.NUCLEIWEAK.CLASSICAL
+    base = {
+        "channel": c.CHANNEL,
+        "sigma": c.SIGMA,
+        "threshold": c.THRESHOLD,
+        "fill_holes": c.FILL_HOLES,
+        "split": c.SPLIT,
+    }
+    settings = select_classical_settings(DatasetCatalog.get(DATASETS[1]), read_image, base)
+    cfg.defrost()
+    c.MIN_DISTANCE, c.MIN_AREA = settings["min_distance"], settings["min_area"]
+    cfg.freeze()
+    return NucleiWeakClassicalPipeline(cfg, resume=args.resume).run(), settings
+
+
+def write_predictions(out, args, weights):
+    """``tools/predict.py`` on the test images: labels, overlays, GeoJSON, CSV."""
+    from detectron2.data import DatasetCatalog
+
+    from nucleiweak_d2.api import run_tool
+
+    inputs = out / "test_images"
+    inputs.mkdir(parents=True, exist_ok=True)
+    for record in DatasetCatalog.get(DATASETS[2]):
+        link = inputs / Path(record["file_name"]).name
+        if not link.exists():
+            link.symlink_to(Path(record["file_name"]).resolve())
+    folder = out / "predictions"
+    argv = ["--config-file", args.config_file, "--input", str(inputs), "--output", str(folder)]
+    argv += ["--outputs", "labels,overlay,geojson,csv", "--overwrite"]
+    argv += ["--opts", *args.opts, "MODEL.WEIGHTS", str(weights)]
+    code = run_tool("predict", argv)
+    if code != 0:
+        raise RuntimeError(f"tools/predict.py exited with code {code}")
+    return folder
 
 
 def write_overlays(out, eval_dir, dataset):
@@ -147,33 +213,50 @@ def main(argv=None):
         ],
     )
     summary = NucleiWeakQu2020Pipeline(cfg, resume=args.resume).run()
-    elapsed = time.time() - start
-    text = table(summary, DATASETS[2])
+    classical, settings = run_classical(out, args)
     overlays = write_overlays(out, out / "pipeline" / "eval", DATASETS[2])
+    predictions = write_predictions(out, args, summary["weights"])
+    elapsed = time.time() - start
+    learned_aji = summary["segmentation"][DATASETS[2]]["nuclei"]["AJI"]
+    classical_aji = classical["segmentation"][DATASETS[2]]["nuclei"]["AJI"]
     metrics_file = out / "demo_metrics.json"
     metrics_file.write_text(
         json.dumps(
             {
                 "wall_time_s": elapsed,
+                "cpu_time_s": time.process_time(),
                 "config": args.config_file,
                 "ratio": args.ratio,
                 "n_images": args.n_images,
                 "size": args.size,
                 "seed": args.seed,
                 **summary,
+                "classical": {"settings_chosen_on_val": settings, **classical},
             },
             indent=1,
         )
     )
     print(
-        f"\nQu et al. (TMI 2020) pipeline on synthetic data, test split "
-        f"({args.ratio:.0%} training points, {elapsed / 60:.1f} min):"
+        f"\nQu et al. (TMI 2020) on synthetic data, test split ({args.ratio:.0%} training points, "
+        f"{elapsed / 60:.1f} min wall, {time.process_time() / 60:.1f} CPU-min), beside the "
+        f"no-learning baseline (min_distance {settings['min_distance']}, min_area "
+        f"{settings['min_area']}, chosen on val):"
     )
-    print(text)
+    print(table([("Qu et al.", summary), ("no learning", classical)], DATASETS[2]))
+    verdict = "beats" if learned_aji > classical_aji else "does NOT beat"
+    print(
+        f"\nThe trained model {verdict} the no-learning baseline: AJI {learned_aji:.4f} vs "
+        f"{classical_aji:.4f} ({learned_aji - classical_aji:+.4f})."
+    )
     print(f"\nmetrics JSON : {metrics_file}")
     print(
         f"overlays     : {out / 'overlays'} ({len(overlays)} PNGs: image | ground truth | prediction)"
     )
+    print(
+        f"predictions  : {predictions} (instance labels, overlays, QuPath GeoJSON "
+        f"*_nuclei.geojson, per-nucleus CSV *_nuclei.csv)"
+    )
+    print(f"final model  : {summary['weights']}")
     print(f"stage outputs: {out / 'pipeline'}")
     return 0
 

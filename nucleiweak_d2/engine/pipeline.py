@@ -386,7 +386,10 @@ class StagedPipeline:
                 records = DatasetCatalog.get(self.val_set)
                 info.update(
                     calibrate_fg_threshold(
-                        model, records, lambda r: {"prob": probs[str(r["image_id"])]}
+                        model,
+                        records,
+                        lambda r: {"prob": probs[str(r["image_id"])]},
+                        split_distances=list(cfg.NUCLEIWEAK.UNET.CALIBRATION_SPLITS),
                     )
                 )
             out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from ..data.checks import check_disjoint_splits, check_training_points
 from ..data.registry import build_mapper
 from ..evaluation.evaluator import build_nuclei_evaluator
 
-__all__ = ["Trainer", "CPUAutocastTrainer", "cpu_bf16_enabled"]
+__all__ = ["Trainer", "CPUAutocastTrainer", "calibrate_during_training", "cpu_bf16_enabled"]
 
 
 class Trainer(DefaultTrainer):
@@ -192,6 +192,16 @@ class Trainer(DefaultTrainer):
         return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's evaluation; with ``NUCLEIWEAK.UNET.CALIBRATE_EVAL`` a segmentor first
+        chooses its foreground threshold and split on ``DATASETS.TEST[0]`` (val) with
+        :func:`calibrate_during_training`, so that each periodic evaluation, and the checkpoint
+        selected by it, is scored at the model's own best post-processing instead of 0.5."""
+        if cfg.NUCLEIWEAK.UNET.CALIBRATE_EVAL and cfg.DATASETS.TEST:
+            calibrate_during_training(cls, cfg, model, cfg.DATASETS.TEST[0])
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_optimizer(cls, cfg, model):
         """SGD as Detectron2 does, or Adam (``NUCLEIWEAK.SOLVER.OPTIMIZER: ADAM``) as the UNet
         papers do."""
@@ -216,6 +226,50 @@ class Trainer(DefaultTrainer):
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
+
+
+def calibrate_during_training(trainer, cfg, model, dataset_name):
+    """Set a segmentor's ``fg_threshold`` / ``split_distance`` buffers from val, in place.
+
+    A short weakly supervised schedule leaves the network under-confident: on the synthetic
+    demo every evaluation at Qu et al.'s 0.5 scored AJI 0 (nothing above 0.5), so the first
+    checkpoint was kept whatever came later. Runs the model over ``dataset_name`` and calls
+    :func:`~nucleiweak_d2.engine.calibration.calibrate_fg_threshold` with the thresholds of the
+    calibration and ``NUCLEIWEAK.UNET.CALIBRATION_SPLITS``. Models without these buffers, a
+    threshold forced by ``NUCLEIWEAK.UNET.FG_THRESHOLD``, and multi-process runs (the val
+    outputs would have to be gathered) are left unchanged.
+    """
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils import comm
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .calibration import calibrate_fg_threshold
+
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    if not hasattr(net, "fg_threshold") or float(getattr(net, "fg_threshold_override", -1)) > 0:
+        return None
+    if comm.get_world_size() > 1:
+        logging.getLogger(__name__).warning(
+            "NUCLEIWEAK.UNET.CALIBRATE_EVAL is ignored with %d processes",
+            comm.get_world_size(),
+        )
+        return None
+    was_training = net.training
+    net.eval()
+    probs = {}
+    with torch.no_grad():
+        for inputs in trainer.build_test_loader(cfg, dataset_name):
+            for x, out in zip(inputs, net(inputs)):
+                probs[str(x["image_id"])] = out["prob"].float().cpu()
+    records = DatasetCatalog.get(dataset_name)
+    info = calibrate_fg_threshold(
+        net,
+        records,
+        lambda r: {"prob": probs[str(r["image_id"])]},
+        split_distances=list(cfg.NUCLEIWEAK.UNET.CALIBRATION_SPLITS),
+    )
+    net.train(was_training)
+    return info
 
 
 def cpu_bf16_enabled(cfg):
