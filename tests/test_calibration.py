@@ -178,11 +178,16 @@ def _under_confident_segmentor(tmp_path, calibrate_eval):
 
 @pytest.mark.parametrize("calibrate_eval", [False, True])
 def test_periodic_evaluation_calibrates_an_under_confident_segmentor(tmp_path, calibrate_eval):
-    from nucleiweak_d2.engine.trainer import Trainer
+    from nucleiweak_d2.engine.trainer import Trainer, calibrating_trainer
 
     cfg, model = _under_confident_segmentor(tmp_path, calibrate_eval)
     model.train()
-    results = Trainer.test(cfg, model)
+    # the plain Trainer (tools/train_net.py --eval-only, any split) never calibrates
+    assert Trainer.test(cfg, model)["nuclei"]["AJI"] == 0.0
+    assert float(model.fg_threshold) == 0.5
+    # a pipeline's training stage (val as DATASETS.TEST) uses the calibrating subclass
+    trainer = calibrating_trainer(Trainer) if calibrate_eval else Trainer
+    results = trainer.test(cfg, model)
     aji = results["nuclei"]["AJI"]
     if calibrate_eval:  # a threshold below 0.3 finds the dark nuclei
         assert float(model.fg_threshold) < 0.3 and aji > 0.2

@@ -18,7 +18,8 @@ def test_demo_writes_both_scores_and_the_exports(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, str(REPO / "tools/demo.py"), "--out", str(out)]
     cmd += ["--n-images", "4", "--size", "96", "--config-file"]
-    cmd += ["configs/quick/qu2020_instant_test.yaml"]
+    cmd += ["configs/quick/qu2020_instant_test.yaml", "--opts"]
+    cmd += ["NUCLEIWEAK.UNET.CALIBRATE_EVAL", "True", "NUCLEIWEAK.UNET.CALIBRATION_SPLITS", "[0,3]"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

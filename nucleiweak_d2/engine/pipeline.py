@@ -57,7 +57,7 @@ from .run_dir import (
     resolve_output_dir,
     short_hash,
 )
-from .trainer import Trainer
+from .trainer import Trainer, calibrating_trainer
 
 __all__ = ["NUCLEIWEAK_PIPELINE_REGISTRY", "Stage", "StagedPipeline", "summary_table"]
 
@@ -284,6 +284,8 @@ class StagedPipeline:
         out.mkdir(parents=True, exist_ok=True)
         if comm.is_main_process():
             (out / "config.yaml").write_text(cfg.dump())
+        if cfg.NUCLEIWEAK.UNET.CALIBRATE_EVAL:  # DATASETS.TEST is the val split here
+            trainer = calibrating_trainer(trainer)
         t = trainer(cfg)
         if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST:
             t.register_hooks(

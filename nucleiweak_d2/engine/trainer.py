@@ -23,7 +23,13 @@ from ..data.checks import check_disjoint_splits, check_training_points
 from ..data.registry import build_mapper
 from ..evaluation.evaluator import build_nuclei_evaluator
 
-__all__ = ["Trainer", "CPUAutocastTrainer", "calibrate_during_training", "cpu_bf16_enabled"]
+__all__ = [
+    "Trainer",
+    "CPUAutocastTrainer",
+    "calibrate_during_training",
+    "calibrating_trainer",
+    "cpu_bf16_enabled",
+]
 
 
 class Trainer(DefaultTrainer):
@@ -192,16 +198,6 @@ class Trainer(DefaultTrainer):
         return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None):
-        """Detectron2's evaluation; with ``NUCLEIWEAK.UNET.CALIBRATE_EVAL`` a segmentor first
-        chooses its foreground threshold and split on ``DATASETS.TEST[0]`` (val) with
-        :func:`calibrate_during_training`, so that each periodic evaluation, and the checkpoint
-        selected by it, is scored at the model's own best post-processing instead of 0.5."""
-        if cfg.NUCLEIWEAK.UNET.CALIBRATE_EVAL and cfg.DATASETS.TEST:
-            calibrate_during_training(cls, cfg, model, cfg.DATASETS.TEST[0])
-        return super().test(cfg, model, evaluators)
-
-    @classmethod
     def build_optimizer(cls, cfg, model):
         """SGD as Detectron2 does, or Adam (``NUCLEIWEAK.SOLVER.OPTIMIZER: ADAM``) as the UNet
         papers do."""
@@ -226,6 +222,28 @@ class Trainer(DefaultTrainer):
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
+
+
+def calibrating_trainer(trainer):
+    """A subclass of ``trainer`` whose evaluations first calibrate a segmentor on val.
+
+    Each periodic evaluation (and :meth:`test`) chooses the model's foreground threshold and
+    split on ``DATASETS.TEST[0]`` with :func:`calibrate_during_training`, so the evaluation, and
+    the checkpoint selected by it, is scored at the model's own best post-processing instead of
+    0.5. Only for training stages whose ``DATASETS.TEST[0]`` is the val split: a pipeline applies
+    it there (``NUCLEIWEAK.UNET.CALIBRATE_EVAL``); the plain :class:`Trainer`, which
+    ``tools/train_net.py --eval-only`` uses on any split, never calibrates.
+    """
+
+    class CalibratingTrainer(trainer):
+        @classmethod
+        def test(cls, cfg, model, evaluators=None):
+            if cfg.DATASETS.TEST:
+                calibrate_during_training(cls, cfg, model, cfg.DATASETS.TEST[0])
+            return super().test(cfg, model, evaluators)
+
+    CalibratingTrainer.__name__ = CalibratingTrainer.__qualname__ = f"Calibrating{trainer.__name__}"
+    return CalibratingTrainer
 
 
 def calibrate_during_training(trainer, cfg, model, dataset_name):

@@ -51,9 +51,9 @@ def add_unet_config(cfg):
     # Split distances a pipeline's val calibration tries with each threshold (0 = no split);
     # about half to one nucleus radius (MoNuSeg: r ~ 11 px).
     _C.NUCLEIWEAK.UNET.CALIBRATION_SPLITS = [0, 6, 8, 10, 12]
-    # Segmentor training: calibrate the threshold and split on val before every periodic
-    # evaluation, so checkpoints are selected at their own best post-processing (costs one more
-    # pass over val and the calibration grid per evaluation).
+    # A pipeline's segmentor training stages: calibrate the threshold and split on val before
+    # every periodic evaluation, so checkpoints are selected at their own best post-processing
+    # (one more pass over val and the calibration grid per evaluation; never in --eval-only).
     _C.NUCLEIWEAK.UNET.CALIBRATE_EVAL = False
     # Segmentor: also return "instances" (dense pred_masks, for COCOEvaluator) besides
     # "instance_map" (memory: one dense mask per object).
