@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_writes_both_scores_and_the_exports(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, str(REPO / "tools/demo.py"), "--out", str(out)]
-    cmd += ["--n-images", "4", "--size", "96", "--config-file"]
+    cmd += ["--n-images", "4", "--size", "96", "--threads", "1", "--config-file"]
     cmd += ["configs/quick/qu2020_instant_test.yaml", "--opts"]
     cmd += ["NUCLEIWEAK.UNET.CALIBRATE_EVAL", "True", "NUCLEIWEAK.UNET.CALIBRATION_SPLITS", "[0,3]"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -48,16 +48,17 @@ def parse_args(argv=None):
     p.add_argument("--out", default="output/demo", help="output folder")
     p.add_argument("--config-file", default="configs/qu2020/R18_synthetic.yaml")
     p.add_argument(
-        "--n-images", type=int, default=16, help="synthetic tiles (train/val/test 50/25/25 %%)"
+        "--n-images", type=int, default=32, help="synthetic tiles (train/val/test 50/25/25 %%)"
     )
-    p.add_argument("--size", type=int, default=192, help="tile side in pixels")
+    p.add_argument("--size", type=int, default=256, help="tile side in pixels")
     p.add_argument("--ratio", type=float, default=0.1, help="fraction of training points labelled")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch CPU threads (1 is far faster on a shared, oversubscribed CPU)",
+        default=2,
+        help="torch CPU threads (2: both cores of a 2-core machine; 1 is faster on a CPU "
+        "shared with other jobs)",
     )
     p.add_argument("--resume", action="store_true", help="keep finished stages of a previous run")
     p.add_argument(
