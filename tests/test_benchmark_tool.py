@@ -144,3 +144,21 @@ def test_leaderboard_mean_std_over_seeds_latest_row_wins_and_published():
         ("qu2020, shift 0", (0.1,), (pytest.approx(0.45),), (pytest.approx(0.05),))
     ]
     assert references == [("classical", 0.41)] and len(points["aji_vs_cpu"]) == 2
+
+
+def test_leaderboard_keeps_each_config_of_a_method_apart():
+    """Two budgets of one method (two config files) get a row each, labelled by the file."""
+    cheap = {"config_file": "configs/qu2020/R18_cpu.yaml"}
+    long = {"config_file": "configs/qu2020/R18_cpu60.yaml"}
+    rows = [_row("qu2020", 0.1, "0", s, 0.40) | cheap for s in (0, 1)]
+    rows += [_row("qu2020", 0.1, "0", s, 0.50, cpu=2.0) | long for s in (0, 1)]
+    rows.append(_row("qu2020", 0.1, "0", 1, 0.42) | cheap)  # replaces seed 1 of its own config
+    text = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test"])
+    cheap_line = next(x for x in text.splitlines() if x.startswith("| qu2020 (R18_cpu) |"))
+    long_line = next(x for x in text.splitlines() if x.startswith("| qu2020 (R18_cpu60) |"))
+    assert "| 0,1 | 0.4100 ± 0.0141 |" in cheap_line and "| 1.00 |" in cheap_line
+    assert "| 0,1 | 0.5000 ± 0.0000 |" in long_line and "| 2.00 |" in long_line
+    assert "0.5031 / 0.7033 / 0.7490 (Qu 2020" in long_line  # published numbers of the method
+    # one config file only: the label stays the method's name
+    single = benchmarking.leaderboard(rows[:2], "/d/monuseg_mo", ["test"])
+    assert any(x.startswith("| qu2020 | 0.1 |") for x in single.splitlines())

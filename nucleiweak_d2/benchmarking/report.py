@@ -13,14 +13,25 @@ COLUMNS = ("AJI", "Dice_obj", "pixel_F1", "PQ", "det_F1")
 
 
 def _groups(rows, data):
-    """``{(method, ratio, shift): [latest row per seed]}`` of the rows of dataset folder ``data``."""
+    """``{(label, ratio, shift): [latest row per seed]}`` of the rows of dataset folder ``data``.
+
+    The label is the method, followed by its config file's name when the rows hold runs of the
+    method with several config files (e.g. two CPU budgets): each config keeps its own rows.
+    """
     latest = {}
     for row in rows:
         if row.get("data") == str(data):
-            latest[json.dumps(row["key"])] = row  # later rows replace earlier ones
+            # later rows replace earlier ones of the same run and config file
+            latest[json.dumps([row["key"], row.get("config_file")])] = row
+    configs = {}
+    for row in latest.values():
+        configs.setdefault(row["method"], set()).add(row.get("config_file"))
     groups = {}
     for row in latest.values():
-        groups.setdefault((row["method"], row["ratio"], row["shift"]), []).append(row)
+        label = row["method"]
+        if len(configs[label]) > 1:
+            label += f" ({Path(str(row.get('config_file'))).stem})"
+        groups.setdefault((label, row["ratio"], row["shift"]), []).append(row)
     return dict(
         sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, _shift_lo(kv[0][2])))
     )
@@ -91,7 +102,7 @@ def leaderboard(rows, data, test_splits):
                     f"{p[m]:.4f}" if m in p else "n/a" for m in ("AJI", "Dice_obj", "pixel_F1")
                 )
                 + f" ({p['source']})"
-                for p in _published(method, data.name, ratio, shift)
+                for p in _published(group[0]["method"], data.name, ratio, shift)
             )
             cells = [
                 method,
