@@ -16,25 +16,30 @@ def _groups(rows, data):
     """``{(label, ratio, shift): [latest row per seed]}`` of the rows of dataset folder ``data``.
 
     The label is the method, followed by its config file's name when the rows hold runs of the
-    method with several config files (e.g. two CPU budgets): each config keeps its own rows.
+    method with config files of several names (e.g. two CPU budgets): each keeps its own rows.
+    A later row replaces an earlier one of the same run and config name (wherever the file was).
     """
     latest = {}
     for row in rows:
         if row.get("data") == str(data):
-            # later rows replace earlier ones of the same run and config file
-            latest[json.dumps([row["key"], row.get("config_file")])] = row
+            latest[json.dumps([row["key"], _config_name(row)])] = row
     configs = {}
     for row in latest.values():
-        configs.setdefault(row["method"], set()).add(row.get("config_file"))
+        configs.setdefault(row["method"], set()).add(_config_name(row))
     groups = {}
     for row in latest.values():
         label = row["method"]
         if len(configs[label]) > 1:
-            label += f" ({Path(str(row.get('config_file'))).stem})"
+            label += f" ({_config_name(row)})"
         groups.setdefault((label, row["ratio"], row["shift"]), []).append(row)
     return dict(
         sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, _shift_lo(kv[0][2])))
     )
+
+
+def _config_name(row):
+    """The name of a row's config file without folder and extension ("" when unknown)."""
+    return Path(str(row.get("config_file") or "")).stem
 
 
 def _shift_lo(shift):
