@@ -21,6 +21,13 @@ thread, no GPU; ``OMP_NUM_THREADS=1``):
 
 - UNet tile (Qu et al. R34 UNet, random weights, CPU): 1000 x 1000 px, forward 14.7-18.4 s
   (the model's own output -> instance map included; the evaluator's conversion adds 1 ms).
+- UNet tile, quiet machine (load 1.5), 1 thread, commit 948c390: Qu et al.'s CPU model
+  (``configs/qu2020/R18_monuseg_p10_cpu.yaml``, trained weights of the leaderboard's seed 0),
+  1000 x 1000 synthetic tile through the whole predictor (Reinhard normalisation, network,
+  threshold, watershed split): float32 2218 ms, ``FAST_CPU_INFERENCE`` (bf16, channels_last,
+  batch norm folded) 896 ms. On real MoNuSeg images (fewer nuclei to split) the same model takes
+  0.72 s (0.94 s before batch-norm folding, the float32 CIELAB and the lookup-table relabelling).
+  Random weights, fast / float32: Liu et al.'s CPU config 552 / 1865 ms; PROnet's 1333 / 4177 ms.
 - End to end, threshold stand-in, tile 1024, overlap 64, outputs ``labels,geojson``:
   10 000 x 10 000 px in 42.7 s (58.5 s in a busier run): 48 005 nuclei, 1124 nuclei/s,
   2.34 Mpx/s; peak RSS 1025 MiB, 99 MiB above start-up (the region is 286 MiB of RGB, its
