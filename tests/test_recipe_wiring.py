@@ -282,6 +282,9 @@ def test_fast_cpu_inference_follows_weight_changes():
             m.backbone.stem.conv1.norm.running_mean.add_(0.5)
     after = fast([x])[0]["prob"]
     assert (after - before).abs().max() > 0.1
+    folded = fast._folded_networks()[0]
+    fast.fg_threshold.fill_(0.3)  # a calibration changes the model's buffers, not the network
+    assert fast._folded_networks()[0] is folded
     assert (after - model([x])[0]["prob"]).abs().max() < 2e-2
 
 

@@ -123,6 +123,7 @@ def run_classical(out, args):
     from nucleiweak_d2.data.io import read_image
     from nucleiweak_d2.methods.classical import (
         NucleiWeakClassicalPipeline,
+        NucleiWeakClassicalSegmentor,
         select_classical_settings,
     )
 
@@ -130,16 +131,10 @@ def run_classical(out, args):
         CLASSICAL_CONFIG,
         ["OUTPUT_DIR", str(out / "classical"), "NUCLEIWEAK.EVAL_DATASETS", f"['{DATASETS[2]}']"],
     )
-    c = cfg.NUCLEIWEAK.CLASSICAL
-    base = {
-        "channel": c.CHANNEL,
-        "sigma": c.SIGMA,
-        "threshold": c.THRESHOLD,
-        "fill_holes": c.FILL_HOLES,
-        "split": c.SPLIT,
-    }
+    base = NucleiWeakClassicalSegmentor.from_config(cfg)["segment_args"]  # the config's steps
     settings = select_classical_settings(DatasetCatalog.get(DATASETS[1]), read_image, base)
     cfg.defrost()
+    c = cfg.NUCLEIWEAK.CLASSICAL
     c.MIN_DISTANCE, c.MIN_AREA = settings["min_distance"], settings["min_area"]
     cfg.freeze()
     return NucleiWeakClassicalPipeline(cfg, resume=args.resume).run(), settings

@@ -245,8 +245,9 @@ class UNetModelMixin:
     def _folded_networks(self):
         """Channels_last copies of the backbone and head with batch norm folded into the
         convolutions (:func:`fold_batchnorm`), rebuilt when a weight changes (e.g. between the
-        evaluations of a training run)."""
-        key = parameter_versions(self)
+        evaluations of a training run; the model's own buffers, e.g. a calibrated threshold,
+        do not count)."""
+        key = parameter_versions(self.backbone) + parameter_versions(self.sem_seg_head)
         cached = self.__dict__.get("_folded")
         if cached is None or cached[0] != key:
             nets = [
