@@ -73,6 +73,12 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
 
     seg = result["segmentation"]["liu2022_smoke_test"]["nuclei"]
     assert 0.0 <= seg["AJI"] <= 1.0 and 0.0 <= seg["pixel_F1"] <= 1.0
+    # the Table 2 ablation "SPN": the selected SPN alone, on val and the eval sets
+    spn_alone = result["spn_alone"]
+    assert set(spn_alone) == {"liu2022_smoke_val", "liu2022_smoke_test"}
+    for metrics in spn_alone.values():
+        assert 0.0 <= metrics["AJI"] <= 1.0 and "pixel_F1" in metrics
+    assert (out / "eval" / "spn_alone" / "liu2022_smoke_test").is_dir()
     # the final model is the IEN stage's checkpoint kept on val: SPN and IEN in one file
     assert result["weights"] == weights == str(out / "ien" / "model_best.pth")
     state = torch.load(out / "model_final.pth", map_location="cpu")["model"]
@@ -103,6 +109,7 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     ).run()
     assert ev["segmentation"]["liu2022_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
     assert ev["inference"] == {"T0": chosen["t0"], "T0_from": "config"}
+    assert "spn_alone" not in ev  # scoring one final model file has no SPN stage to ablate
     assert not (fresh / "spn").exists()
 
 

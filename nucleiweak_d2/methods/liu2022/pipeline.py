@@ -18,12 +18,14 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`; each in ``OUTP
 5. ``select_t0`` (only with ``INFERENCE.T0_CANDIDATES``): the final model on the val split at
    each candidate ``T_0``; the best replaces ``INFERENCE.T0`` for the evaluation.
 6. ``eval``: the final model on ``NUCLEIWEAK.EVAL_DATASETS`` (weights linked to
-   ``OUTPUT_DIR/model_final.pth``).
+   ``OUTPUT_DIR/model_final.pth``); training runs also score the SPN alone (the paper's
+   Table 2 ablation "SPN", key ``spn_alone`` of ``metrics.json``).
 
 Model selection (``model_best.pth``, ``T_0``) uses ``DATASETS.TEST[0]`` (the val split) only.
 """
 
 import logging
+from pathlib import Path
 
 import numpy as np
 from detectron2.data import DatasetCatalog
@@ -192,9 +194,34 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
         return {"weights": self.train(c, self.m.IEN.SELECT_METRIC, trainer)}
 
     def extra_evaluation(self, out_dir):
-        """The ``T_0`` the evaluation used, and where it came from (in ``metrics.json``)."""
+        """The ``T_0`` the evaluation used and where it came from, and (training runs) the
+        scores of the SPN alone (in ``metrics.json``)."""
         t0, source = self.chosen_t0()
-        return {"inference": {"T0": t0, "T0_from": source}}
+        extra = {"inference": {"T0": t0, "T0_from": source}}
+        if not self.eval_only and (self.stage_dir("spn") / "stage_done.json").is_file():
+            extra["spn_alone"] = self.spn_alone(Path(out_dir) / "spn_alone")
+        return extra
+
+    def spn_alone(self, out_dir):
+        """The ablation row "SPN" of the paper's Table 2: the selected SPN with its own
+        post-processing (foreground where its probability exceeds 0.5, the paper's argmax,
+        cleaned by ``UNET.MIN_AREA`` / ``FILL_HOLES``, one instance per connected component),
+        scored on val and the eval sets.
+
+        Returns
+        -------
+        dict
+            ``{dataset: nuclei metrics}`` (main process; ``{}`` elsewhere).
+        """
+        c, trainer = self.spn_cfg()
+        model = self.load_model(c, self.stage_info("spn")["weights"], trainer)
+        metrics = {}
+        for ds in dict.fromkeys([self.val_set, *self.eval_sets]):
+            if ds:
+                res = self.evaluate(c, model, ds, out_dir / ds, trainer)
+                if res:
+                    metrics[ds] = dict(res.get("nuclei", {}))
+        return metrics
 
     def select_t0(self):
         """Score the final model on val at every candidate ``T_0``; keep the best (the first
