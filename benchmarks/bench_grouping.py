@@ -7,6 +7,12 @@ MeanShift runs on one core by default).
     .venv/bin/python benchmarks/bench_grouping.py                      # tiny IEN trained here
     .venv/bin/python benchmarks/bench_grouping.py --config configs/liu2022/R18_monuseg_cpu.yaml \
         --weights output/liu2022/model_final.pth --image datasets/monuseg_mo/images/<name>.png
+    .venv/bin/python benchmarks/bench_grouping.py --config configs/liu2022/R18_monuseg_cpu.yaml \
+        --weights output/liu2022/model_final.pth --data datasets/monuseg_mo --split val
+
+With ``--data``, every image of the split goes through the whole inference and is grouped both
+ways: the grouping times, the AJI of each and their adjusted Rand index on the foreground
+(target: equal val AJI within 0.005).
 
 Two kinds of points:
 
@@ -162,38 +168,54 @@ def trained_synthetic_embeddings(iters, tile, size=224, crop=96, batch=4, seed=0
     return sets
 
 
-def trained_model_embeddings(config, weights, image_path, tiles):
-    """Foreground embeddings of the first ``tiles`` grouping tiles of ``image_path`` under a
-    trained SPN + IEN model."""
-    import torch.nn.functional as F
+def load_trained_model(config, weights, t0=None):
+    """The trained SPN + IEN model of ``weights`` (CPU, eval mode), at ``T_0 = t0`` (default
+    the config's ``INFERENCE.T0``)."""
     from detectron2.checkpoint import DetectionCheckpointer
 
     import nucleiweak_d2.methods.liu2022  # noqa: F401  (registration)
     from nucleiweak_d2.config import setup_cfg
-    from nucleiweak_d2.data.io import read_image
     from nucleiweak_d2.engine.trainer import Trainer
-    from nucleiweak_d2.methods.liu2022.instances import tile_edges
+
+    opts = ["MODEL.META_ARCHITECTURE", "NucleiWeakLiu2022Model", "MODEL.DEVICE", "cpu"]
+    if t0 is not None:
+        opts += ["NUCLEIWEAK.LIU2022.INFERENCE.T0", str(t0)]
+    model = Trainer.build_model(setup_cfg(config, opts))
+    DetectionCheckpointer(model).load(weights)
+    return model.eval()
+
+
+def foreground_and_embeddings(model, image_path):
+    """``(foreground (H, W) bool, embeddings (D, H, W))`` of one image, as the inference makes
+    them (SPN probability above ``T_0``, cleaned)."""
+    import torch.nn.functional as F
+
+    from nucleiweak_d2.data.io import read_image
     from nucleiweak_d2.modeling.meta_arch.postprocess import instances_from_foreground
 
-    cfg = setup_cfg(
-        config, ["MODEL.META_ARCHITECTURE", "NucleiWeakLiu2022Model", "MODEL.DEVICE", "cpu"]
-    )
-    model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
-    model.eval()
     image = read_image(image_path)
     x = [{"image": torch.as_tensor(image.transpose(2, 0, 1).copy())}]
     with torch.no_grad():
         images, _ = model.spn.preprocess(x)
         size = images.image_sizes[0]
         prob = F.softmax(model.spn.resize_output(model.spn.logits(images)[0], size, x[0]), 0)[1]
-        emb = model.ien.resize_output(model.ien.embed(x, images)[0], size, x[0])
+        emb = model.ien.resize_output(model.ien.embed(x, images)[0], size, x[0]).float()
     fg = (
         instances_from_foreground(
-            (prob > model.fg_threshold).numpy(), model.min_area, model.fill_holes
+            (prob.float() > model.fg_threshold).numpy(), model.min_area, model.fill_holes
         )
         > 0
     )
+    return fg, emb
+
+
+def trained_model_embeddings(config, weights, image_path, tiles, t0=None):
+    """Foreground embeddings of the first ``tiles`` grouping tiles of ``image_path`` under a
+    trained SPN + IEN model."""
+    from nucleiweak_d2.methods.liu2022.instances import tile_edges
+
+    model = load_trained_model(config, weights, t0)
+    fg, emb = foreground_and_embeddings(model, image_path)
     ye, xe = tile_edges(fg.shape[0], model.group_tile), tile_edges(fg.shape[1], model.group_tile)
     sets = []
     for y0, y1 in zip(ye[:-1], ye[1:]):
@@ -209,6 +231,70 @@ def trained_model_embeddings(config, weights, image_path, tiles):
     return sets
 
 
+def sklearn_mean_shift(points, bandwidth, **_):
+    """``MeanShift(bandwidth)`` of scikit-learn as a ``group_foreground`` clusterer (the
+    options of our mean-shift do not apply to it)."""
+    from sklearn.cluster import MeanShift
+
+    ms = MeanShift(bandwidth=bandwidth).fit(np.asarray(torch.as_tensor(points).cpu()))
+    return ms.labels_, ms.cluster_centers_
+
+
+def split_aji(config, weights, data, split, t0=None):
+    """Whole inference of every image of ``split`` of the folder dataset ``data``, grouped by
+    our mean-shift and by scikit-learn's: per image the grouping times, AJI of each against
+    the ground truth, and the adjusted Rand index of the two instance maps on the foreground."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from nucleiweak_d2.data.folder import load_folder_dataset
+    from nucleiweak_d2.data.io import read_label
+    from nucleiweak_d2.evaluation.metrics import aji
+    from nucleiweak_d2.methods.liu2022.instances import group_foreground
+
+    model = load_trained_model(config, weights, t0)
+    kwargs = {
+        "bandwidth": model.bandwidth,
+        "tile": model.group_tile,
+        "bg_min_fragments": model.bg_min_fragments,
+        "min_area": model.min_area,
+        "fill_holes": model.fill_holes,
+    }
+    print(f"\n{split} of {data}: T_0 {model.fg_threshold:g}, bandwidth {model.bandwidth:g}\n")
+    print("| image | sklearn s | ours s | speed-up | AJI sklearn | AJI ours | ARI |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for sample in load_folder_dataset(data, split):
+        fg, emb = foreground_and_embeddings(model, str(sample["image_path"]))
+        gt = read_label(sample["label_path"])
+        t = time.perf_counter()
+        ref = group_foreground(emb, fg, clusterer=sklearn_mean_shift, **kwargs)
+        t_ref = time.perf_counter() - t
+        t = time.perf_counter()
+        ours = group_foreground(emb, fg, sample_size=model.sample_size, **kwargs)
+        t_ours = time.perf_counter() - t
+        both = (ref > 0) | (ours > 0)
+        row = (
+            t_ref,
+            t_ours,
+            aji(gt, ref),
+            aji(gt, ours),
+            adjusted_rand_score(ref[both], ours[both]),
+        )
+        rows.append(row)
+        print(
+            f"| {sample['name']} | {row[0]:.1f} | {row[1]:.2f} | {row[0] / row[1]:.0f}x | "
+            f"{row[2]:.4f} | {row[3]:.4f} | {row[4]:.4f} |",
+            flush=True,
+        )
+    mean = np.mean(np.asarray(rows), axis=0)
+    print(
+        f"\nmean AJI: sklearn {mean[2]:.4f}, ours {mean[3]:.4f} (difference {mean[3] - mean[2]:+.4f}); "
+        f"grouping time: sklearn {sum(r[0] for r in rows):.1f} s, ours {sum(r[1] for r in rows):.1f} s "
+        f"({sum(r[0] for r in rows) / sum(r[1] for r in rows):.0f}x); min ARI {min(r[4] for r in rows):.4f}"
+    )
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", help="config of the trained model (with --weights)")
@@ -220,13 +306,24 @@ def main(argv=None):
     p.add_argument("--bandwidth", type=float, default=1.5)
     p.add_argument("--repeats", type=int, default=3, help="timings of ours (median)")
     p.add_argument("--no-blobs", action="store_true")
+    p.add_argument(
+        "--data", help="folder dataset: with --weights, also score a whole split grouped both ways"
+    )
+    p.add_argument("--split", default="val", help="split of --data (default val)")
+    p.add_argument("--t0", type=float, help="T_0 of the model (the run's select_t0 choice)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.data:
+        if not (args.config and args.weights):
+            p.error("--data needs --config and --weights")
+        split_aji(args.config, args.weights, args.data, args.split, args.t0)
+        if not args.image:
+            return
 
     if args.weights:
         if not (args.config and args.image):
             p.error("--weights needs --config and --image")
-        sets = trained_model_embeddings(args.config, args.weights, args.image, args.tiles)
+        sets = trained_model_embeddings(args.config, args.weights, args.image, args.tiles, args.t0)
     else:
         print(
             f"training a tiny IEN on synthetic tiles ({args.train_iters} iterations) ...",

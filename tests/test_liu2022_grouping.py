@@ -102,3 +102,44 @@ def test_instances_from_embeddings_across_tiles_and_background_removal():
     assert kept.max() == 3 + 6
     assert list(tile_edges(1000, 224)) == [0, 200, 400, 600, 800, 1000]
     assert list(tile_edges(50, 0)) == [0, 50]
+
+
+def test_group_foreground_takes_another_clusterer():
+    """A clusterer that puts every point in one cluster gives the foreground's connected
+    components (no background removal); scikit-learn's MeanShift gives the default's map."""
+    emb = torch.zeros(2, 30, 30)
+    fg = np.zeros((30, 30), dtype=bool)
+    fg[2:8, 2:8] = fg[2:8, 8:14] = True  # two touching squares: one component
+    emb[0, 2:8, 8:14] = 4.0  # ... with two embeddings
+    fg[20:26, 20:26] = True
+    calls = []
+
+    def one_cluster(points, bandwidth, **kwargs):
+        calls.append((tuple(points.shape), bandwidth, kwargs))
+        return np.zeros(len(points), dtype=np.int64), np.zeros((1, points.shape[1]))
+
+    label = group_foreground(
+        emb,
+        fg,
+        bandwidth=1.5,
+        tile=0,
+        bg_min_fragments=0,
+        min_area=1,
+        clusterer=one_cluster,
+        sample_size=7,
+    )
+    assert calls == [((int(fg.sum()), 2), 1.5, {"sample_size": 7})]
+    assert label.max() == 2 and label[4, 4] == label[4, 10] != label[22, 22]
+    default = group_foreground(emb, fg, bandwidth=1.5, tile=0, bg_min_fragments=0, min_area=1)
+    assert default.max() == 3 and default[4, 4] != default[4, 10]
+
+    cluster = pytest.importorskip("sklearn.cluster")
+
+    def sklearn_ms(points, bandwidth):
+        ms = cluster.MeanShift(bandwidth=bandwidth).fit(np.asarray(points))
+        return ms.labels_, ms.cluster_centers_
+
+    ref = group_foreground(
+        emb, fg, bandwidth=1.5, tile=0, bg_min_fragments=0, min_area=1, clusterer=sklearn_ms
+    )
+    assert (ref == default).all()

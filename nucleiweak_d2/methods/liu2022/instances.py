@@ -38,12 +38,13 @@ def tile_edges(length, tile):
     return np.round(np.linspace(0, length, n + 1)).astype(int)
 
 
-def _group_tile(emb, fg, bandwidth, bg_min_fragments, ms_kwargs):
+def _group_tile(emb, fg, bandwidth, bg_min_fragments, clusterer, ms_kwargs):
     """Fragment map (int32, 0 = none) of one tile, and the number of fragments."""
     frag = np.zeros(fg.shape, dtype=np.int32)
     if not fg.any():
         return frag, 0
-    labels, _ = mean_shift(emb[:, torch.as_tensor(fg, device=emb.device)].T, bandwidth, **ms_kwargs)
+    labels, _ = clusterer(emb[:, torch.as_tensor(fg, device=emb.device)].T, bandwidth, **ms_kwargs)
+    labels = np.asarray(labels, dtype=np.int64)
     clusters = np.zeros(fg.shape, dtype=np.int32)
     clusters[fg] = labels + 1
     frag = measure.label(clusters, background=0, connectivity=2).astype(np.int32)
@@ -129,6 +130,7 @@ def group_foreground(
     bg_min_fragments=5,
     min_area=20,
     fill_holes=True,
+    clusterer=mean_shift,
     **mean_shift_kwargs,
 ):
     """Instance map from IEN embeddings and a foreground mask (see the module docstring).
@@ -150,8 +152,13 @@ def group_foreground(
         Objects smaller than this (pixels) are removed at the end.
     fill_holes : bool
         Fill holes per object at the end.
+    clusterer : callable
+        ``clusterer(points (N, D), bandwidth, **mean_shift_kwargs) -> (labels (N,), centres)``
+        with labels ``0 .. K-1``; default :func:`~.grouping.mean_shift`. Another mean-shift
+        (e.g. scikit-learn's, as ``benchmarks/bench_grouping.py`` compares) can be passed.
     **mean_shift_kwargs
-        Passed to :func:`~.grouping.mean_shift` (``sample_size``, ``random_state``, ...).
+        Passed to ``clusterer`` (``sample_size``, ``random_state``, ... of
+        :func:`~.grouping.mean_shift`).
 
     Returns
     -------
@@ -176,6 +183,7 @@ def group_foreground(
                 fg[y0:y1, x0:x1],
                 bandwidth,
                 int(bg_min_fragments),
+                clusterer,
                 mean_shift_kwargs,
             )
             frag[y0:y1, x0:x1] = np.where(f > 0, f + offset, 0)
