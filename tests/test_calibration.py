@@ -67,6 +67,27 @@ def test_calibrate_sets_the_buffer(monkeypatch):
     assert float(model.split_distance) == 0.0
 
 
+def test_calibrate_on_dataset_reads_the_records_and_the_config_splits(monkeypatch):
+    from detectron2.data import DatasetCatalog
+
+    import nucleiweak_d2.engine.calibration as cal
+    from nucleiweak_d2.config import setup_cfg
+
+    prob, gt = _disc_case()
+    monkeypatch.setattr(cal, "gt_label_map", lambda record: gt)
+    name = "calibration_on_dataset_case"
+    DatasetCatalog.register(name, lambda: [{"image_id": 7}])
+    try:
+        cfg = setup_cfg(opts=["NUCLEIWEAK.UNET.CALIBRATION_SPLITS", "[0, 6]"])
+        model = _Stub()
+        info = cal.calibrate_on_dataset(model, cfg, name, {"7": torch.from_numpy(prob)})
+    finally:
+        DatasetCatalog.remove(name)
+    assert info["images"] == 1 and info["fg_threshold"] == 0.3 and info["split_distance"] == 0
+    assert {k.split("/")[1] for k in info["val_aji"]} == {"0", "6"}
+    assert float(model.fg_threshold) == pytest.approx(0.3)
+
+
 def test_calibrate_chooses_a_split_when_nuclei_touch(monkeypatch):
     import nucleiweak_d2.engine.calibration as cal
 

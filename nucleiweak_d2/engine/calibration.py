@@ -32,6 +32,7 @@ __all__ = [
     "POINT_MIN_AREAS",
     "select_threshold",
     "calibrate_fg_threshold",
+    "calibrate_on_dataset",
     "select_point_postprocess",
 ]
 
@@ -160,6 +161,36 @@ def calibrate_fg_threshold(
         "val_aji": scores,
         "images": len(records),
     }
+
+
+def calibrate_on_dataset(model, cfg, dataset_name, probs):
+    """:func:`calibrate_fg_threshold` of ``model`` on the registered dataset ``dataset_name``.
+
+    Parameters
+    ----------
+    model : NucleiWeakUNetSegmentor
+        As :func:`calibrate_fg_threshold` (buffers set in place).
+    cfg : CfgNode
+        Gives the candidate splits, ``NUCLEIWEAK.UNET.CALIBRATION_SPLITS``.
+    dataset_name : str
+        The val split (records with ground truth).
+    probs : dict
+        ``{str(image_id): foreground probability}`` of every image of the dataset, the model's
+        inference outputs (gathered by the caller).
+
+    Returns
+    -------
+    dict
+        As :func:`calibrate_fg_threshold`.
+    """
+    from detectron2.data import DatasetCatalog
+
+    return calibrate_fg_threshold(
+        model,
+        DatasetCatalog.get(dataset_name),
+        lambda r: {"prob": probs[str(r["image_id"])]},
+        split_distances=list(cfg.NUCLEIWEAK.UNET.CALIBRATION_SPLITS),
+    )
 
 
 def select_point_postprocess(

@@ -361,19 +361,17 @@ class StagedPipeline:
     def calibrate_threshold(self, cfg, weights, stage, trainer=Trainer):
         """Calibrate a segmentor's foreground threshold on the val split (main process).
 
-        Runs the model of ``weights`` over ``self.val_set``, chooses the threshold with
-        :func:`~nucleiweak_d2.engine.calibration.calibrate_fg_threshold` and saves the model
-        with it as ``<stage>/model_best.pth``. Without a val split the weights are saved with
-        the uncalibrated 0.5.
+        Runs the model of ``weights`` over ``self.val_set`` (gathered over processes), chooses
+        the threshold with :func:`~nucleiweak_d2.engine.calibration.calibrate_on_dataset` and
+        saves the model with it as ``<stage>/model_best.pth``. Without a val split the weights
+        are saved with the uncalibrated 0.5.
 
         Returns
         -------
         dict
             The stage info: ``weights`` and the calibration record.
         """
-        from detectron2.data import DatasetCatalog
-
-        from .calibration import calibrate_fg_threshold
+        from .calibration import calibrate_on_dataset
 
         model = self.load_model(cfg, weights, trainer)
         probs = {}
@@ -385,15 +383,7 @@ class StagedPipeline:
         info = {"weights": str(out / "model_best.pth"), "source": str(weights)}
         if comm.is_main_process():
             if probs:
-                records = DatasetCatalog.get(self.val_set)
-                info.update(
-                    calibrate_fg_threshold(
-                        model,
-                        records,
-                        lambda r: {"prob": probs[str(r["image_id"])]},
-                        split_distances=list(cfg.NUCLEIWEAK.UNET.CALIBRATION_SPLITS),
-                    )
-                )
+                info.update(calibrate_on_dataset(model, cfg, self.val_set, probs))
             out.mkdir(parents=True, exist_ok=True)
             DetectionCheckpointer(model, save_dir=str(out)).save("model_best")
         comm.synchronize()

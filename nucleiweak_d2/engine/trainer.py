@@ -252,16 +252,15 @@ def calibrate_during_training(trainer, cfg, model, dataset_name):
     A short weakly supervised schedule leaves the network under-confident: on the synthetic
     demo every evaluation at Qu et al.'s 0.5 scored AJI 0 (nothing above 0.5), so the first
     checkpoint was kept whatever came later. Runs the model over ``dataset_name`` and calls
-    :func:`~nucleiweak_d2.engine.calibration.calibrate_fg_threshold` with the thresholds of the
-    calibration and ``NUCLEIWEAK.UNET.CALIBRATION_SPLITS``. Models without these buffers, a
+    :func:`~nucleiweak_d2.engine.calibration.calibrate_on_dataset` (the same choice as the
+    pipelines' ``calibrate`` stage). Models without these buffers, a
     threshold forced by ``NUCLEIWEAK.UNET.FG_THRESHOLD``, and multi-process runs (the val
     outputs would have to be gathered) are left unchanged.
     """
-    from detectron2.data import DatasetCatalog
     from detectron2.utils import comm
     from torch.nn.parallel import DistributedDataParallel
 
-    from .calibration import calibrate_fg_threshold
+    from .calibration import calibrate_on_dataset
 
     net = model.module if isinstance(model, DistributedDataParallel) else model
     if not hasattr(net, "fg_threshold") or float(getattr(net, "fg_threshold_override", -1)) > 0:
@@ -279,13 +278,7 @@ def calibrate_during_training(trainer, cfg, model, dataset_name):
         for inputs in trainer.build_test_loader(cfg, dataset_name):
             for x, out in zip(inputs, net(inputs)):
                 probs[str(x["image_id"])] = out["prob"].float().cpu()
-    records = DatasetCatalog.get(dataset_name)
-    info = calibrate_fg_threshold(
-        net,
-        records,
-        lambda r: {"prob": probs[str(r["image_id"])]},
-        split_distances=list(cfg.NUCLEIWEAK.UNET.CALIBRATION_SPLITS),
-    )
+    info = calibrate_on_dataset(net, cfg, dataset_name, probs)
     net.train(was_training)
     return info
 
