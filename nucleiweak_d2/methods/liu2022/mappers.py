@@ -40,36 +40,26 @@ class NucleiWeakLiu2022SPNMapper(CachedTargetsMapper):
         self,
         is_train=True,
         *,
-        augmentations,
-        image_format="RGB",
-        cache_dir="",
         color_weight=0.2,
         patch_size=60,
         d_max=20.0,
-        **stain_steps,
+        **base,
     ):
         """
         Parameters
         ----------
         is_train : bool
-        augmentations : list of Augmentation
-        image_format : {"RGB", "BGR"}
         cache_dir : str
             Folder caching ``<image_id>.npz`` with ``voronoi`` and ``cluster``; "" = memory
             only (the pipeline passes its ``pseudo_labels/labels`` folder).
         color_weight, patch_size, d_max
             lambda, L and d* of :func:`~nucleiweak_d2.pseudo_labels.adaptive_cluster_label`.
-        **stain_steps
-            ``stain_normalizer``, ``stain_jitter`` of
-            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
+        **base
+            ``augmentations``, ``image_format``, ``cache_dir`` (above), ``stain_normalizer``
+            and ``stain_jitter`` of :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`
+            (from ``from_config``).
         """
-        super().__init__(
-            is_train,
-            augmentations=augmentations,
-            image_format=image_format,
-            cache_dir=cache_dir,
-            **stain_steps,
-        )
+        super().__init__(is_train, **base)
         self.color_weight, self.patch_size, self.d_max = (
             float(color_weight),
             int(patch_size),
@@ -123,20 +113,16 @@ class NucleiWeakLiu2022IENMapper(CachedTargetsMapper):
         self,
         is_train=True,
         *,
-        augmentations,
-        image_format="RGB",
-        cache_dir="",
         prob_dir="",
         t_fg=0.5,
         t_bg=0.3,
         min_area=20,
-        **stain_steps,
+        **base,
     ):
         """
         Parameters
         ----------
-        is_train, augmentations, image_format
-            As :class:`NucleiWeakLiu2022SPNMapper`.
+        is_train : bool
         cache_dir : str
             Folder caching ``<image_id>.npz`` with ``instances``; "" = memory only.
         prob_dir : str
@@ -144,17 +130,12 @@ class NucleiWeakLiu2022IENMapper(CachedTargetsMapper):
             needed in training only).
         t_fg, t_bg, min_area
             See :func:`~.pseudo_labels.instance_pseudo_label`.
-        **stain_steps
-            ``stain_normalizer``, ``stain_jitter`` of
-            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
+        **base
+            ``augmentations``, ``image_format``, ``cache_dir`` (above), ``stain_normalizer``
+            and ``stain_jitter`` of :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`
+            (from ``from_config``).
         """
-        super().__init__(
-            is_train,
-            augmentations=augmentations,
-            image_format=image_format,
-            cache_dir=cache_dir,
-            **stain_steps,
-        )
+        super().__init__(is_train, **base)
         self.prob_dir = str(prob_dir)
         self.t_fg, self.t_bg, self.min_area = float(t_fg), float(t_bg), int(min_area)
 

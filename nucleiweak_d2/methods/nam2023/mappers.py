@@ -54,24 +54,19 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         self,
         is_train=True,
         *,
-        augmentations,
-        image_format="RGB",
         geodesic=True,
         beta=40.0,
         d_max=70.0,
         center_radius=8.0,
         offset_background_weight=1.0,
-        cache_dir="",
         points_file="",
         targets_dir="",
-        **stain_steps,
+        **base,
     ):
         """
         Parameters
         ----------
         is_train : bool
-        augmentations : list of Augmentation
-        image_format : {"RGB", "BGR"}
         geodesic, beta, d_max
             Binary labels, see :func:`~.labels.binary_labels`.
         center_radius : float
@@ -86,17 +81,12 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
             "" = the annotated points (the pipeline passes the refined points of the round).
         targets_dir : str
             Folder of the shape-guided offset targets; "" = no offset targets (warm-up).
-        **stain_steps
-            ``stain_normalizer``, ``stain_jitter`` of
-            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
+        **base
+            ``augmentations``, ``image_format``, ``cache_dir`` (above), ``stain_normalizer``
+            and ``stain_jitter`` of :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`
+            (from ``from_config``).
         """
-        super().__init__(
-            is_train,
-            augmentations=augmentations,
-            image_format=image_format,
-            cache_dir=cache_dir,
-            **stain_steps,
-        )
+        super().__init__(is_train, **base)
         self.label_args = {"geodesic": bool(geodesic), "beta": float(beta), "d_max": float(d_max)}
         self.center_radius = float(center_radius)
         self.offset_background_weight = float(offset_background_weight)

@@ -47,35 +47,25 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
         self,
         is_train=True,
         *,
-        augmentations,
-        image_format="RGB",
-        cache_dir="",
         points_file="",
-        **stain_steps,
+        **base,
     ):
         """
         Parameters
         ----------
         is_train : bool
-        augmentations : list of Augmentation
-        image_format : {"RGB", "BGR"}
         cache_dir : str
             Folder caching ``<image_id>.npz`` with ``voronoi`` and ``cluster``; "" = memory
             (the pipeline passes its ``pseudo_labels/labels`` folder).
         points_file : str
             JSON ``{image_id: [[x, y], ...]}``; "" uses the annotated points (the pipeline
             passes its merged annotated + detected points).
-        **stain_steps
-            ``stain_normalizer``, ``stain_jitter`` of
-            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
+        **base
+            ``augmentations``, ``image_format``, ``cache_dir`` (above), ``stain_normalizer``
+            and ``stain_jitter`` of :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`
+            (from ``from_config``).
         """
-        super().__init__(
-            is_train,
-            augmentations=augmentations,
-            image_format=image_format,
-            cache_dir=cache_dir,
-            **stain_steps,
-        )
+        super().__init__(is_train, **base)
         self.points_by_image = None
         if points_file and is_train:  # test time needs only the image
             with open(points_file) as f:
@@ -126,20 +116,18 @@ class NucleiWeakQu2020DetMapper(CachedTargetsMapper):
         self,
         is_train=True,
         *,
-        augmentations,
-        image_format="RGB",
-        cache_dir="",
         r1=11.0,
         r2=22.0,
         sigma=2.75,
         fg_weight=10.0,
         background_dir="",
-        **stain_steps,
+        **base,
     ):
         """
         Parameters
         ----------
-        is_train, augmentations, image_format, cache_dir
+        is_train : bool
+        cache_dir : str
             As :class:`NucleiWeakQu2020SegMapper` (the cache holds ``target`` and ``weight``).
         r1, r2, sigma : float
             Extended Gaussian mask parameters (MO: 11, 22, 2.75).
@@ -148,17 +136,12 @@ class NucleiWeakQu2020DetMapper(CachedTargetsMapper):
         background_dir : str
             Background maps of the previous round; "" for the initial round (the pipeline
             passes it).
-        **stain_steps
-            ``stain_normalizer``, ``stain_jitter`` of
-            :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper` (from ``from_config``).
+        **base
+            ``augmentations``, ``image_format``, ``cache_dir`` (above), ``stain_normalizer``
+            and ``stain_jitter`` of :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`
+            (from ``from_config``).
         """
-        super().__init__(
-            is_train,
-            augmentations=augmentations,
-            image_format=image_format,
-            cache_dir=cache_dir,
-            **stain_steps,
-        )
+        super().__init__(is_train, **base)
         self.r1, self.r2, self.sigma = float(r1), float(r2), float(sigma)
         self.fg_weight = float(fg_weight)
         self.background_dir = str(background_dir)
