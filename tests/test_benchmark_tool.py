@@ -163,3 +163,26 @@ def test_leaderboard_keeps_each_config_of_a_method_apart():
     # one config file only: the label stays the method's name
     single = benchmarking.leaderboard(rows[:2], "/d/monuseg_mo", ["test"])
     assert any(x.startswith("| qu2020 | 0.1 |") for x in single.splitlines())
+
+
+def test_leaderboard_gives_an_ablation_of_a_run_rows_of_its_own():
+    """Liu et al.'s runs also score the SPN alone (``extra.spn_alone``): a row of its own,
+    beside the paper's Table 2 ablation; the paper's SPN+IEN numbers sit beside the full
+    method at 100 % points."""
+    rows = []
+    for seed, full, alone in [(0, 0.50, 0.44), (1, 0.52, 0.46)]:
+        row = _row("liu2022", 1.0, "0", seed, full)
+        row["extra"] = {
+            "spn_alone": {"test": {"AJI": alone, "Dice_obj": 0.6}, "val": {"AJI": 0.3}},
+            "inference": {"T0": 0.3},
+        }
+        rows.append(row)
+    text = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test"])
+    full = next(x for x in text.splitlines() if x.startswith("| liu2022 | 1 |"))
+    alone = next(x for x in text.splitlines() if x.startswith("| liu2022/spn_alone | 1 |"))
+    assert "| 0,1 | 0.5100 ± 0.0141 |" in full and "0.5357 / 0.7437 / 0.7967" in full
+    assert "| 0,1 | 0.4500 ± 0.0141 | 0.6000 ± 0.0000 |" in alone
+    assert "0.4754 / 0.7173 / 0.7917 (Liu 2022, Table 2 (SPN))" in alone
+    # a row without the ablation adds none
+    plain = benchmarking.leaderboard([_row("liu2022", 1.0, "0", 0, 0.5)], "/d/monuseg_mo", ["test"])
+    assert "| liu2022/spn_alone | 1 |" not in plain

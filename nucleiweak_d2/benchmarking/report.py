@@ -11,6 +11,10 @@ __all__ = ["COLUMNS", "leaderboard", "plot_points", "write_plots", "write_report
 #: Columns of the leaderboard (NucleiEvaluator's names), in this order.
 COLUMNS = ("AJI", "Dice_obj", "pixel_F1", "PQ", "det_F1")
 
+#: Ablations a run scores on the side (key of its ``extra``: ``{split: metrics}``); each gets
+#: rows of its own, labelled ``<method>/<key>`` (e.g. Liu et al.'s SPN alone).
+ABLATIONS = ("spn_alone",)
+
 
 def _groups(rows, data):
     """``{(label, ratio, shift): [latest row per seed]}`` of the rows of dataset folder ``data``.
@@ -18,11 +22,20 @@ def _groups(rows, data):
     The label is the method, followed by its config file's name when the rows hold runs of the
     method with config files of several names (e.g. two CPU budgets): each keeps its own rows.
     A later row replaces an earlier one of the same run and config name (wherever the file was).
+    A row holding an ablation of :data:`ABLATIONS` also counts as a row of ``<method>/<name>``.
     """
     latest = {}
     for row in rows:
         if row.get("data") == str(data):
             latest[json.dumps([row["key"], _config_name(row)])] = row
+    for key, row in list(latest.items()):
+        for name in ABLATIONS:
+            if isinstance(row.get("extra", {}).get(name), dict):
+                latest[key + name] = {
+                    **row,
+                    "method": f"{row['method']}/{name}",
+                    "metrics": row["extra"][name],
+                }
     configs = {}
     for row in latest.values():
         configs.setdefault(row["method"], set()).add(_config_name(row))
