@@ -240,7 +240,7 @@ def sklearn_mean_shift(points, bandwidth, **_):
     return ms.labels_, ms.cluster_centers_
 
 
-def split_aji(config, weights, data, split, t0=None):
+def split_aji(config, weights, data, split, t0=None, max_images=0):
     """Whole inference of every image of ``split`` of the folder dataset ``data``, grouped by
     our mean-shift and by scikit-learn's: per image the grouping times, AJI of each against
     the ground truth, and the adjusted Rand index of the two instance maps on the foreground."""
@@ -263,7 +263,8 @@ def split_aji(config, weights, data, split, t0=None):
     print("| image | sklearn s | ours s | speed-up | AJI sklearn | AJI ours | ARI |")
     print("|---|---|---|---|---|---|---|")
     rows = []
-    for sample in load_folder_dataset(data, split):
+    samples = load_folder_dataset(data, split)
+    for sample in samples[:max_images] if max_images > 0 else samples:
         fg, emb = foreground_and_embeddings(model, str(sample["image_path"]))
         gt = read_label(sample["label_path"])
         t = time.perf_counter()
@@ -311,12 +312,13 @@ def main(argv=None):
     )
     p.add_argument("--split", default="val", help="split of --data (default val)")
     p.add_argument("--t0", type=float, help="T_0 of the model (the run's select_t0 choice)")
+    p.add_argument("--max-images", type=int, default=0, help="first images of --split only")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.data:
         if not (args.config and args.weights):
             p.error("--data needs --config and --weights")
-        split_aji(args.config, args.weights, args.data, args.split, args.t0)
+        split_aji(args.config, args.weights, args.data, args.split, args.t0, args.max_images)
         if not args.image:
             return
 
