@@ -168,9 +168,9 @@ def trained_synthetic_embeddings(iters, tile, size=224, crop=96, batch=4, seed=0
     return sets
 
 
-def load_trained_model(config, weights, t0=None):
-    """The trained SPN + IEN model of ``weights`` (CPU, eval mode), at ``T_0 = t0`` (default
-    the config's ``INFERENCE.T0``)."""
+def load_trained_model(config, weights, t0=None, bg_rule=None):
+    """The trained SPN + IEN model of ``weights`` (CPU, eval mode), at ``T_0 = t0`` with the
+    background rule ``bg_rule`` (defaults: the config's ``INFERENCE.T0`` / ``BG_RULE``)."""
     from detectron2.checkpoint import DetectionCheckpointer
 
     import nucleiweak_d2.methods.liu2022  # noqa: F401  (registration)
@@ -180,14 +180,17 @@ def load_trained_model(config, weights, t0=None):
     opts = ["MODEL.META_ARCHITECTURE", "NucleiWeakLiu2022Model", "MODEL.DEVICE", "cpu"]
     if t0 is not None:
         opts += ["NUCLEIWEAK.LIU2022.INFERENCE.T0", str(t0)]
+    if bg_rule is not None:
+        opts += ["NUCLEIWEAK.LIU2022.INFERENCE.BG_RULE", str(bg_rule)]
     model = Trainer.build_model(setup_cfg(config, opts))
     DetectionCheckpointer(model).load(weights)
     return model.eval()
 
 
 def foreground_and_embeddings(model, image_path):
-    """``(foreground (H, W) bool, embeddings (D, H, W))`` of one image, as the inference makes
-    them (SPN probability above ``T_0``, cleaned)."""
+    """``(foreground (H, W) bool, embeddings (D, H, W), background (H, W) bool)`` of one
+    image, as the inference makes them (SPN probability above ``T_0``, cleaned; background:
+    at most ``IEN.T_BG``)."""
     import torch.nn.functional as F
 
     from nucleiweak_d2.data.io import read_image
@@ -206,7 +209,7 @@ def foreground_and_embeddings(model, image_path):
         )
         > 0
     )
-    return fg, emb
+    return fg, emb, (prob.float() <= model.t_bg).numpy()
 
 
 def trained_model_embeddings(config, weights, image_path, tiles, t0=None):
@@ -215,7 +218,7 @@ def trained_model_embeddings(config, weights, image_path, tiles, t0=None):
     from nucleiweak_d2.methods.liu2022.instances import tile_edges
 
     model = load_trained_model(config, weights, t0)
-    fg, emb = foreground_and_embeddings(model, image_path)
+    fg, emb, _ = foreground_and_embeddings(model, image_path)
     ye, xe = tile_edges(fg.shape[0], model.group_tile), tile_edges(fg.shape[1], model.group_tile)
     sets = []
     for y0, y1 in zip(ye[:-1], ye[1:]):
@@ -240,7 +243,7 @@ def sklearn_mean_shift(points, bandwidth, **_):
     return ms.labels_, ms.cluster_centers_
 
 
-def split_aji(config, weights, data, split, t0=None, max_images=0):
+def split_aji(config, weights, data, split, t0=None, max_images=0, bg_rule=None):
     """Whole inference of every image of ``split`` of the folder dataset ``data``, grouped by
     our mean-shift and by scikit-learn's: per image the grouping times, AJI of each against
     the ground truth, and the adjusted Rand index of the two instance maps on the foreground."""
@@ -251,21 +254,26 @@ def split_aji(config, weights, data, split, t0=None, max_images=0):
     from nucleiweak_d2.evaluation.metrics import aji
     from nucleiweak_d2.methods.liu2022.instances import group_foreground
 
-    model = load_trained_model(config, weights, t0)
+    model = load_trained_model(config, weights, t0, bg_rule)
     kwargs = {
         "bandwidth": model.bandwidth,
         "tile": model.group_tile,
+        "bg_rule": model.bg_rule,
         "bg_min_fragments": model.bg_min_fragments,
         "min_area": model.min_area,
         "fill_holes": model.fill_holes,
     }
-    print(f"\n{split} of {data}: T_0 {model.fg_threshold:g}, bandwidth {model.bandwidth:g}\n")
+    print(
+        f"\n{split} of {data}: T_0 {model.fg_threshold:g}, background rule {model.bg_rule}, "
+        f"bandwidth {model.bandwidth:g}\n"
+    )
     print("| image | sklearn s | ours s | speed-up | AJI sklearn | AJI ours | ARI |")
     print("|---|---|---|---|---|---|---|")
     rows = []
     samples = load_folder_dataset(data, split)
     for sample in samples[:max_images] if max_images > 0 else samples:
-        fg, emb = foreground_and_embeddings(model, str(sample["image_path"]))
+        fg, emb, background = foreground_and_embeddings(model, str(sample["image_path"]))
+        kwargs["background"] = background if model.bg_rule == "embedding" else None
         gt = read_label(sample["label_path"])
         t = time.perf_counter()
         ref = group_foreground(emb, fg, clusterer=sklearn_mean_shift, **kwargs)
@@ -313,12 +321,15 @@ def main(argv=None):
     p.add_argument("--split", default="val", help="split of --data (default val)")
     p.add_argument("--t0", type=float, help="T_0 of the model (the run's select_t0 choice)")
     p.add_argument("--max-images", type=int, default=0, help="first images of --split only")
+    p.add_argument("--bg-rule", choices=["fragments", "embedding"], help="background rule")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.data:
         if not (args.config and args.weights):
             p.error("--data needs --config and --weights")
-        split_aji(args.config, args.weights, args.data, args.split, args.t0, args.max_images)
+        split_aji(
+            args.config, args.weights, args.data, args.split, args.t0, args.max_images, args.bg_rule
+        )
         if not args.image:
             return
 

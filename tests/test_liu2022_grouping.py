@@ -143,3 +143,33 @@ def test_group_foreground_takes_another_clusterer():
         emb, fg, bandwidth=1.5, tile=0, bg_min_fragments=0, min_area=1, clusterer=sklearn_ms
     )
     assert (ref == default).all()
+
+
+def test_embedding_rule_removes_the_cluster_of_the_background_embedding():
+    """Four nuclei of one tile share an embedding (an under-trained IEN): the paper's rule
+    removes them as the cluster with the most fragments; the embedding rule keeps them and
+    removes the specks whose embedding is that of the SPN's background pixels."""
+    h, w = 40, 40
+    emb = torch.zeros(2, h, w)
+    emb[:] = torch.tensor([-5.0, -5.0])[:, None, None]  # the IEN's background embedding
+    fg = np.zeros((h, w), dtype=bool)
+    for y, x in [(3, 3), (3, 20), (20, 3), (20, 20)]:  # four nuclei, one shared embedding
+        fg[y : y + 8, x : x + 8] = True
+        emb[:, y : y + 8, x : x + 8] = torch.tensor([3.0, 0.0])[:, None, None]
+    fg[32:34, 32:34] = fg[36:38, 30:32] = True  # two background specks in the foreground
+    background = ~fg
+    background[30:40, 28:40] = False  # no reference pixels right around the specks
+    args = {"bandwidth": 1.5, "tile": 0, "min_area": 1}
+    paper = group_foreground(emb, fg, bg_rule="fragments", bg_min_fragments=4, **args)
+    assert paper[5, 5] == 0 and paper.max() == 2  # the nuclei were taken for background
+    ours = group_foreground(emb, fg, bg_rule="embedding", background=background, **args)
+    assert ours.max() == 4 and (ours[32:38, 30:34] == 0).all()
+    assert len({ours[5, 5], ours[5, 22], ours[22, 5], ours[22, 22]}) == 4
+    # no background pixel in the tile, or no reference given: nothing is removed
+    assert group_foreground(emb, fg, bg_rule="embedding", **args).max() == 6
+    none = np.zeros((h, w), dtype=bool)
+    assert group_foreground(emb, fg, bg_rule="embedding", background=none, **args).max() == 6
+    with pytest.raises(ValueError, match="bg_rule"):
+        group_foreground(emb, fg, bg_rule="largest", **args)
+    with pytest.raises(ValueError, match="background"):
+        group_foreground(emb, fg, bg_rule="embedding", background=none[:5], **args)

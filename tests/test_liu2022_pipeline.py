@@ -46,7 +46,9 @@ def _cfg(out, opts=()):
 
 def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     out = tiny_dataset / "run"
-    cfg = _cfg(out)
+    cfg = _cfg(
+        out, ["NUCLEIWEAK.LIU2022.INFERENCE.BG_RULE_CANDIDATES", "['fragments', 'embedding']"]
+    )
     assert (
         NUCLEIWEAK_PIPELINE_REGISTRY.get("NucleiWeakLiu2022Pipeline") is NucleiWeakLiu2022Pipeline
     )
@@ -64,12 +66,22 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
         assert z["prob"].shape == (96, 96) and 0.0 <= z["prob"].min() <= z["prob"].max() <= 1.0
     assert len(list((out / "spn_predict" / "labels").glob("*.npz"))) == 2
 
-    # T0 chosen on val among the candidates, used by the final model
+    # T0 and the background rule chosen on val among the candidates, used by the final model
     chosen = json.loads((out / "select_t0" / "stage_done.json").read_text())["info"]
-    assert chosen["t0"] in (0.3, 0.5) and set(chosen["scores"]) == {"0.3", "0.5"}
+    assert chosen["t0"] in (0.3, 0.5) and chosen["bg_rule"] in ("fragments", "embedding")
+    assert set(chosen["scores"]) == {
+        f"{t}/{r}" for t in ("0.3", "0.5") for r in ("fragments", "embedding")
+    }
+    best = max(chosen["scores"].values())
+    assert chosen["scores"][f"{chosen['t0']:g}/{chosen['bg_rule']}"] == best
     final_cfg, _, weights = NucleiWeakLiu2022Pipeline(cfg).final_model()
     assert final_cfg.NUCLEIWEAK.LIU2022.INFERENCE.T0 == chosen["t0"]
-    assert result["inference"] == {"T0": chosen["t0"], "T0_from": "val (select_t0)"}
+    assert final_cfg.NUCLEIWEAK.LIU2022.INFERENCE.BG_RULE == chosen["bg_rule"]
+    assert result["inference"] == {
+        "T0": chosen["t0"],
+        "BG_RULE": chosen["bg_rule"],
+        "T0_from": "val (select_t0)",
+    }
 
     seg = result["segmentation"]["liu2022_smoke_test"]["nuclei"]
     assert 0.0 <= seg["AJI"] <= 1.0 and 0.0 <= seg["pixel_F1"] <= 1.0
@@ -103,12 +115,23 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     ev = NucleiWeakLiu2022Pipeline(
         _cfg(
             fresh,
-            ["MODEL.WEIGHTS", str(out / "model_final.pth"), "NUCLEIWEAK.LIU2022.INFERENCE.T0", t0],
+            [
+                "MODEL.WEIGHTS",
+                str(out / "model_final.pth"),
+                "NUCLEIWEAK.LIU2022.INFERENCE.T0",
+                t0,
+                "NUCLEIWEAK.LIU2022.INFERENCE.BG_RULE",
+                chosen["bg_rule"],
+            ],
         ),
         eval_only=True,
     ).run()
     assert ev["segmentation"]["liu2022_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
-    assert ev["inference"] == {"T0": chosen["t0"], "T0_from": "config"}
+    assert ev["inference"] == {
+        "T0": chosen["t0"],
+        "BG_RULE": chosen["bg_rule"],
+        "T0_from": "config",
+    }
     assert "spn_alone" not in ev  # scoring one final model file has no SPN stage to ablate
     assert not (fresh / "spn").exists()
 

@@ -77,7 +77,11 @@ def add_liu2022_config(cfg):
     _L.INFERENCE.BANDWIDTH = 1.5
     # Largest side (pixels) of the tiles grouped separately (authors: 224, the crop); 0 = whole image.
     _L.INFERENCE.GROUP_TILE = 224
-    # A tile's cluster with the most fragments (at least this many) is background (authors: 5).
+    # How a tile's background cluster is found: "fragments" (paper: the cluster with the most fragments) or "embedding" (ours: modes near the embedding of the SPN's background).
+    _L.INFERENCE.BG_RULE = "fragments"
+    # Candidate BG_RULE values scored on val with the T0 candidates after training (the best pair wins); [] = keep BG_RULE.
+    _L.INFERENCE.BG_RULE_CANDIDATES = []
+    # "fragments": a tile's cluster with the most fragments (at least this many) is background (authors: 5).
     _L.INFERENCE.BG_MIN_FRAGMENTS = 5
     # Points of the mean-shift subsample that seeds the modes (see grouping.mean_shift).
     _L.INFERENCE.SAMPLE_SIZE = 2048

@@ -33,7 +33,7 @@ from ...modeling.meta_arch.postprocess import instances_from_foreground
 from ...modeling.meta_arch.segmentor import NucleiWeakUNetSegmentor
 from ...modeling.meta_arch.unet import instances_from_map
 from .embedding import NucleiWeakLiu2022EmbeddingNet
-from .instances import group_foreground
+from .instances import BG_RULES, group_foreground
 
 __all__ = ["NucleiWeakLiu2022Model"]
 
@@ -51,7 +51,9 @@ class NucleiWeakLiu2022Model(nn.Module):
         fg_threshold=0.3,
         bandwidth=1.5,
         group_tile=224,
+        bg_rule="fragments",
         bg_min_fragments=5,
+        t_bg=0.3,
         sample_size=2048,
         min_area=20,
         fill_holes=True,
@@ -68,8 +70,11 @@ class NucleiWeakLiu2022Model(nn.Module):
             Instance encoding network.
         fg_threshold : float
             ``T_0``: SPN probability above which a pixel is grouped.
-        bandwidth, group_tile, bg_min_fragments, sample_size
+        bandwidth, group_tile, bg_rule, bg_min_fragments, sample_size
             Grouping, see :func:`~.instances.group_foreground` and :func:`~.grouping.mean_shift`.
+        t_bg : float
+            ``bg_rule="embedding"``: pixels whose SPN probability is at most this are the
+            background reference (``IEN.T_BG``, the threshold of the IEN's background label).
         min_area, fill_holes
             Cleaning of the foreground before grouping and of the instances after it.
         output_instances : bool
@@ -83,6 +88,9 @@ class NucleiWeakLiu2022Model(nn.Module):
         self.spn, self.ien = spn, ien
         self.fg_threshold, self.bandwidth = float(fg_threshold), float(bandwidth)
         self.group_tile, self.bg_min_fragments = int(group_tile), int(bg_min_fragments)
+        if bg_rule not in BG_RULES:
+            raise ValueError(f"bg_rule must be one of {BG_RULES}, got {bg_rule!r}")
+        self.bg_rule, self.t_bg = str(bg_rule), float(t_bg)
         self.sample_size = int(sample_size)
         self.min_area, self.fill_holes = int(min_area), bool(fill_holes)
         self.output_instances = bool(output_instances)
@@ -106,7 +114,9 @@ class NucleiWeakLiu2022Model(nn.Module):
             "fg_threshold": inf.T0,
             "bandwidth": inf.BANDWIDTH,
             "group_tile": inf.GROUP_TILE,
+            "bg_rule": inf.BG_RULE,
             "bg_min_fragments": inf.BG_MIN_FRAGMENTS,
+            "t_bg": cfg.NUCLEIWEAK.LIU2022.IEN.T_BG,
             "sample_size": inf.SAMPLE_SIZE,
             "min_area": unet.MIN_AREA,
             "fill_holes": unet.FILL_HOLES,
@@ -153,7 +163,9 @@ class NucleiWeakLiu2022Model(nn.Module):
             fg,
             bandwidth=self.bandwidth,
             tile=self.group_tile,
+            bg_rule=self.bg_rule,
             bg_min_fragments=self.bg_min_fragments,
+            background=(prob <= self.t_bg).cpu().numpy() if self.bg_rule == "embedding" else None,
             min_area=self.min_area,
             fill_holes=self.fill_holes,
             sample_size=self.sample_size,

@@ -15,8 +15,9 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`; each in ``OUTP
    the IEN learns from the instance labels with the discriminative loss, and the val
    evaluation scores the full inference (SPN foreground + grouped embeddings), so
    ``model_best.pth`` is the final model (``spn.*`` and ``ien.*`` weights in one file).
-5. ``select_t0`` (only with ``INFERENCE.T0_CANDIDATES``): the final model on the val split at
-   each candidate ``T_0``; the best replaces ``INFERENCE.T0`` for the evaluation.
+5. ``select_t0`` (only with ``INFERENCE.T0_CANDIDATES`` or ``BG_RULE_CANDIDATES``): the final
+   model on the val split at each candidate ``T_0`` and background rule; the best pair
+   replaces ``INFERENCE.T0`` / ``BG_RULE`` for the evaluation.
 6. ``eval``: the final model on ``NUCLEIWEAK.EVAL_DATASETS`` (weights linked to
    ``OUTPUT_DIR/model_final.pth``); training runs also score the SPN alone (the paper's
    Table 2 ablation "SPN", key ``spn_alone`` of ``metrics.json``).
@@ -107,18 +108,23 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
         c.NUCLEIWEAK.COCO_EVAL = bool(
             self.cfg.NUCLEIWEAK.COCO_EVAL and self.cfg.NUCLEIWEAK.UNET.OUTPUT_INSTANCES
         )
-        c.NUCLEIWEAK.LIU2022.INFERENCE.T0 = self.chosen_t0()[0]
+        t0, bg_rule, _ = self.chosen_inference()
+        c.NUCLEIWEAK.LIU2022.INFERENCE.T0 = t0
+        c.NUCLEIWEAK.LIU2022.INFERENCE.BG_RULE = bg_rule
         return c, Trainer, self.best_weights(self.stage_dir("ien"))
 
-    def chosen_t0(self):
-        """``(T_0, source)``: the value ``select_t0`` chose on val when this run has it, else
-        ``INFERENCE.T0`` (e.g. ``--eval-only`` of a weights file from another folder)."""
-        if (
-            self.m.INFERENCE.T0_CANDIDATES
-            and (self.stage_dir("select_t0") / "stage_done.json").is_file()
-        ):
-            return float(self.stage_info("select_t0")["t0"]), "val (select_t0)"
-        return float(self.m.INFERENCE.T0), "config"
+    def _selects(self):
+        return bool(self.m.INFERENCE.T0_CANDIDATES or self.m.INFERENCE.BG_RULE_CANDIDATES)
+
+    def chosen_inference(self):
+        """``(T_0, background rule, source)``: the pair ``select_t0`` chose on val when this run
+        has it, else ``INFERENCE.T0`` and ``INFERENCE.BG_RULE`` (e.g. ``--eval-only`` of a
+        weights file from another folder)."""
+        inf = self.m.INFERENCE
+        if self._selects() and (self.stage_dir("select_t0") / "stage_done.json").is_file():
+            info = self.stage_info("select_t0")
+            return float(info["t0"]), str(info.get("bg_rule", inf.BG_RULE)), "val (select_t0)"
+        return float(inf.T0), str(inf.BG_RULE), "config"
 
     # ------------------------------------------------------------------ stages
     def stages(self):
@@ -128,7 +134,7 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
             Stage("spn_predict", self.spn_predict),
             Stage("ien", self.train_ien, seed_offset=1),
         ]
-        if self.m.INFERENCE.T0_CANDIDATES:
+        if self._selects():
             stages.append(Stage("select_t0", self.select_t0))
         return stages
 
@@ -196,8 +202,8 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
     def extra_evaluation(self, out_dir):
         """The ``T_0`` the evaluation used and where it came from, and (training runs) the
         scores of the SPN alone (in ``metrics.json``)."""
-        t0, source = self.chosen_t0()
-        extra = {"inference": {"T0": t0, "T0_from": source}}
+        t0, bg_rule, source = self.chosen_inference()
+        extra = {"inference": {"T0": t0, "BG_RULE": bg_rule, "T0_from": source}}
         if not self.eval_only and (self.stage_dir("spn") / "stage_done.json").is_file():
             extra["spn_alone"] = self.spn_alone(Path(out_dir) / "spn_alone")
         return extra
@@ -224,20 +230,33 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
         return metrics
 
     def select_t0(self):
-        """Score the final model on val at every candidate ``T_0``; keep the best (the first
-        on ties). Without a val split, ``INFERENCE.T0`` is kept."""
-        candidates = [float(t) for t in self.m.INFERENCE.T0_CANDIDATES]
+        """Score the final model on val at every candidate ``T_0`` (``INFERENCE.T0_CANDIDATES``,
+        else ``T0``) with every candidate background rule (``BG_RULE_CANDIDATES``, else
+        ``BG_RULE``); keep the best pair (the first on ties). Without a val split the config's
+        pair is kept. Scores are keyed ``"<T0>"``, or ``"<T0>/<rule>"`` with rule candidates."""
+        inf = self.m.INFERENCE
+        t0s = [float(t) for t in inf.T0_CANDIDATES] or [float(inf.T0)]
+        rules = [str(r) for r in inf.BG_RULE_CANDIDATES] or [str(inf.BG_RULE)]
         if not self.val_set:
-            return {"t0": float(self.m.INFERENCE.T0), "scores": {}}
+            return {"t0": float(inf.T0), "bg_rule": str(inf.BG_RULE), "scores": {}}
         c = self.stage_cfg("ien", FINAL_ARCH)
         model = self.load_model(c, self.stage_info("ien")["weights"], Trainer)
         task, _, key = self.m.IEN.SELECT_METRIC.partition("/")
+        pairs = [(t, r) for r in rules for t in t0s]
         scores = {}
-        for t in candidates:
-            model.fg_threshold = t
-            res = self.evaluate(c, model, self.val_set, self.stage_dir("select_t0") / f"t0_{t:g}")
-            scores[f"{t:g}"] = float(res[task][key]) if res else None
+        for t, rule in pairs:
+            model.fg_threshold, model.bg_rule = t, rule
+            name = f"{t:g}" if not inf.BG_RULE_CANDIDATES else f"{t:g}/{rule}"
+            res = self.evaluate(
+                c, model, self.val_set, self.stage_dir("select_t0") / f"t0_{name.replace('/', '_')}"
+            )
+            scores[name] = float(res[task][key]) if res else None
         valid = [(s, -i) for i, s in enumerate(scores.values()) if s is not None]
-        best = candidates[-max(valid)[1]] if valid else float(self.m.INFERENCE.T0)
-        logger.info("select_t0: val %s %s -> T0 = %g", self.m.IEN.SELECT_METRIC, scores, best)
-        return {"t0": best, "scores": scores}
+        best = pairs[-max(valid)[1]] if valid else (float(inf.T0), str(inf.BG_RULE))
+        logger.info(
+            "select_t0: val %s %s -> T0 = %g, BG_RULE = %s",
+            self.m.IEN.SELECT_METRIC,
+            scores,
+            *best,
+        )
+        return {"t0": best[0], "bg_rule": best[1], "scores": scores}
