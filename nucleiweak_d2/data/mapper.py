@@ -321,9 +321,9 @@ class CachedTargetsMapper(abc.ABC):
 
     The output holds ``image`` (CHW uint8 tensor in ``image_format``) and, in training, what
     :meth:`_put` adds, without the record's ``annotations``. The record itself is never
-    changed (the output is a shallow copy of it). At test time (``is_train=False``) only the image is produced, moved by
-    the test augmentations (none from the config), and the annotations are kept for the
-    evaluator.
+    changed (the output is a shallow copy of it). At test time (``is_train=False``) only the
+    image is produced, moved by the test augmentations (none from the config), and the
+    annotations are kept for the evaluator.
 
     In training, the whole image is decoded and stain-normalised (``stain_normalizer``) once
     and kept in memory (:class:`_ImageCache`); the targets are made from it (Qu et al.'s k-means

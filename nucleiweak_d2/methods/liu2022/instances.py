@@ -41,10 +41,17 @@ from skimage import measure
 
 from .grouping import mean_shift
 
-__all__ = ["BG_RULES", "group_foreground", "tile_edges"]
+__all__ = ["BG_RULES", "check_bg_rule", "group_foreground", "tile_edges"]
 
 #: Rules that find a tile's background cluster (see the module docstring).
 BG_RULES = ("fragments", "embedding")
+
+
+def check_bg_rule(bg_rule):
+    """Return ``bg_rule``, or raise ValueError when it is not one of :data:`BG_RULES`."""
+    if bg_rule not in BG_RULES:
+        raise ValueError(f"bg_rule must be one of {BG_RULES}, got {bg_rule!r}")
+    return bg_rule
 
 
 def tile_edges(length, tile):
@@ -205,8 +212,7 @@ def group_foreground(
             f"embedding must be (D, H, W) with (H, W) = foreground {fg.shape}, "
             f"got {tuple(emb.shape)}"
         )
-    if bg_rule not in BG_RULES:
-        raise ValueError(f"bg_rule must be one of {BG_RULES}, got {bg_rule!r}")
+    check_bg_rule(bg_rule)
     bg = None if background is None else np.asarray(background, dtype=bool)
     if bg is not None and bg.shape != fg.shape:
         raise ValueError(f"background must be (H, W) = foreground {fg.shape}, got {bg.shape}")

@@ -33,7 +33,7 @@ from ...modeling.meta_arch.postprocess import instances_from_foreground
 from ...modeling.meta_arch.segmentor import NucleiWeakUNetSegmentor
 from ...modeling.meta_arch.unet import instances_from_map
 from .embedding import NucleiWeakLiu2022EmbeddingNet
-from .instances import BG_RULES, group_foreground
+from .instances import check_bg_rule, group_foreground
 
 __all__ = ["NucleiWeakLiu2022Model"]
 
@@ -88,9 +88,7 @@ class NucleiWeakLiu2022Model(nn.Module):
         self.spn, self.ien = spn, ien
         self.fg_threshold, self.bandwidth = float(fg_threshold), float(bandwidth)
         self.group_tile, self.bg_min_fragments = int(group_tile), int(bg_min_fragments)
-        if bg_rule not in BG_RULES:
-            raise ValueError(f"bg_rule must be one of {BG_RULES}, got {bg_rule!r}")
-        self.bg_rule, self.t_bg = str(bg_rule), float(t_bg)
+        self.bg_rule, self.t_bg = str(check_bg_rule(bg_rule)), float(t_bg)
         self.sample_size = int(sample_size)
         self.min_area, self.fill_holes = int(min_area), bool(fill_holes)
         self.output_instances = bool(output_instances)
