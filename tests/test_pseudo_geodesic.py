@@ -90,3 +90,22 @@ def test_errors():
         geodesic_nearest(img, np.array([[1, 1]]), beta=-1)
     with pytest.raises(ValueError, match="points"):
         geodesic_cluster_label(img, np.array([[10, 1]]))
+
+
+def test_labels_return_the_cells_of_their_transform():
+    """PROnet's labels take their cells from the labels' transform (one transform, not two):
+    the same cells as a transform of their own, and the same labels without them."""
+    from nucleiweak_d2.methods.nam2023.labels import binary_labels, point_cells
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, size=(40, 50, 3), dtype=np.uint8)
+    pts = np.array([[5, 5], [30, 10], [20, 30], [44, 35], [20, 30]])  # with a duplicate
+    vor, clu, cells = geodesic_labels(img, pts, return_cells=True)
+    assert cells.dtype == np.int32
+    np.testing.assert_array_equal(cells, geodesic_nearest(img, pts)[1])
+    np.testing.assert_array_equal((vor, clu), geodesic_labels(img, pts))
+    labels = binary_labels(img, pts, beta=40.0)
+    np.testing.assert_array_equal(labels["cells"], point_cells(img, pts, beta=40.0))
+    np.testing.assert_array_equal(labels["voronoi"], vor)
+    euclid = binary_labels(img, pts, geodesic=False)
+    np.testing.assert_array_equal(euclid["cells"], point_cells(img, pts, geodesic=False))

@@ -59,7 +59,13 @@ from .run_dir import (
 )
 from .trainer import Trainer, calibrating_trainer
 
-__all__ = ["NUCLEIWEAK_PIPELINE_REGISTRY", "Stage", "StagedPipeline", "summary_table"]
+__all__ = [
+    "NUCLEIWEAK_PIPELINE_REGISTRY",
+    "Stage",
+    "StagedPipeline",
+    "broadcast_from_main",
+    "summary_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +77,13 @@ and run with ``.run()``; see :class:`StagedPipeline`.
 
 #: Metrics of the final table, in this order, when present.
 TABLE_METRICS = ("AJI", "Dice_obj", "pixel_F1", "PQ", "det_P", "det_R", "det_F1")
+
+
+def broadcast_from_main(obj):
+    """``obj`` as the main process holds it, in every process (itself in a single process)."""
+    if comm.get_world_size() == 1:
+        return obj
+    return comm.all_gather(obj)[0]
 
 
 @dataclass(frozen=True)
@@ -257,7 +270,7 @@ class StagedPipeline:
             seed_all_rng(seed)
         start = time.time()
         info = stage.run() or {}
-        info = comm.all_gather(info)[0]  # the main process's info, everywhere
+        info = broadcast_from_main(info)  # the main process's info, everywhere
         if comm.is_main_process():
             write_json(
                 done,

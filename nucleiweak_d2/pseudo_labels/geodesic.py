@@ -299,6 +299,7 @@ def geodesic_labels(
     n_rounds=1,
     voronoi=True,
     cluster=True,
+    return_cells=False,
     **kwargs,
 ):
     """Both PROnet labels from one geodesic transform.
@@ -309,13 +310,17 @@ def geodesic_labels(
         See :func:`geodesic_voronoi_label` and :func:`geodesic_cluster_label`.
     voronoi, cluster : bool
         Which labels to build (the other is returned as ``None``).
+    return_cells : bool
+        Also return the geodesic cells of the transform (int32 ``(H, W)``, index of each
+        pixel's geodesically nearest point), so a caller needs no second transform.
     **kwargs
         Passed to :func:`~nucleiweak_d2.pseudo_labels.cluster.cluster_label_from_features`.
 
     Returns
     -------
     (numpy.ndarray or None, numpy.ndarray or None)
-        ``(voronoi_label, cluster_label)``, uint8 ``(H, W)`` each, 0/1/2 encoded.
+        ``(voronoi_label, cluster_label)``, uint8 ``(H, W)`` each, 0/1/2 encoded; with
+        ``return_cells``, ``(voronoi_label, cluster_label, cells)``.
     """
     image = check_image(image)
     pts = check_points(points, image.shape[:2])
@@ -337,4 +342,6 @@ def geodesic_labels(
             axis=-1,
         )
         clu = cluster_label_from_features(features, pts, cells, eucl, **kwargs)
+    if return_cells:
+        return vor, clu, cells.astype(np.int32)
     return vor, clu

@@ -68,19 +68,15 @@ def binary_labels(image, points, *, geodesic=True, beta=40.0, d_max=70.0):
 
     Notes
     -----
-    The geodesic transform runs twice (once inside ``geodesic_labels``, once for the cells);
-    ``geodesic_labels`` does not return its cells.
+    With ``geodesic`` one transform gives the labels and the cells.
     """
     h, w = image.shape[:2]
     if len(points) == 0:
         ignore = np.full((h, w), 2, dtype=np.uint8)
         return {"voronoi": ignore, "cluster": ignore.copy(), "cells": point_cells(image, points)}
     if geodesic:
-        vor, clu = geodesic_labels(image, points, d_max=d_max, beta=beta)
+        vor, clu, cells = geodesic_labels(image, points, d_max=d_max, beta=beta, return_cells=True)
     else:
         vor, clu = voronoi_label(points, (h, w)), cluster_label(image, points, d_max=d_max)
-    return {
-        "voronoi": vor.astype(np.uint8),
-        "cluster": clu.astype(np.uint8),
-        "cells": point_cells(image, points, geodesic=geodesic, beta=beta),
-    }
+        cells = point_cells(image, points, geodesic=False)
+    return {"voronoi": vor.astype(np.uint8), "cluster": clu.astype(np.uint8), "cells": cells}

@@ -34,22 +34,18 @@ from detectron2.data import DatasetCatalog
 from ...data.atomic import write_json
 from ...data.io import read_image, write_image
 from ...data.records import cache_key, record_points
-from ...engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY, Stage, StagedPipeline
+from ...engine.pipeline import (
+    NUCLEIWEAK_PIPELINE_REGISTRY,
+    Stage,
+    StagedPipeline,
+    broadcast_from_main,
+)
 from ...engine.trainer import Trainer
 from ...pseudo_labels.detection import propagated_background
 from .artifacts import write_mask_png
 from .postprocess import merge_points
 
 __all__ = ["NucleiWeakQu2020Pipeline"]
-
-
-def comm_broadcast(obj):
-    """``obj`` of the main process, in every process (``{}`` where it is ``{}`` everywhere)."""
-    from detectron2.utils import comm
-
-    if comm.get_world_size() == 1:
-        return obj
-    return comm.all_gather(obj)[0]
 
 
 logger = logging.getLogger(__name__)
@@ -249,7 +245,7 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         k = self.selected_round()
         c, trainer = self.det_cfg(k)
         model = self.load_model(c, self.best_weights(self.stage_dir(f"det_round{k}")), trainer)
-        calib = comm_broadcast(self.calibrate_detector(c, model, trainer))
+        calib = broadcast_from_main(self.calibrate_detector(c, model, trainer))
         if calib:
             model.threshold, model.min_area = calib["point_threshold"], calib["point_min_area"]
         detected = self.infer(
