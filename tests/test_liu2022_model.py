@@ -75,3 +75,37 @@ def test_final_model_freezes_the_spn_and_outputs_instances(cfg):
     emb[0, :, 32:] = 3.0
     inst = model.inference_single(scores, emb)["instance_map"].numpy()
     assert inst.max() == 2 and len(np.unique(inst[:, :32])) == 1 and inst[0, 0] != inst[0, 40]
+
+
+def test_ien_initialised_from_a_trained_spn(cfg, tmp_path):
+    """``IEN.INIT_FROM_SPN``: the IEN's encoder and decoder start as the SPN's; the prediction
+    layer (2 classes there, ``EMBED_DIM`` here) and the CoordConv stem keep their own start."""
+    from nucleiweak_d2.modeling.meta_arch.segmentor import NucleiWeakUNetSegmentor
+
+    spn_cfg = cfg.clone()
+    spn_cfg.defrost()
+    spn_cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
+    torch.manual_seed(1)
+    spn = NucleiWeakUNetSegmentor(spn_cfg)
+    with torch.no_grad():
+        for p in spn.parameters():
+            p.add_(torch.randn_like(p))  # "trained": far from any fresh initialisation
+    path = tmp_path / "spn.pth"
+    torch.save({"model": spn.state_dict()}, path)
+
+    torch.manual_seed(2)
+    model = NucleiWeakLiu2022Model(cfg, spn_weights=str(path), ien_weights=str(path))
+    spn_state, ien_state = spn.state_dict(), model.ien.state_dict()
+    copied = [k for k in ien_state if k in spn_state and ien_state[k].shape == spn_state[k].shape]
+    assert any(k.startswith("backbone.") for k in copied)
+    assert any(k.startswith("sem_seg_head.") for k in copied)
+    for k in copied:
+        assert torch.allclose(ien_state[k], spn_state[k], rtol=0, atol=0, equal_nan=True), k
+    skipped = [k for k in ien_state if k in spn_state and k not in copied]
+    assert skipped and all(
+        ien_state[k].shape[0] == cfg.NUCLEIWEAK.LIU2022.IEN.EMBED_DIM for k in skipped
+    )
+    w = model.ien.coord_conv.weight[:, :, 0, 0]
+    assert torch.equal(w[:, :3], torch.eye(3)) and not w[:, 3:].any()
+    for k, v in spn_state.items():  # the frozen SPN itself is the SPN
+        assert torch.allclose(model.spn.state_dict()[k], v, rtol=0, atol=0, equal_nan=True), k

@@ -138,10 +138,19 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
 
 def test_resume_reruns_only_the_unfinished_stage(tiny_dataset):
     """Stop after ``spn_predict`` (simulated by removing the later records): the SPN, its
-    probabilities and the pseudo-labels are reused byte for byte."""
+    probabilities and the pseudo-labels are reused byte for byte. (This run also starts the
+    IEN from the selected SPN, ``IEN.INIT_FROM_SPN``.)"""
     out = tiny_dataset / "run_resume"
-    cfg = _cfg(out, ["NUCLEIWEAK.LIU2022.INFERENCE.T0_CANDIDATES", "[]"])
+    opts = ["NUCLEIWEAK.LIU2022.INFERENCE.T0_CANDIDATES", "[]"]
+    cfg = _cfg(out, [*opts, "NUCLEIWEAK.LIU2022.IEN.INIT_FROM_SPN", "True"])
     first = NucleiWeakLiu2022Pipeline(cfg).run()
+    spn_weights = str(out / "spn" / "model_best.pth")
+    assert NucleiWeakLiu2022Pipeline(cfg).ien_cfg()[1].model_overrides == {
+        "spn_weights": spn_weights,
+        "ien_weights": spn_weights,
+    }
+    plain = NucleiWeakLiu2022Pipeline(_cfg(out, opts)).ien_cfg()[1].model_overrides
+    assert plain == {"spn_weights": spn_weights, "ien_weights": ""}
     kept = {
         p: (p.stat().st_mtime_ns, p.read_bytes())
         for p in [out / "spn" / "model_best.pth"]

@@ -63,6 +63,8 @@ def add_liu2022_config(cfg):
     _L.IEN.BASE_LR = 1e-3
     # Weight decay of the IEN stage (authors: 0).
     _L.IEN.WEIGHT_DECAY = 0.0
+    # Start the IEN's encoder and decoder from the selected SPN (ours; paper: ImageNet encoder).
+    _L.IEN.INIT_FROM_SPN = False
     # Val evaluation period of the IEN stage (it runs the grouping, slower than the SPN's); 0 = TEST.EVAL_PERIOD.
     _L.IEN.EVAL_PERIOD = 0
     # Metric that selects the IEN checkpoint (scored with the SPN, i.e. the final model) on val.

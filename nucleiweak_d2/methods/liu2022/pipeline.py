@@ -90,15 +90,22 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
         return self.stage_cfg("spn", SPN_ARCH), Trainer.with_overrides(mapper=mapper)
 
     def ien_cfg(self):
-        """``(cfg, trainer)`` of the IEN stage (the SPN and the initial weights passed in)."""
+        """``(cfg, trainer)`` of the IEN stage (the SPN and the initial weights passed in).
+
+        The IEN starts from ``MODEL.WEIGHTS`` (e.g. an ImageNet encoder), or with
+        ``IEN.INIT_FROM_SPN`` from the selected SPN: its encoder and decoder have the IEN's
+        shapes and are loaded, its prediction layer (2 classes, not ``EMBED_DIM``) is not, and
+        the CoordConv stem keeps its identity start. This is our deviation for training from
+        scratch on a CPU budget: the paper's IEN starts from ImageNet, and a random encoder
+        learns the discriminative loss slowly (``docs/methods/liu2022.md``).
+        """
         mapper = {
             "prob_dir": str(self.stage_dir("spn_predict") / "prob"),
             "cache_dir": str(self.stage_dir("spn_predict") / "labels"),
         }
-        model = {
-            "spn_weights": self.stage_info("spn")["weights"],
-            "ien_weights": str(self.cfg.MODEL.WEIGHTS or ""),
-        }
+        spn_weights = self.stage_info("spn")["weights"]
+        init = spn_weights if self.m.IEN.INIT_FROM_SPN else str(self.cfg.MODEL.WEIGHTS or "")
+        model = {"spn_weights": spn_weights, "ien_weights": init}
         return self.stage_cfg("ien", FINAL_ARCH), Trainer.with_overrides(mapper=mapper, model=model)
 
     def final_model(self):
