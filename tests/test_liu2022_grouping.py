@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nucleiweak_d2.methods.liu2022.grouping import mean_shift
+from nucleiweak_d2.methods.liu2022.grouping import MemoClusterer, mean_shift
 from nucleiweak_d2.methods.liu2022.instances import group_foreground, tile_edges
 
 
@@ -173,3 +173,38 @@ def test_embedding_rule_removes_the_cluster_of_the_background_embedding():
         group_foreground(emb, fg, bg_rule="largest", **args)
     with pytest.raises(ValueError, match="background"):
         group_foreground(emb, fg, bg_rule="embedding", background=none[:5], **args)
+
+
+def test_memo_clusterer_groups_each_point_set_once():
+    """select_t0's clusterer: the same points give the wrapped mean-shift's result, computed
+    once; other points or another bandwidth are clustered anew; results are copies."""
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.normal(0, 0.2, (80, 4)), rng.normal(3, 0.2, (60, 4))])
+    a = a.astype(np.float32)
+    memo = MemoClusterer()
+    first = memo(torch.from_numpy(a), 1.5, sample_size=64)
+    ref = mean_shift(a, 1.5, sample_size=64)
+    for got, want in zip(first, ref):
+        np.testing.assert_array_equal(got, want)
+    first[0][:] = 7  # the caller's copy; the memory is untouched
+    again = memo(torch.from_numpy(a.copy()), 1.5, sample_size=64)
+    np.testing.assert_array_equal(again[0], ref[0])
+    assert (memo.calls, memo.hits) == (1, 1)
+    memo(a, 1.0, sample_size=64)  # another bandwidth
+    memo(a[:-1], 1.5, sample_size=64)  # other points
+    memo(a, 1.5, sample_size=32)  # other arguments
+    assert (memo.calls, memo.hits) == (4, 1)
+    # group_foreground through the memo: the same map, and a second pass clusters nothing
+    emb = torch.zeros(4, 20, 30)
+    emb[0, :, 15:] = 3.0
+    fg = np.ones((20, 30), bool)
+    fg[:, 14:16] = False
+    memo = MemoClusterer()
+    want = group_foreground(emb, fg, tile=16, bg_rule="fragments", bg_min_fragments=0)
+    for _ in range(2):
+        got = group_foreground(
+            emb, fg, tile=16, bg_rule="fragments", bg_min_fragments=0, clusterer=memo
+        )
+        np.testing.assert_array_equal(got, want)
+    # 2 x 2 tiles a pass; the upper and lower tiles of a column hold the same points
+    assert (memo.calls, memo.hits) == (2, 6)

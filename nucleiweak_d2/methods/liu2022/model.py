@@ -33,6 +33,7 @@ from ...modeling.meta_arch.postprocess import instances_from_foreground
 from ...modeling.meta_arch.segmentor import NucleiWeakUNetSegmentor
 from ...modeling.meta_arch.unet import instances_from_map
 from .embedding import NucleiWeakLiu2022EmbeddingNet
+from .grouping import mean_shift
 from .instances import check_bg_rule, group_foreground
 
 __all__ = ["NucleiWeakLiu2022Model"]
@@ -92,6 +93,8 @@ class NucleiWeakLiu2022Model(nn.Module):
         self.sample_size = int(sample_size)
         self.min_area, self.fill_holes = int(min_area), bool(fill_holes)
         self.output_instances = bool(output_instances)
+        #: mean-shift of the grouping (``select_t0`` sets a :class:`~.grouping.MemoClusterer`)
+        self.clusterer = mean_shift
         if spn_weights:
             load_trained_weights(self.spn, spn_weights)  # strict: the whole trained SPN
         if ien_weights:
@@ -166,6 +169,7 @@ class NucleiWeakLiu2022Model(nn.Module):
             background=(prob <= self.t_bg).cpu().numpy() if self.bg_rule == "embedding" else None,
             min_area=self.min_area,
             fill_holes=self.fill_holes,
+            clusterer=self.clusterer,
             sample_size=self.sample_size,
         )
         out = {"sem_seg": scores, "prob": prob, "instance_map": torch.from_numpy(inst_map)}

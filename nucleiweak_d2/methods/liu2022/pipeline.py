@@ -37,6 +37,7 @@ from ...data.io import read_image, write_image
 from ...data.records import cache_key, record_points
 from ...engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY, Stage, StagedPipeline
 from ...engine.trainer import Trainer
+from .grouping import MemoClusterer
 from .pseudo_labels import BACKGROUND_ID, FIRST_INSTANCE_ID
 
 __all__ = ["NucleiWeakLiu2022Pipeline"]
@@ -250,6 +251,7 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
         model = self.load_model(c, self.stage_info("ien")["weights"], Trainer)
         task, _, key = self.m.IEN.SELECT_METRIC.partition("/")
         pairs = [(t, r) for r in rules for t in t0s]
+        model.clusterer = MemoClusterer()  # a T_0's tiles are grouped once for all the rules
         scores = {}
         for t, rule in pairs:
             model.fg_threshold, model.bg_rule = t, rule
@@ -261,9 +263,11 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
         valid = [(s, -i) for i, s in enumerate(scores.values()) if s is not None]
         best = pairs[-max(valid)[1]] if valid else (float(inf.T0), str(inf.BG_RULE))
         logger.info(
-            "select_t0: val %s %s -> T0 = %g, BG_RULE = %s",
+            "select_t0: val %s %s -> T0 = %g, BG_RULE = %s (%d tiles grouped, %d reused)",
             self.m.IEN.SELECT_METRIC,
             scores,
             *best,
+            model.clusterer.calls,
+            model.clusterer.hits,
         )
         return {"t0": best[0], "bg_rule": best[1], "scores": scores}
