@@ -89,9 +89,20 @@ def test_model_losses_and_outputs(tiny_dataset):
 
 def test_full_pipeline_two_iterations_per_stage_with_shifted_points(tiny_dataset):
     out = tiny_dataset / "run"
-    cfg = _cfg(out)
+    cfg = _cfg(out, ["NUCLEIWEAK.NAM2023.CENTER.THRESHOLD_CANDIDATES", "[0.1, 0.3]"])
     pipeline = NUCLEIWEAK_PIPELINE_REGISTRY.get("NucleiWeakNam2023Pipeline")
     result = pipeline(cfg, resume=False, eval_only=False).run()
+    # the centre threshold chosen on val among the candidates, used by the evaluation
+    chosen = json.loads((out / "select_center" / "stage_done.json").read_text())["info"]
+    assert set(chosen["scores"]) == {"0.1", "0.3"}
+    assert chosen["threshold"] in (0.1, 0.3)
+    assert chosen["scores"][f"{chosen['threshold']:g}"] == max(chosen["scores"].values())
+    assert result["inference"] == {
+        "CENTER_THRESHOLD": chosen["threshold"],
+        "from": "val (select_center)",
+    }
+    final_cfg = pipeline(cfg).final_model()[0]
+    assert final_cfg.NUCLEIWEAK.NAM2023.CENTER.THRESHOLD == chosen["threshold"]
     for stage in ("warmup", "round0", "round1"):
         assert (out / stage / "model_final.pth").is_file(), stage
         assert (out / stage / "stage_done.json").is_file(), stage

@@ -41,6 +41,8 @@ def add_nam2023_config(cfg):
     _N.CENTER.RADIUS = 8.0
     # Inference: heatmap peaks above this value are nucleus centres (paper: 0.2).
     _N.CENTER.THRESHOLD = 0.2
+    # Thresholds scored on val after training (stage select_center); the best replaces THRESHOLD.
+    _N.CENTER.THRESHOLD_CANDIDATES = []
 
     _N.LOSS = CN()
     # lambda_C: weight of the centre focal loss (paper: 1).

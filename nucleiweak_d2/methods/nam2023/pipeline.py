@@ -20,7 +20,12 @@ with a fresh optimiser):
    cell) and writes ``points_train.json`` (and ``points_val.json``, refined the same way, for
    the record only); the offset targets are remade from the same prediction; the M-step trains
    ``NAM2023.EM.MAX_ITER`` iterations with the centre map of the refined points (epochs 30-150).
-5. ``eval``: the last round's checkpoint selected on val (``model_best.pth``; only the last
+5. ``select_center`` (only with ``NAM2023.CENTER.THRESHOLD_CANDIDATES``): the final model scored
+   on val at every candidate centre threshold; the best (the first on ties) replaces
+   ``CENTER.THRESHOLD`` for the evaluation. The paper sets 0.2; a centre head trained for a CPU
+   budget may never reach it (every peak below 0.2: no centre, the instances fall back to
+   the foreground's connected components), and the best threshold differs from run to run.
+6. ``eval``: the last round's checkpoint selected on val (``model_best.pth``; only the last
    training stage is evaluated periodically) on ``NUCLEIWEAK.EVAL_DATASETS``.
 
 Each stage's ``info`` records the mean distance of the points to the true centres (``point -
@@ -104,7 +109,21 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
         c.NUCLEIWEAK.COCO_EVAL = bool(
             self.cfg.NUCLEIWEAK.COCO_EVAL and self.cfg.NUCLEIWEAK.UNET.OUTPUT_INSTANCES
         )
+        c.NUCLEIWEAK.NAM2023.CENTER.THRESHOLD = self.chosen_threshold()[0]
         return c, Trainer, self.best_weights(self.stage_dir(last))
+
+    def chosen_threshold(self):
+        """``(centre threshold, source)``: the one ``select_center`` chose on val when this run
+        has it, else ``CENTER.THRESHOLD`` (e.g. ``--eval-only`` of a weights file)."""
+        done = self.stage_dir("select_center") / "stage_done.json"
+        if self.n.CENTER.THRESHOLD_CANDIDATES and done.is_file():
+            return float(self.stage_info("select_center")["threshold"]), "val (select_center)"
+        return float(self.n.CENTER.THRESHOLD), "config"
+
+    def extra_evaluation(self, out_dir):
+        """The centre threshold the evaluation used and where it came from."""
+        threshold, source = self.chosen_threshold()
+        return {"inference": {"CENTER_THRESHOLD": threshold, "from": source}}
 
     def _val_records(self):
         """Val records when val has annotated points (refined for the record), else []."""
@@ -123,7 +142,30 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
             Stage(f"round{k}", lambda k=k: self.em_round(k), seed_offset=1 + k)
             for k in range(int(self.n.EM.ROUNDS) + 1)
         ]
+        if self.n.CENTER.THRESHOLD_CANDIDATES:
+            stages.append(Stage("select_center", self.select_center))
         return stages
+
+    def select_center(self):
+        """Score the final model on val at every ``CENTER.THRESHOLD_CANDIDATES`` value and keep
+        the best (the first on ties; without a val split, ``CENTER.THRESHOLD``)."""
+        fixed = float(self.n.CENTER.THRESHOLD)
+        if not self.val_set:
+            return {"threshold": fixed, "scores": {}}
+        last = self.train_stages[-1]
+        c = self.stage_cfg(last)
+        model = self.load_model(c, self.best_weights(self.stage_dir(last)))
+        task, _, key = self.n.SELECT_METRIC.partition("/")
+        candidates = [float(t) for t in self.n.CENTER.THRESHOLD_CANDIDATES]
+        scores = {}
+        for t in candidates:
+            model.center_threshold = t
+            res = self.evaluate(c, model, self.val_set, self.stage_dir("select_center") / f"t{t:g}")
+            scores[f"{t:g}"] = float(res[task][key]) if res else None
+        valid = [(v, -i) for i, v in enumerate(scores.values()) if v is not None]
+        best = candidates[-max(valid)[1]] if valid else fixed
+        logger.info("select_center: val %s %s -> %g", self.n.SELECT_METRIC, scores, best)
+        return {"threshold": best, "scores": scores}
 
     def pseudo_labels(self):
         info = {"labels": str(self.stage_dir("pseudo_labels") / "labels"), "point_error": {}}
