@@ -91,6 +91,11 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     for metrics in spn_alone.values():
         assert 0.0 <= metrics["AJI"] <= 1.0 and "pixel_F1" in metrics
     assert (out / "eval" / "spn_alone" / "liu2022_smoke_test").is_dir()
+    # the eval stage's model remembers its groupings (eval sets that share images)
+    from nucleiweak_d2.methods.liu2022.grouping import MemoClusterer
+
+    prepared = NucleiWeakLiu2022Pipeline(cfg).prepare_eval_model(torch.nn.Module())
+    assert isinstance(prepared.clusterer, MemoClusterer)
     # the final model is the IEN stage's checkpoint kept on val: SPN and IEN in one file
     assert result["weights"] == weights == str(out / "ien" / "model_best.pth")
     state = torch.load(out / "model_final.pth", map_location="cpu")["model"]

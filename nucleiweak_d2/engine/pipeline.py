@@ -187,6 +187,11 @@ class StagedPipeline:
         is the run's file (selected on val), used unless ``--eval-only`` names another."""
         raise NotImplementedError
 
+    def prepare_eval_model(self, model):
+        """The final model as the ``eval`` stage scores it on every eval set; default itself
+        (a method may, e.g., let it remember work shared by overlapping eval sets)."""
+        return model
+
     def extra_evaluation(self, out_dir):
         """Entries added to the final results (e.g. a detector's metrics); default none.
 
@@ -434,7 +439,7 @@ class StagedPipeline:
         cfg = cfg.clone()
         cfg.defrost()
         cfg.OUTPUT_DIR = str(out_dir)
-        model = self.load_model(cfg, weights, trainer)
+        model = self.prepare_eval_model(self.load_model(cfg, weights, trainer))
         results = {}
         for ds in self.eval_sets:
             folder = Path(out_dir) / ds

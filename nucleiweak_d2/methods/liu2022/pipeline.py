@@ -207,6 +207,13 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
         c, trainer = self.ien_cfg()
         return {"weights": self.train(c, self.m.IEN.SELECT_METRIC, trainer)}
 
+    def prepare_eval_model(self, model):
+        """Eval sets may share images (MoNuSeg's testA and testB are parts of test): the final
+        model groups each tile's points once (:class:`~.grouping.MemoClusterer`; the same
+        result)."""
+        model.clusterer = MemoClusterer()
+        return model
+
     def extra_evaluation(self, out_dir):
         """The ``T_0`` the evaluation used and where it came from, and (training runs) the
         scores of the SPN alone (in ``metrics.json``)."""
