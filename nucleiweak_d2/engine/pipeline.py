@@ -187,6 +187,36 @@ class StagedPipeline:
         is the run's file (selected on val), used unless ``--eval-only`` names another."""
         raise NotImplementedError
 
+    def select_on_val(self, cfg, model, candidates, metric):
+        """Score ``model`` on the val split once per candidate setting; the best one.
+
+        Parameters
+        ----------
+        cfg : CfgNode
+            Config of ``model``.
+        model : torch.nn.Module
+            Model in eval mode; each candidate changes it in place.
+        candidates : dict
+            ``{name: (folder, apply)}`` in order: ``apply(model)`` sets the candidate, whose
+            evaluator files go to ``folder``.
+        metric : str
+            ``"<task>/<key>"`` of the evaluator's results, larger is better.
+
+        Returns
+        -------
+        (str or None, dict)
+            The best name (the first on ties; None when no candidate was scored, e.g. in a
+            process other than the main one) and ``{name: score or None}``.
+        """
+        task, _, key = metric.partition("/")
+        scores = {}
+        for name, (folder, apply) in candidates.items():
+            apply(model)
+            res = self.evaluate(cfg, model, self.val_set, folder)
+            scores[name] = float(res[task][key]) if res else None
+        valid = [(s, -i) for i, s in enumerate(scores.values()) if s is not None]
+        return (list(scores)[-max(valid)[1]] if valid else None), scores
+
     def prepare_eval_model(self, model):
         """The final model as the ``eval`` stage scores it on every eval set; default itself
         (a method may, e.g., let it remember work shared by overlapping eval sets)."""

@@ -256,19 +256,24 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
             return {"t0": float(inf.T0), "bg_rule": str(inf.BG_RULE), "scores": {}}
         c = self.stage_cfg("ien", FINAL_ARCH)
         model = self.load_model(c, self.stage_info("ien")["weights"], Trainer)
-        task, _, key = self.m.IEN.SELECT_METRIC.partition("/")
-        pairs = [(t, r) for r in rules for t in t0s]
         model.clusterer = MemoClusterer()  # a T_0's tiles are grouped once for all the rules
-        scores = {}
-        for t, rule in pairs:
-            model.fg_threshold, model.bg_rule = t, rule
-            name = f"{t:g}" if not inf.BG_RULE_CANDIDATES else f"{t:g}/{rule}"
-            res = self.evaluate(
-                c, model, self.val_set, self.stage_dir("select_t0") / f"t0_{name.replace('/', '_')}"
-            )
-            scores[name] = float(res[task][key]) if res else None
-        valid = [(s, -i) for i, s in enumerate(scores.values()) if s is not None]
-        best = pairs[-max(valid)[1]] if valid else (float(inf.T0), str(inf.BG_RULE))
+
+        def setting(t, rule):
+            def apply(m):
+                m.fg_threshold, m.bg_rule = t, rule
+
+            return apply
+
+        pairs = {}
+        for rule in rules:
+            for t in t0s:
+                pairs[f"{t:g}" if not inf.BG_RULE_CANDIDATES else f"{t:g}/{rule}"] = (t, rule)
+        candidates = {
+            name: (self.stage_dir("select_t0") / f"t0_{name.replace('/', '_')}", setting(*pair))
+            for name, pair in pairs.items()
+        }
+        name, scores = self.select_on_val(c, model, candidates, self.m.IEN.SELECT_METRIC)
+        best = pairs[name] if name is not None else (float(inf.T0), str(inf.BG_RULE))
         logger.info(
             "select_t0: val %s %s -> T0 = %g, BG_RULE = %s (%d tiles grouped, %d reused)",
             self.m.IEN.SELECT_METRIC,

@@ -155,15 +155,15 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
         last = self.train_stages[-1]
         c = self.stage_cfg(last)
         model = self.load_model(c, self.best_weights(self.stage_dir(last)))
-        task, _, key = self.n.SELECT_METRIC.partition("/")
-        candidates = [float(t) for t in self.n.CENTER.THRESHOLD_CANDIDATES]
-        scores = {}
-        for t in candidates:
-            model.center_threshold = t
-            res = self.evaluate(c, model, self.val_set, self.stage_dir("select_center") / f"t{t:g}")
-            scores[f"{t:g}"] = float(res[task][key]) if res else None
-        valid = [(v, -i) for i, v in enumerate(scores.values()) if v is not None]
-        best = candidates[-max(valid)[1]] if valid else fixed
+        candidates = {
+            f"{t:g}": (
+                self.stage_dir("select_center") / f"t{t:g}",
+                lambda m, t=float(t): setattr(m, "center_threshold", t),
+            )
+            for t in self.n.CENTER.THRESHOLD_CANDIDATES
+        }
+        name, scores = self.select_on_val(c, model, candidates, self.n.SELECT_METRIC)
+        best = float(name) if name is not None else fixed
         logger.info("select_center: val %s %s -> %g", self.n.SELECT_METRIC, scores, best)
         return {"threshold": best, "scores": scores}
 
