@@ -87,6 +87,47 @@ def test_model_losses_and_outputs(tiny_dataset):
     assert bool((out["instance_map"] == 1).all())
 
 
+def test_offset_ablation_has_no_offset_loss_zero_offsets_and_never_refines(
+    tiny_dataset, monkeypatch
+):
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils.events import EventStorage
+
+    from nucleiweak_d2.engine.trainer import Trainer
+
+    cfg = _cfg(tiny_dataset / "no_offset", ["NUCLEIWEAK.NAM2023.HEAD.OFFSET", "False"])
+    model = Trainer.build_model(cfg)
+    head = model.sem_seg_head
+    assert head.offset_predictor is None and not head.attention_units
+    mapper = Trainer.build_mapper(cfg, True)
+    batch = [mapper(r) for r in DatasetCatalog.get("nam2023_smoke_train")]
+    for x in batch:
+        x["offset_target"], x["offset_weight"] = torch.ones(2, 64, 64), torch.ones(1, 64, 64)
+    model.train()
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == {"loss_sem_seg_t0", "loss_sem_seg_t1", "loss_center"}
+    model.eval()
+    test = Trainer.build_mapper(cfg, False)(DatasetCatalog.get("nam2023_smoke_test")[0])
+    out = model([test])[0]
+    assert out["offsets"].shape == (2, 96, 96) and bool((out["offsets"] == 0).all())
+    from nucleiweak_d2.methods.nam2023 import pipeline as module
+
+    def no_refinement(*args, **kwargs):
+        raise AssertionError("the offset ablation refined points")
+
+    monkeypatch.setattr(module, "refine_points", no_refinement)
+    p = NucleiWeakNam2023Pipeline(cfg, resume=False, eval_only=False)
+    p.run()
+    info = json.loads((tiny_dataset / "no_offset" / "round1" / "stage_done.json").read_text())
+    assert info["info"]["moved"] == {"train": 0, "val": 0}
+    for split in ("train", "val"):
+        assert json.loads(p.points_file(split, 1).read_text()) == json.loads(
+            p.points_file(split, 0).read_text()
+        )
+
+
 def test_full_pipeline_two_iterations_per_stage_with_shifted_points(tiny_dataset):
     out = tiny_dataset / "run"
     cfg = _cfg(out, ["NUCLEIWEAK.NAM2023.CENTER.THRESHOLD_CANDIDATES", "[0.1, 0.3]"])

@@ -35,6 +35,9 @@ def add_nam2023_config(cfg):
     # Attention units: the centre prediction gates the offset features, the offset prediction
     # gates the binary features (both start as the identity).
     _N.HEAD.ATTENTION_UNITS = True
+    # Offset module (False: the paper's "offset x" ablation: no offset loss, zero offsets, so
+    # pixels go to the nearest centre, and points are never refined).
+    _N.HEAD.OFFSET = True
 
     _N.CENTER = CN()
     # r: radius of the Gaussian of each point in the centre map (paper: MoNuSeg 8, CPM17 6).

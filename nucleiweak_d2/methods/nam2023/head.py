@@ -20,6 +20,11 @@ The encoder is the project's ResNet (``build_nucleiweak_resnet_backbone``) inste
 paper's ImageNet VGG16: the same encoder and decoder as the other UNet methods of this project
 (Qu et al., SPN+IEN), so comparisons isolate the method, with Detectron2 ImageNet weights.
 
+``offset=False`` is the paper's "offset x" ablation (Table 2): no offset predictor, the offset
+channels are zeros and neither AU is used (the binary AU has no offset prediction to read, the
+offset AU no features to gate); the offset RUs stay, so the centre module is as deep as in the
+full model.
+
 This is a thin subclass of ``NucleiWeakUNetHead``: its 1x1 predictor is moved to
 ``binary_predictor`` and replaced by the identity, so ``super().layers`` returns the decoder
 features; ``layers`` returns the three outputs concatenated as ``(N, 2 + 2 + 1, H, W)``
@@ -84,7 +89,14 @@ class NucleiWeakNam2023Head(NucleiWeakUNetHead):
 
     @configurable
     def __init__(
-        self, input_shape, *, residual_units=1, attention_units=True, center_prior=0.1, **kwargs
+        self,
+        input_shape,
+        *,
+        residual_units=1,
+        attention_units=True,
+        offset=True,
+        center_prior=0.1,
+        **kwargs,
     ):
         """
         Parameters
@@ -94,7 +106,9 @@ class NucleiWeakNam2023Head(NucleiWeakUNetHead):
         residual_units : int
             RUs per module (>= 0).
         attention_units : bool
-            Use the two AUs.
+            Use the two AUs (only with ``offset``).
+        offset : bool
+            Predict offsets (False: the "offset x" ablation, offsets are zeros).
         center_prior : float
             Initial centre probability (bias of the centre predictor; CenterNet: 0.1).
         """
@@ -109,15 +123,18 @@ class NucleiWeakNam2023Head(NucleiWeakUNetHead):
             return nn.Sequential(*[ResidualUnit(channels) for _ in range(int(residual_units))])
 
         self.binary_units, self.offset_units, self.center_units = units(), units(), units()
-        self.attention_units = bool(attention_units)
+        self.with_offset = bool(offset)
+        self.attention_units = bool(attention_units) and self.with_offset
         if self.attention_units:
             self.offset_attention = AttentionUnit(1, channels)
             self.binary_attention = AttentionUnit(2, channels)
-        self.offset_predictor = Conv2d(channels, 2, kernel_size=1)
+        self.offset_predictor = None
+        if self.with_offset:
+            self.offset_predictor = Conv2d(channels, 2, kernel_size=1)
+            nn.init.normal_(self.offset_predictor.weight, std=0.01)
+            nn.init.zeros_(self.offset_predictor.bias)
         self.center_predictor = Conv2d(channels, 1, kernel_size=1)
-        for conv in (self.offset_predictor, self.center_predictor):
-            nn.init.normal_(conv.weight, std=0.01)
-        nn.init.zeros_(self.offset_predictor.bias)
+        nn.init.normal_(self.center_predictor.weight, std=0.01)
         nn.init.constant_(
             self.center_predictor.bias, -math.log((1.0 - center_prior) / center_prior)
         )
@@ -126,7 +143,11 @@ class NucleiWeakNam2023Head(NucleiWeakUNetHead):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         head = cfg.NUCLEIWEAK.NAM2023.HEAD
-        ret.update(residual_units=head.RESIDUAL_UNITS, attention_units=head.ATTENTION_UNITS)
+        ret.update(
+            residual_units=head.RESIDUAL_UNITS,
+            attention_units=head.ATTENTION_UNITS,
+            offset=head.OFFSET,
+        )
         return ret
 
     def layers(self, features):
@@ -135,6 +156,9 @@ class NucleiWeakNam2023Head(NucleiWeakUNetHead):
         f_b = self.binary_units(f)
         f_o = self.offset_units(f_b)
         center = self.center_predictor(self.center_units(f_o))
+        if not self.with_offset:
+            offset = center.new_zeros(center.shape[0], 2, *center.shape[2:])
+            return torch.cat([self.binary_predictor(f_b), offset, center], dim=1)
         if self.attention_units:
             f_o = self.offset_attention(f_o, torch.sigmoid(center))
         offset = self.offset_predictor(f_o)

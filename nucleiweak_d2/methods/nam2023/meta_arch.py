@@ -3,7 +3,8 @@
 Encoder + ``NucleiWeakNam2023Head`` (binary 2-class logits, 2-channel offsets, 1-channel centre
 logit). Training inputs (from ``NucleiWeakNam2023Mapper``): ``"sem_seg"`` ``(2, H, W)``
 (Voronoi, cluster), ``"center_target"`` ``(1, H, W)`` and, once the offset loss is on,
-``"offset_target"`` ``(2, H, W)`` with ``"offset_weight"`` ``(1, H, W)``. Losses
+``"offset_target"`` ``(2, H, W)`` with ``"offset_weight"`` ``(1, H, W)`` (ignored by a head
+without offsets, the "offset x" ablation). Losses
 (``L = lambda_B L_B + lambda_O L_O + lambda_C L_C``): ``loss_sem_seg_t0`` / ``_t1`` (Voronoi,
 cluster cross-entropy, weights ``NUCLEIWEAK.UNET.TARGET_WEIGHTS``), ``loss_center``
 (CornerNet focal loss), ``loss_offset`` (L1). Padding pixels count in none of them.
@@ -67,7 +68,7 @@ class NucleiWeakNam2023Net(UNetModelMixin, SemanticSegmentor):
             ``pixel_std`` of :class:`SemanticSegmentor`.
         """
         super().__init__(**kwargs)
-        if not hasattr(self.sem_seg_head, "offset_predictor"):
+        if not hasattr(self.sem_seg_head, "with_offset"):
             raise ValueError(
                 "NucleiWeakNam2023Net needs MODEL.SEM_SEG_HEAD.NAME = "
                 f"'NucleiWeakNam2023Head', got {type(self.sem_seg_head).__name__}"
@@ -124,7 +125,7 @@ class NucleiWeakNam2023Net(UNetModelMixin, SemanticSegmentor):
         losses["loss_center"] = self.center_weight * center_focal_loss(
             center, heat.clamp(min=0), heat >= 0, self.focal_alpha, self.focal_beta
         )
-        if "offset_target" in batched_inputs[0]:
+        if self.sem_seg_head.with_offset and "offset_target" in batched_inputs[0]:
             losses["loss_offset"] = self.offset_weight * offset_l1_loss(
                 offset,
                 self._batch(batched_inputs, "offset_target"),

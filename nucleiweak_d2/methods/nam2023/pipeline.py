@@ -217,7 +217,7 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
         ``{image_id: points}`` and the number of moved points."""
         dataset = self.train_set if split == "train" else self.val_set
         current = read_points_json(self.points_file(split, max(k - 1, 0)))
-        refine = k > 0 and bool(self.n.EM.REFINE_POINTS)
+        refine = k > 0 and bool(self.n.EM.REFINE_POINTS) and bool(self.n.HEAD.OFFSET)
         targets = self.stage_dir(f"round{k}") / "targets"
         min_area = int(self.cfg.NUCLEIWEAK.UNET.MIN_AREA)
 
