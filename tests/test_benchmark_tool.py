@@ -186,3 +186,26 @@ def test_leaderboard_gives_an_ablation_of_a_run_rows_of_its_own():
     # a row without the ablation adds none
     plain = benchmarking.leaderboard([_row("liu2022", 1.0, "0", 0, 0.5)], "/d/monuseg_mo", ["test"])
     assert "| liu2022/spn_alone | 1 |" not in plain
+
+
+def test_published_ablation_sits_beside_its_config_only():
+    """PROnet's Table 2 ablation (offset x) sits beside the rows of our no-offset config; the
+    full model's Table 1 numbers beside the default config's rows, never the other way round."""
+    full = {"config_file": "configs/nam2023/R18_monuseg_p100_shift6-8_cpu.yaml"}
+    no_offset = {"config_file": "configs/nam2023/R18_monuseg_p100_shift6-8_cpu_no_offset.yaml"}
+    rows = [_row("nam2023", 1.0, "6-8", 0, 0.33) | full]
+    rows.append(_row("nam2023", 1.0, "6-8", 0, 0.30) | no_offset)
+    rows.append(_row("nam2023", 1.0, "2-4", 0, 0.36) | full)
+    lines = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test"]).splitlines()
+    main = next(
+        x for x in lines if x.startswith("| nam2023 (R18_monuseg_p100_shift6-8_cpu) | 1 | 6-8")
+    )
+    abl = next(
+        x for x in lines if x.startswith("| nam2023 (R18_monuseg_p100_shift6-8_cpu_no_offset)")
+    )
+    shift24 = next(
+        x for x in lines if x.startswith("| nam2023 (R18_monuseg_p100_shift6-8_cpu) | 1 | 2-4")
+    )
+    assert main.endswith("| 0.5090 / 0.7250 / n/a (Nam 2023, Table 1) |")
+    assert abl.endswith("| 0.3850 / 0.6400 / n/a (Nam 2023, Table 2 (offset x)) |")
+    assert shift24.endswith("| 0.5480 / 0.7480 / n/a (Nam 2023, Tables 1-2) |")

@@ -79,8 +79,10 @@ def _cell(mean, std):
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
-def _published(method, dataset, ratio, shift):
-    return [
+def _published(method, dataset, ratio, shift, config=""):
+    """Published entries beside a group of rows of config file name ``config``: the paper's
+    ablation of that config if one is listed, else the method's entries without a config."""
+    same = [
         p
         for p in PUBLISHED
         if (p["method"], p["dataset"]) == (method, dataset)
@@ -88,6 +90,9 @@ def _published(method, dataset, ratio, shift):
         and p["ratio"] == ratio
         and p["shift"] == shift
     ]
+    ablations = {p["config"] for p in PUBLISHED if p.get("config")}
+    want = config if config in ablations else None
+    return [p for p in same if p.get("config") == want]
 
 
 def leaderboard(rows, data, test_splits):
@@ -120,7 +125,9 @@ def leaderboard(rows, data, test_splits):
                     f"{p[m]:.4f}" if m in p else "n/a" for m in ("AJI", "Dice_obj", "pixel_F1")
                 )
                 + f" ({p['source']})"
-                for p in _published(group[0]["method"], data.name, ratio, shift)
+                for p in _published(
+                    group[0]["method"], data.name, ratio, shift, _config_name(group[0])
+                )
             )
             cells = [
                 method,
