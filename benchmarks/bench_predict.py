@@ -51,7 +51,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -60,57 +59,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 UNET_CONFIG = "configs/qu2020/R34_monuseg_p10.yaml"
 
-CHILD = textwrap.dedent("""
-    import json, resource, sys, time
-    import numpy as np, torch
-    from scipy import ndimage
-    from detectron2.modeling import META_ARCH_REGISTRY
-
-    @META_ARCH_REGISTRY.register()
-    class NucleiWeakBenchThreshold(torch.nn.Module):
-        '''Stand-in model: 8-connected components of red < 180 (synthetic nuclei).'''
-        def __init__(self, cfg):
-            super().__init__()
-            self.t = torch.nn.Parameter(torch.tensor(180.0))
-        @property
-        def device(self):
-            return self.t.device
-        def forward(self, inputs):
-            out = []
-            for x in inputs:
-                red = x["image"][0].numpy()
-                label = ndimage.label(red < 180, structure=np.ones((3, 3)))[0]
-                out.append({"instance_map": torch.from_numpy(label.astype("int32")),
-                            "prob": torch.from_numpy(1 - red.astype("float32") / 255)})
-            return out
-
-    def rss_mib(key="VmRSS"):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("predict_tool", sys.argv[1])
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    marks = {}
-    real = tool.run_shard
-    def run_shard(args, todo, *a, predictor=None, **k):
-        marks["rss_start"] = rss_mib()
-        marks["t_start"] = time.perf_counter()
-        return real(args, todo, *a, predictor=predictor, **k)
-    tool.run_shard = run_shard
-    t0 = time.perf_counter()
-    run = tool.main(sys.argv[2:])
-    t1 = time.perf_counter()
-    print("RESULT " + json.dumps({
-        "seconds_total": t1 - t0, "seconds_predict": t1 - marks["t_start"],
-        "rss_start_mib": marks["rss_start"],
-        "peak_rss_mib": rss_mib("VmHWM"),
-        "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "images": len(run)}))
-""")
+PROBE = REPO / "benchmarks" / "predict_probe.py"  # runs tools/predict.py, prints RESULT
 
 
 def hardware():
@@ -248,7 +197,7 @@ def bench_end_to_end(args, workdir):
     if args.e2e_model == "threshold":
         config = workdir / "threshold.yaml"
         config.write_text(
-            "MODEL:\n  META_ARCHITECTURE: NucleiWeakBenchThreshold\n"
+            "MODEL:\n  META_ARCHITECTURE: NucleiWeakThresholdStandIn\n"
             "  DEVICE: cpu\nINPUT:\n  FORMAT: RGB\n"
         )
         opts = ["--allow-random-weights"]
@@ -260,11 +209,9 @@ def bench_end_to_end(args, workdir):
             else ["--allow-random-weights"]
         )
     out = workdir / f"pred_{size}_{args.e2e_model}"
-    child = workdir / "child.py"
-    child.write_text(CHILD)
     command = [
         sys.executable,
-        str(child),
+        str(PROBE),
         str(REPO / "tools" / "predict.py"),
         "--config-file",
         str(config),

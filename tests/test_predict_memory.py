@@ -10,7 +10,6 @@ peak of the pytest process it was forked from (Linux keeps it across exec).
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,53 +21,7 @@ import tifffile  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SIDE = 3072
 
-CHILD = textwrap.dedent("""
-    import json, sys
-    import numpy as np, torch
-    from scipy import ndimage
-    from detectron2.modeling import META_ARCH_REGISTRY
-
-    @META_ARCH_REGISTRY.register()
-    class MemoryTestThreshold(torch.nn.Module):
-        def __init__(self, cfg):
-            super().__init__()
-            self.t = torch.nn.Parameter(torch.tensor(180.0))
-        @property
-        def device(self):
-            return self.t.device
-        def forward(self, inputs):
-            return [{"instance_map": torch.from_numpy(ndimage.label(
-                x["image"][0].numpy() < 180, structure=np.ones((3, 3)))[0].astype("int32"))}
-                for x in inputs]
-
-    def rss_mib(key="VmRSS"):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-
-    # import (and compile, on a first run) every module of the run before the start mark,
-    # so that the growth measured is data, not code
-    import nucleiweak_d2.data.label_store, nucleiweak_d2.data.nuclei_exports
-    import nucleiweak_d2.data.slides, nucleiweak_d2.engine.predictor, PIL.PngImagePlugin
-    import skimage.color, skimage.measure, tifffile, tqdm
-
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("tool", sys.argv[1])
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    start = {}
-    real = tool.run_shard
-    def run_shard(args, todo, *a, predictor=None, **k):
-        start["rss"] = rss_mib()  # imports done, model built
-        return real(args, todo, *a, predictor=predictor, **k)
-    tool.run_shard = run_shard
-    run = tool.main(sys.argv[2:])
-    # VmHWM, this process's own peak: ru_maxrss also holds the peak of the process that
-    # started it (Linux keeps it across exec, and subprocess forks pytest's large process)
-    peak = rss_mib("VmHWM")
-    print(json.dumps({"start": start["rss"], "peak": peak, "done": len(run)}))
-""")
+PROBE = REPO / "benchmarks" / "predict_probe.py"  # runs tools/predict.py, prints RESULT
 
 
 def _write_big_tiff(path):
@@ -99,15 +52,13 @@ def test_peak_memory_is_bounded_by_the_tile(tmp_path):
     _write_big_tiff(big)
     config = tmp_path / "fake.yaml"
     config.write_text(
-        "MODEL:\n  META_ARCHITECTURE: MemoryTestThreshold\n  DEVICE: cpu\nINPUT:\n  FORMAT: RGB\n"
+        "MODEL:\n  META_ARCHITECTURE: NucleiWeakThresholdStandIn\n  DEVICE: cpu\nINPUT:\n  FORMAT: RGB\n"
     )
-    child = tmp_path / "child.py"
-    child.write_text(CHILD)
     out = tmp_path / "pred"
     proc = subprocess.run(
         [
             sys.executable,
-            str(child),
+            str(PROBE),
             str(REPO / "tools" / "predict.py"),
             "--config-file",
             str(config),
@@ -138,9 +89,9 @@ def test_peak_memory_is_bounded_by_the_tile(tmp_path):
         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    stats = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert stats["done"] == 1
-    grown = stats["peak"] - stats["start"]
+    stats = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert stats["images"] == 1
+    grown = stats["peak_rss_mib"] - stats["rss_start_mib"]
     image_mib = SIDE * SIDE * 3 / 2**20  # 27 MiB
     assert grown < 0.75 * image_mib, stats  # neither the image nor the label map was held
     with tifffile.TiffFile(out / "big_instances.tif") as tif:
