@@ -117,9 +117,16 @@ def test_offset_ablation_has_no_offset_loss_zero_offsets_and_never_refines(
     def no_refinement(*args, **kwargs):
         raise AssertionError("the offset ablation refined points")
 
+    def no_targets(*args, **kwargs):
+        raise AssertionError("the offset ablation made offset targets (no loss reads them)")
+
     monkeypatch.setattr(module, "refine_points", no_refinement)
+    monkeypatch.setattr(module, "shape_guided_targets", no_targets)
     p = NucleiWeakNam2023Pipeline(cfg, resume=False, eval_only=False)
+    assert "targets_dir" not in p.trainer(1).mapper_overrides  # no offset tensors to build
     p.run()
+    for k in (0, 1):
+        assert not list((tiny_dataset / "no_offset" / f"round{k}" / "targets").glob("*.npz"))
     info = json.loads((tiny_dataset / "no_offset" / "round1" / "stage_done.json").read_text())
     assert info["info"]["moved"] == {"train": 0, "val": 0}
     for split in ("train", "val"):

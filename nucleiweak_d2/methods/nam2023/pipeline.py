@@ -96,10 +96,9 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
         """Trainer of the warm-up (``k`` None) or of round ``k`` (its points and offset targets)."""
         mapper = {"cache_dir": str(self.stage_dir("pseudo_labels") / "labels")}
         if k is not None:
-            mapper.update(
-                points_file=str(self.points_file("train", k)),
-                targets_dir=str(self.stage_dir(f"round{k}") / "targets"),
-            )
+            mapper["points_file"] = str(self.points_file("train", k))
+            if self.n.HEAD.OFFSET:  # the offset ablation has no offset loss to feed
+                mapper["targets_dir"] = str(self.stage_dir(f"round{k}") / "targets")
         return Trainer.with_overrides(mapper=mapper)
 
     def final_model(self):
@@ -218,6 +217,8 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
         dataset = self.train_set if split == "train" else self.val_set
         current = read_points_json(self.points_file(split, max(k - 1, 0)))
         refine = k > 0 and bool(self.n.EM.REFINE_POINTS) and bool(self.n.HEAD.OFFSET)
+        if not (refine or make_targets):  # nothing to infer: the points stay as they are
+            return {key: np.asarray(pts).tolist() for key, pts in current.items()}, 0
         targets = self.stage_dir(f"round{k}") / "targets"
         min_area = int(self.cfg.NUCLEIWEAK.UNET.MIN_AREA)
 
@@ -254,7 +255,9 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
         infer_cfg.NUCLEIWEAK.UNET.OUTPUT_INSTANCES = False
         model = self.load_model(infer_cfg, str(self.stage_dir(prev) / "model_final.pth"))
         info = {"point_error": {}, "moved": {}}
-        splits = [("train", True)] + ([("val", False)] if k > 0 and self._val_records() else [])
+        # offset targets only for a model with an offset loss (not the HEAD.OFFSET ablation)
+        splits = [("train", bool(self.n.HEAD.OFFSET))]
+        splits += [("val", False)] if k > 0 and self._val_records() else []
         for split, make_targets in splits:
             points, moved = self.e_step(k, split, model, infer_cfg, make_targets)
             if comm.is_main_process():
