@@ -209,3 +209,56 @@ def test_published_ablation_sits_beside_its_config_only():
     assert main.endswith("| 0.5090 / 0.7250 / n/a (Nam 2023, Table 1) |")
     assert abl.endswith("| 0.3850 / 0.6400 / n/a (Nam 2023, Table 2 (offset x)) |")
     assert shift24.endswith("| 0.5480 / 0.7480 / n/a (Nam 2023, Tables 1-2) |")
+
+
+def test_feng2019_models_plan_once_at_a_fixed_ratio(synthetic_root, tmp_path):
+    names = ["feng2019", "feng2019_baseline", "feng2019_baseline_crop", "feng2019_baseline_full"]
+    configs = {m: str(benchmarking.REPO / benchmarking.METHODS[m].config) for m in names}
+    bench = benchmarking.Benchmark(synthetic_root, tmp_path, configs, ["test"])
+    keys = [s.key() for s in bench.plan([0.25, 0.5], ["0"], [0, 1])]
+    assert [k for k in keys if k[0] == "feng2019_baseline_full"] == [
+        ["feng2019_baseline_full", 1.0, "0", 0],  # trained on every mask: once per seed
+        ["feng2019_baseline_full", 1.0, "0", 1],
+    ]
+    assert len(keys) == 3 * 2 * 2 + 2
+
+
+def test_feng2019_quick_runs_choose_the_score_threshold_on_val_and_crop(tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    from nucleiweak_d2.methods.feng2019 import median_box_size
+
+    out = tmp_path / "bench"
+    argv = ["--quick", "--methods", "feng2019", "feng2019_baseline_crop", "--out", str(out)]
+    assert run_cli(_tool().main, argv) == 0
+    rows = {
+        r["method"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    }
+    assert set(rows) == {"feng2019", "feng2019_baseline_crop"}
+    for method, row in rows.items():
+        assert 0.0 <= row["metrics"]["test"]["AJI"] <= 1.0 and "segm/AP" in row["metrics"]["test"]
+        choice = json.loads((out / row["run_dir"] / "select_score" / "stage_done.json").read_text())
+        scores, chosen = choice["info"]["scores"], choice["info"]["threshold"]
+        assert (
+            set(scores) == {"0", "0.5"}
+            and row["extra"]["inference"]["from"] == "val (select_score)"
+        )
+        assert row["extra"]["inference"]["INSTANCE_SCORE_THRESH"] == chosen
+        valid = [v for v in scores.values() if v is not None]
+        assert not valid or scores[f"{chosen:g}"] == max(valid)
+    # the partial model's anchor: the median annotated box of its training set (paper's rule)
+    tag = "partial_mask_r0.5_s0_seed0"
+    train = DatasetCatalog.get(f"bench_{Path(rows['feng2019']['data']).name}_{tag}_train")
+    assert rows["feng2019"]["extra"]["inference"]["ANCHOR_SIZE"] == median_box_size(train)
+    # the crop baseline trains on windows of half of each image's area, every nucleus labelled
+    crop_train = json.loads(
+        (out / "coco" / tag.replace("partial", "crop") / "crops" / "train.json").read_text()
+    )
+    full_train = json.loads((out / "coco" / tag / "train.json").read_text())
+    area = {i["file_name"].split("/")[-1]: i["height"] * i["width"] for i in full_train["images"]}
+    for image in crop_train["images"]:
+        ratio = image["height"] * image["width"] / area[image["file_name"].split("/")[-1]]
+        assert 0.4 < ratio < 0.6
+    assert crop_train["annotations"] and all(
+        a["point_labeled"] == 1 for a in crop_train["annotations"]
+    )

@@ -157,9 +157,10 @@ class Benchmark:
             if not METHODS[method].uses_points:
                 specs.append(RunSpec(method))
                 continue
+            fixed = METHODS[method].fixed_ratio
             specs += [
                 RunSpec(method, float(r), shift_label(s), int(seed))
-                for r in ratios
+                for r in ([fixed] if fixed is not None else ratios)
                 for s in shifts
                 for seed in seeds
             ]
@@ -184,19 +185,29 @@ class Benchmark:
         prefix = f"bench_{self.data.name}_{tag}"
         splits = list(dict.fromkeys(["train", "val", *self.test_splits]))
         if tag not in self._exported:
-            files = export_coco_splits(
-                self.data,
-                self.out / "coco" / tag,
-                ratio=ratio,
-                shift=shift,
-                seed=seed,
-                annotation=annotation,
-                splits=splits,
-                weak_splits=["train"],
-                overwrite=True,
-            )
+            roots = {s: self.data for s in splits}
+            if annotation == "crop_mask":  # train: fully annotated crops; the rest as they are
+                roots["train"] = _crop_dataset(
+                    self.data, self.out / "coco" / tag / "crops", ratio, seed
+                )
+                ratio, annotation = 1.0, "partial_mask"
+            files = {}
+            for root in dict.fromkeys(roots.values()):
+                files.update(
+                    export_coco_splits(
+                        root,
+                        self.out / "coco" / tag / ("crops" if root != self.data else ""),
+                        ratio=ratio,
+                        shift=shift,
+                        seed=seed,
+                        annotation=annotation,
+                        splits=[s for s in splits if roots[s] == root],
+                        weak_splits=["train"],
+                        overwrite=True,
+                    )
+                )
             for split, path in files.items():
-                register_nuclei_dataset(f"{prefix}_{split}", path, self.data)
+                register_nuclei_dataset(f"{prefix}_{split}", path, roots[split])
             self._exported[tag] = True
         return {s: f"{prefix}_{s}" for s in splits}
 
@@ -300,6 +311,26 @@ class Benchmark:
             extra = {k: v for k, v in summary.items() if k not in (pipeline.result_key, "weights")}
             return summary[pipeline.result_key], extra
         return _train_single_model(cfg, METHODS[spec.method].select_metric), {}
+
+
+def _crop_dataset(data, root, ratio, seed):
+    """Folder dataset ``root`` (``split.json`` with ``train`` only) of the training images of
+    ``data``, each cut to one window of ``ratio`` of its area at a position seeded by ``seed``
+    and the image name, every nucleus in the window labelled (Feng et al.'s "DH25crop")."""
+    from ..data.folder import load_folder_dataset
+    from ..data.io import read_image, read_label, write_image, write_label
+    from ..methods.feng2019.crops import crop_fully_annotated, crop_seed
+
+    root = Path(root)
+    names = []
+    for sample in load_folder_dataset(data, "train"):
+        image, label = read_image(sample["image_path"]), read_label(sample["label_path"])
+        image, label, _ = crop_fully_annotated(image, label, ratio, crop_seed(seed, sample["name"]))
+        write_image(root / "images" / f"{sample['name']}.png", image)
+        write_label(root / "labels" / f"{sample['name']}.png", label)
+        names.append(sample["name"])
+    (root / "split.json").write_text(json.dumps({"train": names}))
+    return root
 
 
 def _train_single_model(cfg, select_metric):

@@ -40,12 +40,18 @@ class BenchMethod:
         Imported before the config is built (registers the method and its config node).
     config, quick_config : str
         Default config (CPU budget) and smoke config (``--quick``), relative to the repository.
-    annotation : {"points", "partial_mask"}
-        How the training split is exported (:func:`~nucleiweak_d2.data.coco.build_coco`).
+    annotation : {"points", "partial_mask", "crop_mask"}
+        How the training split is exported (:func:`~nucleiweak_d2.data.coco.build_coco`);
+        ``"crop_mask"``: each training image cut to one window of the run's ratio of its area,
+        every nucleus in it annotated with its mask (Feng et al.'s "DH25crop" baseline,
+        :func:`~nucleiweak_d2.methods.feng2019.crops.crop_fully_annotated`).
     uses_points : bool
         False: the method reads no annotation, so it runs once, not per ratio/shift/seed.
     select_metric : str
         Val metric that selects the checkpoint of a method trained as one model (no pipeline).
+    fixed_ratio : float or None
+        The method always trains on this ratio (e.g. 1.0: a fully annotated reference), so it
+        runs once per shift and seed whatever ``--ratios`` asks, with this ratio in its rows.
     """
 
     module: str
@@ -54,6 +60,7 @@ class BenchMethod:
     annotation: str = "points"
     uses_points: bool = True
     select_metric: str = "nuclei/AJI"
+    fixed_ratio: float = None
 
 
 METHODS = {
@@ -62,6 +69,33 @@ METHODS = {
         "configs/classical/monuseg.yaml",
         "configs/classical/synthetic.yaml",
         uses_points=False,
+    ),
+    # Feng et al. 2019 and the paper's three baselines (issue 17), one Mask R-CNN each: the
+    # ratio is the fraction of training nuclei annotated with their masks
+    "feng2019": BenchMethod(
+        "nucleiweak_d2.methods.feng2019",
+        "configs/feng2019/R18_monuseg_cpu_partial.yaml",
+        "configs/quick/feng2019_pipeline_partial_instant_test.yaml",
+        annotation="partial_mask",
+    ),
+    "feng2019_baseline": BenchMethod(  # plain Mask R-CNN on the same partial masks ("DH25")
+        "nucleiweak_d2.methods.feng2019",
+        "configs/feng2019/R18_monuseg_cpu_baseline.yaml",
+        "configs/quick/feng2019_pipeline_baseline_instant_test.yaml",
+        annotation="partial_mask",
+    ),
+    "feng2019_baseline_crop": BenchMethod(  # fully annotated crops of the ratio's area
+        "nucleiweak_d2.methods.feng2019",
+        "configs/feng2019/R18_monuseg_cpu_baseline.yaml",
+        "configs/quick/feng2019_pipeline_baseline_instant_test.yaml",
+        annotation="crop_mask",
+    ),
+    "feng2019_baseline_full": BenchMethod(  # every nucleus annotated ("DH100")
+        "nucleiweak_d2.methods.feng2019",
+        "configs/feng2019/R18_monuseg_cpu_baseline.yaml",
+        "configs/quick/feng2019_pipeline_baseline_instant_test.yaml",
+        annotation="partial_mask",
+        fixed_ratio=1.0,
     ),
     "qu2020": BenchMethod(
         "nucleiweak_d2.methods.qu2020",

@@ -477,11 +477,18 @@ class StagedPipeline:
             if self.cfg.NUCLEIWEAK.SAVE_PREDICTIONS:
                 from ..data.io import write_label
                 from ..data.records import cache_key
+                from ..evaluation.config import instance_map_options
+                from ..evaluation.outputs import output_instance_map
+
+                # the map the evaluator scores (a Mask R-CNN's instances painted by its rules)
+                paint = {
+                    "mask_threshold": float(cfg.NUCLEIWEAK.EVAL.MASK_THRESHOLD),
+                    **instance_map_options(cfg),
+                }
 
                 def per_image(inp, out, folder=folder):
-                    write_label(
-                        folder / "pred" / f"{cache_key(inp)}.png", out["instance_map"].cpu().numpy()
-                    )
+                    label = output_instance_map(out, **paint)
+                    write_label(folder / "pred" / f"{cache_key(inp)}.png", label)
 
             res = self.evaluate(cfg, model, ds, folder, trainer, per_image)
             results[ds] = {k: dict(v) for k, v in res.items()}

@@ -9,8 +9,10 @@ Importing this package registers:
 - ``NucleiWeakFeng2019RCNN`` in ``META_ARCH_REGISTRY`` (centerness/box head, pseudo-boxes);
 - ``NucleiWeakFeng2019BaselineRCNN`` in ``META_ARCH_REGISTRY`` (``GeneralizedRCNN`` with the
   paper's optional 3x3 mask dilation, for the baselines);
+- ``NucleiWeakFeng2019Pipeline`` in ``NUCLEIWEAK_PIPELINE_REGISTRY`` (train, instance score
+  threshold chosen on val, evaluation: how ``tools/benchmark.py`` runs every Feng model);
 - the method ``feng2019`` (config node ``NUCLEIWEAK.FENG2019``; a single model trained by
-  ``tools/train_net.py``).
+  ``tools/train_net.py``, or the pipeline when a config names it).
 
 The names before the methods/ layout (``NucleiWeakPartialRCNN``, ``NucleiWeakPartialRPN``,
 ``NucleiWeakPartialROIHeads``, ``build_nucleiweak_attention_fpn_backbone``) stay registered as
@@ -38,6 +40,7 @@ from .backbone import AttentionFPN, build_nucleiweak_feng2019_attention_fpn_back
 from .centerness import CenternessBoxHead, centerness_targets, union_of_masks
 from .config import add_feng2019_config
 from .crops import crop_fully_annotated, crop_seed, crop_window
+from .pipeline import NucleiWeakFeng2019Pipeline, median_box_size
 from .postprocess import dilate_masks, dilate_results
 from .quality import evaluate_pseudo_boxes, pseudo_box_quality, sum_quality
 from .rcnn import NucleiWeakFeng2019BaselineRCNN, NucleiWeakFeng2019RCNN
@@ -57,6 +60,8 @@ __all__ = [
     "crop_seed",
     "crop_window",
     "dilate_masks",
+    "median_box_size",
+    "NucleiWeakFeng2019Pipeline",
     "dilate_results",
     "evaluate_pseudo_boxes",
     "pseudo_box_quality",
@@ -81,6 +86,7 @@ register_alias(META_ARCH_REGISTRY, "NucleiWeakPartialRCNN", NucleiWeakFeng2019RC
 register_method(
     "feng2019",
     add_config=add_feng2019_config,
+    pipelines=("NucleiWeakFeng2019Pipeline",),
     description="Feng et al., IEEE Access 2019: Mask R-CNN with decomposed self-attention and "
     "centerness pseudo-boxes that block false negatives on partially annotated images",
 )

@@ -42,6 +42,14 @@ def add_feng2019_config(cfg):
     # median box size of the training set (benchmarks/feng2019_monuseg.py computes it), the
     # Feng lab code a fixed 32x32.
     _F.ANCHOR_SIZE = [32.0, 32.0]
+    # Pipeline (NucleiWeakFeng2019Pipeline): set ANCHOR_SIZE to the median (w, h) of the
+    # annotated training boxes, the paper's rule (recorded by the train stage).
+    _F.ANCHOR_FROM_DATA = False
+    # Pipeline: val metric that selects the checkpoint and the instance score threshold.
+    _F.SELECT_METRIC = "nuclei/AJI"
+    # Pipeline: instance score thresholds (NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH) scored on val
+    # after training, the best used on the eval sets; [] keeps INSTANCE_SCORE_THRESH.
+    _F.INSTANCE_SCORE_CANDIDATES = []
     # Locations sampled per batch (all images together) for the centerness loss (paper: 128).
     _F.BATCH_SIZE_PER_BATCH = 128
     # Largest fraction of positives among the sampled locations (paper: 1:1, i.e. 0.5).

@@ -1,0 +1,177 @@
+"""``NucleiWeakFeng2019Pipeline``: a Mask R-CNN of Feng et al. 2019 (or a baseline) as a run.
+
+Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`, each in ``OUTPUT_DIR/<stage>/``):
+
+1. ``train`` (seed ``SEED``): the model of ``MODEL.META_ARCHITECTURE`` (the partial-annotation
+   model ``NucleiWeakFeng2019RCNN`` or the baseline ``NucleiWeakFeng2019BaselineRCNN``) trained
+   on ``DATASETS.TRAIN``; the checkpoint with the best ``FENG2019.SELECT_METRIC`` on val is kept.
+   With ``FENG2019.ANCHOR_FROM_DATA`` the centerness anchor (``FENG2019.ANCHOR_SIZE``) is the
+   median (width, height) of the annotated training boxes, as the paper sets it; the value is
+   recorded in the stage's info and used again at evaluation.
+2. ``select_score`` (with ``FENG2019.INSTANCE_SCORE_CANDIDATES``): the selected model is run
+   once on val and its instance map scored at every candidate instance score threshold
+   (``NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH``: masks scored below it are left out of the map);
+   the best (first on ties) is used on the eval sets. A Mask R-CNN returns every detection
+   above ``SCORE_THRESH_TEST`` (0.05); painted all together, low-score fragments and false
+   positives lower AJI, PQ and object precision by an amount that depends on each model's
+   calibration, so each model gets its own threshold, from val only (issue 17).
+3. ``eval``: the final model at that threshold on ``NUCLEIWEAK.EVAL_DATASETS`` (nuclei metrics,
+   and COCO segm/bbox AP with ``NUCLEIWEAK.COCO_EVAL``).
+
+The same recipe as ``benchmarks/feng2019_monuseg.py`` (which adds pseudo-box quality curves and
+equal-time budgets), in the form ``tools/benchmark.py`` and ``tools/train_net.py`` run.
+"""
+
+import logging
+
+import numpy as np
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
+from detectron2.utils import comm
+
+from ...engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY, Stage, StagedPipeline
+from ...engine.trainer import Trainer
+
+__all__ = ["NucleiWeakFeng2019Pipeline", "median_box_size"]
+
+logger = logging.getLogger(__name__)
+
+
+def median_box_size(records):
+    """Median ``[width, height]`` of the annotated boxes (``point_labeled`` not 0) of ``records``.
+
+    Raises
+    ------
+    ValueError
+        When no record has an annotated box.
+    """
+    wh = [
+        a["bbox"][2:4]
+        for r in records
+        for a in r.get("annotations", [])
+        if a.get("point_labeled", 1) and "bbox" in a
+    ]
+    if not wh:
+        raise ValueError("no annotated box in the training set: cannot set the anchor size")
+    return [float(v) for v in np.median(np.asarray(wh, dtype=np.float64), axis=0)]
+
+
+class _ManyEvaluators(DatasetEvaluator):
+    """Several evaluators fed by one inference; ``evaluate`` returns ``{name: results}``."""
+
+    def __init__(self, evaluators):
+        self.evaluators = dict(evaluators)
+
+    def reset(self):
+        for e in self.evaluators.values():
+            e.reset()
+
+    def process(self, inputs, outputs):
+        for e in self.evaluators.values():
+            e.process(inputs, outputs)
+
+    def evaluate(self):
+        results = {name: e.evaluate() for name, e in self.evaluators.items()}
+        return results if comm.is_main_process() else None
+
+
+@NUCLEIWEAK_PIPELINE_REGISTRY.register()
+class NucleiWeakFeng2019Pipeline(StagedPipeline):
+    """Train, choose the instance score threshold on val, evaluate; see the module docstring.
+
+    Configured by ``cfg.NUCLEIWEAK.FENG2019`` (``SELECT_METRIC``, ``ANCHOR_FROM_DATA``,
+    ``INSTANCE_SCORE_CANDIDATES``) and ``cfg.NUCLEIWEAK.EVAL.INSTANCE_*``.
+    """
+
+    result_key = "segmentation"
+
+    @property
+    def f(self):
+        return self.cfg.NUCLEIWEAK.FENG2019
+
+    def anchor_size(self):
+        """``(anchor [w, h], source)``: the one the ``train`` stage used when it has run, else
+        the median annotated training box (``ANCHOR_FROM_DATA``) or ``ANCHOR_SIZE``."""
+        if not self.f.ANCHOR_FROM_DATA:
+            return [float(v) for v in self.f.ANCHOR_SIZE], "config"
+        done = self.stage_dir("train") / "stage_done.json"
+        if done.is_file() and "anchor_size" in self.stage_info("train"):
+            return self.stage_info("train")["anchor_size"], "train stage"
+        if not self.train_set:
+            raise ValueError(
+                "FENG2019.ANCHOR_FROM_DATA needs DATASETS.TRAIN (or a finished train stage in "
+                "OUTPUT_DIR) to know the median training box; set ANCHOR_SIZE instead"
+            )
+        return median_box_size(DatasetCatalog.get(self.train_set)), "median training box"
+
+    def stage_cfg(self):
+        """Config of the training stage (its folder, val-only selection, the anchor size)."""
+        c = self.training_cfg("train", self.cfg.MODEL.META_ARCHITECTURE)
+        c.NUCLEIWEAK.FENG2019.ANCHOR_SIZE = self.anchor_size()[0]
+        return c
+
+    def stages(self):
+        stages = [Stage("train", self.training, seed_offset=0)]
+        if self.f.INSTANCE_SCORE_CANDIDATES:
+            stages.append(Stage("select_score", self.select_score))
+        return stages
+
+    def training(self):
+        c = self.stage_cfg()
+        anchor = [float(v) for v in c.NUCLEIWEAK.FENG2019.ANCHOR_SIZE]
+        return {"weights": self.train(c, self.f.SELECT_METRIC), "anchor_size": anchor}
+
+    def select_score(self):
+        """Val score of the selected model at every ``INSTANCE_SCORE_CANDIDATES`` value (one
+        inference) and the best one (the first on ties; without val, the config's)."""
+        fixed = float(self.cfg.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH)
+        if not self.val_set:
+            return {"threshold": fixed, "scores": {}}
+        c = self.stage_cfg()
+        model = self.load_model(c, self.best_weights(self.stage_dir("train")))
+        evaluators = {}
+        for t in self.f.INSTANCE_SCORE_CANDIDATES:
+            ct = c.clone()
+            ct.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH = float(t)
+            folder = self.stage_dir("select_score") / f"t{float(t):g}"
+            evaluators[f"{float(t):g}"] = Trainer.build_evaluator(ct, self.val_set, str(folder))
+        results = inference_on_dataset(
+            model, Trainer.build_test_loader(c, self.val_set), _ManyEvaluators(evaluators)
+        )
+        task, _, key = self.f.SELECT_METRIC.partition("/")
+        scores = {
+            name: (float(res[task][key]) if res and key in res.get(task, {}) else None)
+            for name, res in (results or {}).items()
+        }
+        valid = [(s, -i) for i, s in enumerate(scores.values()) if s is not None]
+        best = float(list(scores)[-max(valid)[1]]) if valid else fixed
+        logger.info("select_score: val %s %s -> %g", self.f.SELECT_METRIC, scores, best)
+        return {"threshold": best, "scores": scores}
+
+    def chosen_threshold(self):
+        """``(instance score threshold, source)``: ``select_score``'s choice when this run has
+        it, else ``NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH``."""
+        done = self.stage_dir("select_score") / "stage_done.json"
+        if self.f.INSTANCE_SCORE_CANDIDATES and done.is_file():
+            return float(self.stage_info("select_score")["threshold"]), "val (select_score)"
+        return float(self.cfg.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH), "config"
+
+    def final_model(self):
+        """The trained model at the chosen threshold; COCO AP as ``NUCLEIWEAK.COCO_EVAL`` says."""
+        c = self.stage_cfg()
+        c.NUCLEIWEAK.COCO_EVAL = bool(self.cfg.NUCLEIWEAK.COCO_EVAL)
+        c.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH = self.chosen_threshold()[0]
+        return c, Trainer, self.best_weights(self.stage_dir("train"))
+
+    def extra_evaluation(self, out_dir):
+        """The instance score threshold and the anchor the evaluation used, and their source."""
+        threshold, source = self.chosen_threshold()
+        anchor, anchor_source = self.anchor_size()
+        return {
+            "inference": {
+                "INSTANCE_SCORE_THRESH": threshold,
+                "from": source,
+                "ANCHOR_SIZE": anchor,
+                "anchor_from": anchor_source,
+            }
+        }
