@@ -243,20 +243,11 @@ def prepare_crop_data(data, out, ratio, seed):
     Returns ``(name of the train dataset, number of crop nuclei)``.
     """
     from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.folder import load_folder_dataset
-    from nucleiweak_d2.data.io import read_image, read_label, write_image, write_label
-    from nucleiweak_d2.methods.feng2019.crops import crop_fully_annotated, crop_seed
+    from nucleiweak_d2.methods.feng2019.crop_dataset import write_crop_dataset
 
-    root = Path(out) / f"crop_r{ratio:g}_seed{seed}"
-    names, n_nuclei = [], 0
-    for sample in load_folder_dataset(data, "train"):
-        image, label = read_image(sample["image_path"]), read_label(sample["label_path"])
-        image, label, _ = crop_fully_annotated(image, label, ratio, crop_seed(seed, sample["name"]))
-        write_image(root / "images" / f"{sample['name']}.png", image)
-        write_label(root / "labels" / f"{sample['name']}.png", label)
-        names.append(sample["name"])
-        n_nuclei += int(label.max())
-    (root / "split.json").write_text(json.dumps({"train": names}))
+    root, n_nuclei = write_crop_dataset(
+        data, Path(out) / f"crop_r{ratio:g}_seed{seed}", ratio, seed
+    )
     files = export_coco_splits(
         root,
         root / "coco",
@@ -273,13 +264,9 @@ def median_box_size(dataset_name):
     """Median (width, height) of the annotated training boxes (the paper's anchor box)."""
     from detectron2.data import DatasetCatalog
 
-    wh = [
-        a["bbox"][2:4]
-        for r in DatasetCatalog.get(dataset_name)
-        for a in r["annotations"]
-        if a.get("point_labeled", True)
-    ]
-    return [float(v) for v in np.median(np.asarray(wh, dtype=np.float64), axis=0)]
+    from nucleiweak_d2.methods.feng2019 import median_box_size as median_of_records
+
+    return median_of_records(DatasetCatalog.get(dataset_name))
 
 
 def seed_everything(seed):

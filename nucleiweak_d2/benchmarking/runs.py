@@ -187,7 +187,9 @@ class Benchmark:
         if tag not in self._exported:
             roots = {s: self.data for s in splits}
             if annotation == "crop_mask":  # train: fully annotated crops; the rest as they are
-                roots["train"] = _crop_dataset(
+                from ..methods.feng2019.crop_dataset import write_crop_dataset
+
+                roots["train"], _ = write_crop_dataset(
                     self.data, self.out / "coco" / tag / "crops", ratio, seed
                 )
                 ratio, annotation = 1.0, "partial_mask"
@@ -311,26 +313,6 @@ class Benchmark:
             extra = {k: v for k, v in summary.items() if k not in (pipeline.result_key, "weights")}
             return summary[pipeline.result_key], extra
         return _train_single_model(cfg, METHODS[spec.method].select_metric), {}
-
-
-def _crop_dataset(data, root, ratio, seed):
-    """Folder dataset ``root`` (``split.json`` with ``train`` only) of the training images of
-    ``data``, each cut to one window of ``ratio`` of its area at a position seeded by ``seed``
-    and the image name, every nucleus in the window labelled (Feng et al.'s "DH25crop")."""
-    from ..data.folder import load_folder_dataset
-    from ..data.io import read_image, read_label, write_image, write_label
-    from ..methods.feng2019.crops import crop_fully_annotated, crop_seed
-
-    root = Path(root)
-    names = []
-    for sample in load_folder_dataset(data, "train"):
-        image, label = read_image(sample["image_path"]), read_label(sample["label_path"])
-        image, label, _ = crop_fully_annotated(image, label, ratio, crop_seed(seed, sample["name"]))
-        write_image(root / "images" / f"{sample['name']}.png", image)
-        write_label(root / "labels" / f"{sample['name']}.png", label)
-        names.append(sample["name"])
-    (root / "split.json").write_text(json.dumps({"train": names}))
-    return root
 
 
 def _train_single_model(cfg, select_metric):
