@@ -64,6 +64,7 @@ __all__ = [
     "Stage",
     "StagedPipeline",
     "broadcast_from_main",
+    "first_best",
     "summary_table",
 ]
 
@@ -84,6 +85,29 @@ def broadcast_from_main(obj):
     if comm.get_world_size() == 1:
         return obj
     return comm.all_gather(obj)[0]
+
+
+def first_best(results, metric):
+    """The candidate with the best ``metric`` and every candidate's score.
+
+    Parameters
+    ----------
+    results : dict
+        ``{name: evaluator results}`` in candidate order (empty or None results, e.g. in a
+        process other than the main one, score None).
+    metric : str
+        ``"<task>/<key>"`` of the results, larger is better.
+
+    Returns
+    -------
+    (str or None, dict)
+        The best name (the first on ties; None when no candidate has a score) and
+        ``{name: score or None}``.
+    """
+    task, _, key = metric.partition("/")
+    scores = {name: float(res[task][key]) if res else None for name, res in results.items()}
+    valid = [(s, -i) for i, s in enumerate(scores.values()) if s is not None]
+    return (list(scores)[-max(valid)[1]] if valid else None), scores
 
 
 @dataclass(frozen=True)
@@ -208,14 +232,11 @@ class StagedPipeline:
             The best name (the first on ties; None when no candidate was scored, e.g. in a
             process other than the main one) and ``{name: score or None}``.
         """
-        task, _, key = metric.partition("/")
-        scores = {}
+        results = {}
         for name, (folder, apply) in candidates.items():
             apply(model)
-            res = self.evaluate(cfg, model, self.val_set, folder)
-            scores[name] = float(res[task][key]) if res else None
-        valid = [(s, -i) for i, s in enumerate(scores.values()) if s is not None]
-        return (list(scores)[-max(valid)[1]] if valid else None), scores
+            results[name] = self.evaluate(cfg, model, self.val_set, folder)
+        return first_best(results, metric)
 
     def prepare_eval_model(self, model):
         """The final model as the ``eval`` stage scores it on every eval set; default itself

@@ -29,7 +29,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.utils import comm
 
-from ...engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY, Stage, StagedPipeline
+from ...engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY, Stage, StagedPipeline, first_best
 from ...engine.trainer import Trainer
 
 __all__ = ["NucleiWeakFeng2019Pipeline", "median_box_size"]
@@ -138,13 +138,8 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
         results = inference_on_dataset(
             model, Trainer.build_test_loader(c, self.val_set), _ManyEvaluators(evaluators)
         )
-        task, _, key = self.f.SELECT_METRIC.partition("/")
-        scores = {
-            name: (float(res[task][key]) if res and key in res.get(task, {}) else None)
-            for name, res in (results or {}).items()
-        }
-        valid = [(s, -i) for i, s in enumerate(scores.values()) if s is not None]
-        best = float(list(scores)[-max(valid)[1]]) if valid else fixed
+        name, scores = first_best(results or {}, self.f.SELECT_METRIC)
+        best = float(name) if name is not None else fixed
         logger.info("select_score: val %s %s -> %g", self.f.SELECT_METRIC, scores, best)
         return {"threshold": best, "scores": scores}
 
