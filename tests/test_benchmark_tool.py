@@ -250,6 +250,12 @@ def test_feng2019_quick_runs_choose_the_score_threshold_on_val_and_crop(tmp_path
     tag = "partial_mask_r0.5_s0_seed0"
     train = DatasetCatalog.get(f"bench_{Path(rows['feng2019']['data']).name}_{tag}_train")
     assert rows["feng2019"]["extra"]["inference"]["ANCHOR_SIZE"] == median_box_size(train)
+    # the partial model's pseudo-box curve on the unannotated training nuclei (QUALITY_PERIOD 1)
+    curve = rows["feng2019"]["extra"]["pseudo_box_quality"]
+    unannotated = sum(1 for r in train for a in r["annotations"] if not a["point_labeled"])
+    assert [e["iter"] for e in curve] == [1, 2] and set(curve[-1]["train"]) == {"0.5", "0.95"}
+    assert all(q["num_unannotated"] == unannotated for e in curve for q in e["train"].values())
+    assert "pseudo_box_quality" not in rows["feng2019_baseline_crop"]["extra"]
     # the crop baseline trains on windows of half of each image's area, every nucleus labelled
     crop_train = json.loads(
         (out / "coco" / tag.replace("partial", "crop") / "crops" / "train.json").read_text()

@@ -50,6 +50,12 @@ def add_feng2019_config(cfg):
     # Pipeline: instance score thresholds (NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH) scored on val
     # after training, the best used on the eval sets; [] keeps INSTANCE_SCORE_THRESH.
     _F.INSTANCE_SCORE_CANDIDATES = []
+    # Pipeline, partial model only: every QUALITY_PERIOD iterations of the train stage (and after
+    # the last) the pseudo-boxes on the training images are scored against the unannotated
+    # training nuclei (train/pseudo_box_quality.jsonl, the stage info, metrics.json); 0 = never.
+    _F.QUALITY_PERIOD = 0
+    # Centerness thresholds of those checks besides SCORE_THRESH (one forward for all).
+    _F.QUALITY_THRESHOLDS = []
     # Locations sampled per batch (all images together) for the centerness loss (paper: 128).
     _F.BATCH_SIZE_PER_BATCH = 128
     # Largest fraction of positives among the sampled locations (paper: 1:1, i.e. 0.5).

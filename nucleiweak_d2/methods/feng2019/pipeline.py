@@ -7,7 +7,10 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`, each in ``OUTP
    on ``DATASETS.TRAIN``; the checkpoint with the best ``FENG2019.SELECT_METRIC`` on val is kept.
    With ``FENG2019.ANCHOR_FROM_DATA`` the centerness anchor (``FENG2019.ANCHOR_SIZE``) is the
    median (width, height) of the annotated training boxes, as the paper sets it; the value is
-   recorded in the stage's info and used again at evaluation.
+   recorded in the stage's info and used again at evaluation. With ``FENG2019.QUALITY_PERIOD``
+   the partial model's pseudo-boxes on the training images are scored against the unannotated
+   training nuclei during training (:class:`.quality_hook.PseudoBoxQualityHook`); the curve is
+   in the stage's info and in ``metrics.json`` (``pseudo_box_quality``).
 2. ``select_score`` (with ``FENG2019.INSTANCE_SCORE_CANDIDATES``): the selected model is run
    once on val and its instance map scored at every candidate instance score threshold
    (``NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH``: masks scored below it are left out of the map);
@@ -18,11 +21,13 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`, each in ``OUTP
 3. ``eval``: the final model at that threshold on ``NUCLEIWEAK.EVAL_DATASETS`` (nuclei metrics,
    and COCO segm/bbox AP with ``NUCLEIWEAK.COCO_EVAL``).
 
-The same recipe as ``benchmarks/feng2019_monuseg.py`` (which adds pseudo-box quality curves and
-equal-time budgets), in the form ``tools/benchmark.py`` and ``tools/train_net.py`` run.
+The same recipe as ``benchmarks/feng2019_monuseg.py`` (which adds equal-time budgets and a
+centerness threshold chosen on val), in the form ``tools/benchmark.py`` and
+``tools/train_net.py`` run.
 """
 
 import logging
+from pathlib import Path
 
 import numpy as np
 from detectron2.data import DatasetCatalog
@@ -31,8 +36,12 @@ from detectron2.utils import comm
 
 from ...engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY, Stage, StagedPipeline, first_best
 from ...engine.trainer import Trainer
+from .quality_hook import PseudoBoxQualityHook, read_quality_curve
 
-__all__ = ["NucleiWeakFeng2019Pipeline", "median_box_size"]
+__all__ = ["NucleiWeakFeng2019Pipeline", "NucleiWeakFeng2019Trainer", "median_box_size"]
+
+#: File of the train stage's pseudo-box quality checks (JSON lines).
+QUALITY_FILE = "pseudo_box_quality.jsonl"
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +82,28 @@ class _ManyEvaluators(DatasetEvaluator):
     def evaluate(self):
         results = {name: e.evaluate() for name, e in self.evaluators.items()}
         return results if comm.is_main_process() else None
+
+
+class NucleiWeakFeng2019Trainer(Trainer):
+    """The project's trainer plus, with ``FENG2019.QUALITY_PERIOD`` > 0 and a model that makes
+    pseudo-boxes (``NucleiWeakFeng2019RCNN``), a :class:`PseudoBoxQualityHook` on the records of
+    ``DATASETS.TRAIN[0]`` writing ``OUTPUT_DIR/pseudo_box_quality.jsonl``."""
+
+    def build_hooks(self):
+        out = super().build_hooks()
+        f = self.cfg.NUCLEIWEAK.FENG2019
+        model = getattr(self.model, "module", self.model)
+        if int(f.QUALITY_PERIOD) > 0 and hasattr(model, "pseudo_boxes") and self.cfg.DATASETS.TRAIN:
+            out.append(
+                PseudoBoxQualityHook(
+                    DatasetCatalog.get(self.cfg.DATASETS.TRAIN[0]),
+                    self.build_mapper(self.cfg, False),
+                    int(f.QUALITY_PERIOD),
+                    Path(self.cfg.OUTPUT_DIR) / QUALITY_FILE,
+                    f.QUALITY_THRESHOLDS,
+                )
+            )
+        return out
 
 
 @NUCLEIWEAK_PIPELINE_REGISTRY.register()
@@ -119,7 +150,12 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
     def training(self):
         c = self.stage_cfg()
         anchor = [float(v) for v in c.NUCLEIWEAK.FENG2019.ANCHOR_SIZE]
-        return {"weights": self.train(c, self.f.SELECT_METRIC), "anchor_size": anchor}
+        weights = self.train(c, self.f.SELECT_METRIC, trainer=NucleiWeakFeng2019Trainer)
+        info = {"weights": weights, "anchor_size": anchor}
+        curve = read_quality_curve(self.stage_dir("train") / QUALITY_FILE)
+        if curve:
+            info["pseudo_box_quality"] = curve
+        return info
 
     def select_score(self):
         """Val score of the selected model at every ``INSTANCE_SCORE_CANDIDATES`` value (one
@@ -162,7 +198,7 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
         """The instance score threshold and the anchor the evaluation used, and their source."""
         threshold, source = self.chosen_threshold()
         anchor, anchor_source = self.anchor_size()
-        return {
+        out = {
             "inference": {
                 "INSTANCE_SCORE_THRESH": threshold,
                 "from": source,
@@ -170,3 +206,7 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
                 "anchor_from": anchor_source,
             }
         }
+        curve = read_quality_curve(self.stage_dir("train") / QUALITY_FILE)
+        if curve:
+            out["pseudo_box_quality"] = curve
+        return out
