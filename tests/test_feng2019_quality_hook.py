@@ -104,15 +104,24 @@ def test_quality_checks_leave_training_unchanged(synthetic_root, tmp_path):
     from nucleiweak_d2.data.datasets import register_nuclei_dataset
 
     files = export_coco_splits(
-        synthetic_root, tmp_path / "coco", ratio=0.25, seed=0, annotation="partial_mask",
+        synthetic_root,
+        tmp_path / "coco",
+        ratio=0.25,
+        seed=0,
+        annotation="partial_mask",
         splits=["train"],
     )
     register_nuclei_dataset("feng2019_hook_train", files["train"], synthetic_root)
     data = ["DATASETS.TRAIN", "('feng2019_hook_train',)", "DATASETS.TEST", "()"]
     plain = _train(data, tmp_path / "plain")
     checked = _train(
-        [*data, "NUCLEIWEAK.FENG2019.QUALITY_PERIOD", "1", "NUCLEIWEAK.FENG2019.QUALITY_THRESHOLDS",
-         "[0.5]"],
+        [
+            *data,
+            "NUCLEIWEAK.FENG2019.QUALITY_PERIOD",
+            "1",
+            "NUCLEIWEAK.FENG2019.QUALITY_THRESHOLDS",
+            "[0.5]",
+        ],
         tmp_path / "checked",
     )
     assert not (tmp_path / "plain" / "pseudo_box_quality.jsonl").exists()

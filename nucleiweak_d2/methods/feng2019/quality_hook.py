@@ -48,7 +48,9 @@ class PseudoBoxQualityHook(HookBase):
     def __init__(self, records, mapper, period, path, thresholds=()):
         if int(period) <= 0:
             raise ValueError(f"period must be a positive number of iterations, got {period}")
-        if not any(int(a.get("point_labeled", 1)) == 0 for r in records for a in r.get("annotations", [])):
+        if not any(
+            int(a.get("point_labeled", 1)) == 0 for r in records for a in r.get("annotations", [])
+        ):
             logger.warning(
                 "pseudo-box quality: no unannotated nucleus in the training records; recall "
                 "will be NaN (fully annotated training data)"
