@@ -163,6 +163,17 @@ def test_pipeline_two_iterations_resume_and_eval_only(tiny_dataset):
         seg["AJI"]
     )
     assert (out / "eval" / "wang2024_smoke_test" / "pred").is_dir()
+    # the thresholds chosen on val (2 x 2 grid of the quick config) are the ones evaluated
+    chosen = json.loads((out / "select_postprocess" / "stage_done.json").read_text())["info"]
+    assert set(chosen["scores"]) == {"0.5/0.2", "0.5/0.05", "0.3/0.2", "0.3/0.05"}
+    best = max(chosen["scores"].values())
+    first = next(k for k, v in chosen["scores"].items() if v == best)
+    assert first == f"{chosen['seg_threshold']:g}/{chosen['score_threshold']:g}"
+    assert result["postprocess"] == {
+        "SEG.THRESHOLD": chosen["seg_threshold"],
+        "SCORE_THRESH_TEST": chosen["score_threshold"],
+        "from": "val (select_postprocess)",
+    }
 
     # --resume of a finished run: nothing retrained or re-evaluated, the same summary
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.pth")}

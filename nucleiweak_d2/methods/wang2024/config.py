@@ -111,6 +111,14 @@ def add_wang2024_config(cfg):
     # nucleus has a point (the paper); with partial points set both (unannotated nuclei).
     _W.FCOS.IGNORE = []
 
+    _W.SELECT = CN()
+    # Candidate SEG.THRESHOLD values that the "select_postprocess" stage pairs with every
+    # SCORE_THRESHOLDS value after training; the pair of the best mean per-image val AJI wins.
+    # Both lists [] = no such stage (the config's values are used); one [] = the config's value.
+    _W.SELECT.SEG_THRESHOLDS = []
+    # Candidate FCOS score thresholds (MODEL.RETINANET.SCORE_THRESH_TEST) of that stage.
+    _W.SELECT.SCORE_THRESHOLDS = []
+
     _W.INSTANCES = CN()
     # Owner of a foreground pixel inside several boxes: "nearest_center" (the box whose centre
     # is nearest) or "score" (the highest-scoring box).

@@ -25,7 +25,8 @@ Inference
     ``"sem_seg"`` (1, H, W) nucleus probability, ``"pred_points"`` (the box centres of the
     instances, in pixel indices) and, with ``output_instances``, ``"instances"``
     (``pred_masks``, ``pred_boxes`` = the masks' boxes, ``scores`` = the detection scores,
-    ``pred_classes``) for COCOEvaluator.
+    ``pred_classes``) for COCOEvaluator, and ``"detections"`` (the FCOS ``pred_boxes`` and
+    ``scores`` above the score threshold, read by the pipeline's ``select_postprocess``).
 """
 
 import torch
@@ -413,7 +414,9 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
             height, width = inp.get("height", size[0]), inp.get("width", size[1])
             det = detector_postprocess(detections[i], height, width)
             prob = torch.sigmoid(sem_seg_postprocess(seg_logits[i : i + 1], size, height, width))[0]
-            outputs.append(
-                image_outputs(prob, det, self.seg_threshold, self.split_args, self.output_instances)
+            out = image_outputs(
+                prob, det, self.seg_threshold, self.split_args, self.output_instances
             )
+            out["detections"] = det  # the FCOS boxes and scores (post-processing on val)
+            outputs.append(out)
         return outputs
