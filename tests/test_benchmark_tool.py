@@ -211,6 +211,36 @@ def test_published_ablation_sits_beside_its_config_only():
     assert shift24.endswith("| 0.5480 / 0.7480 / n/a (Nam 2023, Tables 1-2) |")
 
 
+def test_study_table_of_the_feng2019_models():
+    """The four Feng et al. models get a table of their own with the issue's metrics."""
+    rows = []
+    for method, ratio, values in [
+        ("feng2019", 0.25, [(0, 0.40, 20.0), (1, 0.44, 22.0)]),
+        ("feng2019_baseline_full", 1.0, [(0, 0.48, 30.0)]),
+    ]:
+        for seed, aji, ap in values:
+            row = _row(method, ratio, "0", seed, aji)
+            row["metrics"]["test"] |= {"obj_F1": aji + 0.1, "segm/AP": ap, "mAP_kaggle": 0.2}
+            rows.append(row)
+    rows.append(_row("qu2020", 0.1, "0", 0, 0.45))
+    lines = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test", "testA"]).splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("## Feng et al. 2019"))
+    assert lines[start].endswith("(test)")
+    table = lines[start : lines.index("", start + 4)]
+    assert (
+        table[4]
+        == "| model | ratio | seeds | AJI | obj_F1 | segm/AP | mAP_kaggle | det_F1 | CPU min |"
+    )
+    assert table[6] == (
+        "| feng2019 | 0.25 | 0,1 | 0.4200 ± 0.0283 | 0.5200 ± 0.0283 | 21.0000 ± 1.4142 "
+        "| 0.2000 ± 0.0000 | n/a | 1.00 |"
+    )
+    assert table[7].startswith("| feng2019_baseline_full | 1 | 0 | 0.4800 | 0.5800 | 30.0000 |")
+    assert len(table) == 8  # no qu2020 row
+    plain = benchmarking.leaderboard(rows[-1:], "/d/monuseg_mo", ["test"])
+    assert "Feng et al. 2019" not in plain
+
+
 def test_feng2019_models_plan_once_at_a_fixed_ratio(synthetic_root, tmp_path):
     names = ["feng2019", "feng2019_baseline", "feng2019_baseline_crop", "feng2019_baseline_full"]
     configs = {m: str(benchmarking.REPO / benchmarking.METHODS[m].config) for m in names}

@@ -6,10 +6,21 @@ from pathlib import Path
 from .runs import read_results
 from .table import LEADERBOARD, PUBLISHED, RESULTS
 
-__all__ = ["COLUMNS", "leaderboard", "plot_points", "write_plots", "write_report"]
+__all__ = ["COLUMNS", "STUDY_TABLES", "leaderboard", "plot_points", "write_plots", "write_report"]
 
 #: Columns of the leaderboard (NucleiEvaluator's names), in this order.
 COLUMNS = ("AJI", "Dice_obj", "pixel_F1", "PQ", "det_F1")
+
+#: Tables of their own for the models of one study, on the first test split: ``(title,
+#: method prefix, columns)``; every group whose method starts with the prefix is a row, with the
+#: metrics the study is judged on (issue 17: Feng et al.'s module and the paper's baselines).
+STUDY_TABLES = (
+    (
+        "Feng et al. 2019: partial-annotation module and the paper's baselines",
+        "feng2019",
+        ("AJI", "obj_F1", "segm/AP", "mAP_kaggle", "det_F1"),
+    ),
+)
 
 #: Ablations a run scores on the side (key of its ``extra``: ``{split: metrics}``); each gets
 #: rows of its own, labelled ``<method>/<key>`` (e.g. Liu et al.'s SPN alone).
@@ -141,6 +152,7 @@ def leaderboard(rows, data, test_splits):
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _study_tables(groups, test_splits[0])
     published = [p for p in PUBLISHED if p["dataset"] == data.name]
     if published:
         lines += [
@@ -167,6 +179,36 @@ def leaderboard(rows, data, test_splits):
         values = sorted({str(r.get(what, "")) for r in every})
         lines.append(f"- {what}: " + "; ".join(f"`{v}`" for v in values))
     return "\n".join(lines) + "\n"
+
+
+def _study_tables(groups, split):
+    """Markdown lines of :data:`STUDY_TABLES` that have rows (mean ± std over seeds)."""
+    lines = []
+    for title, prefix, columns in STUDY_TABLES:
+        chosen = [(k, g) for k, g in groups.items() if k[0].startswith(prefix)]
+        if not chosen:
+            continue
+        head = ["model", "ratio", "seeds", *columns, "CPU min"]
+        lines += [
+            f"## {title} ({split})",
+            "",
+            "obj_F1: objects matched at IoU > 0.5; segm/AP: COCO mask AP (0-100); "
+            "mAP_kaggle: the 2018 Data Science Bowl mean AP over IoU 0.5-0.95.",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|---" * len(head) + "|",
+        ]
+        for (method, ratio, _), group in chosen:
+            cells = [
+                method,
+                "n/a" if ratio is None else f"{ratio:g}",
+                ",".join(str(r["seed"]) for r in group if r["seed"] is not None) or "n/a",
+                *[_cell(*_metric(group, split, m)) for m in columns],
+                f"{_stats([r['cpu_min'] for r in group])[0]:.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plot_points(rows, data, split):
