@@ -211,6 +211,17 @@ def test_published_ablation_sits_beside_its_config_only():
     assert shift24.endswith("| 0.5480 / 0.7480 / n/a (Nam 2023, Tables 1-2) |")
 
 
+def test_donuseg_tnbc_numbers_sit_beside_the_100_percent_rows_only():
+    rows = [_row("wang2024", r, "0", 0, 0.3) | {"data": "/d/tnbc"} for r in (1.0, 0.1)]
+    lines = benchmarking.leaderboard(rows, "/d/tnbc", ["test"]).splitlines()
+    full = next(x for x in lines if x.startswith("| wang2024 | 1 |"))
+    tenth = next(x for x in lines if x.startswith("| wang2024 | 0.1 |"))
+    assert full.endswith(
+        "| 0.5006 / 0.6399 / n/a (Wang 2024, Table 1 (5-fold 3:1:1, not our split)) |"
+    )
+    assert tenth.endswith("|  |")
+
+
 def test_study_table_of_the_feng2019_models():
     """The four Feng et al. models get a table of their own with the issue's metrics."""
     rows = []
