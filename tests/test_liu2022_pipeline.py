@@ -111,7 +111,12 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = NucleiWeakLiu2022Pipeline(cfg, resume=True).run()
     changed = [p for p in out.rglob("*") if p.is_file() and stamps.get(p) != p.stat().st_mtime_ns]
-    assert {p.name for p in changed} <= {"metrics.json", "summary.md", "model_final.pth"}
+    assert {p.name for p in changed} <= {
+        "metrics.json",
+        "summary.md",
+        "model_final.pth",
+        "model_final.yaml",
+    }
     assert again["segmentation"] == result["segmentation"]
 
     # --eval-only from a new folder with MODEL.WEIGHTS = the one final file (T0 from the config)

@@ -370,3 +370,21 @@ def test_cli_tiles(setup, tmp_path):
                 "32",
             ]
         )
+
+
+def test_note_points_to_the_run_config_beside_the_weights(tmp_path):
+    """A run's model_final.yaml holds the post-processing chosen on val: predicting its
+    model_final.pth with another config gets a note naming it; with it, or without one, none."""
+    tool = load_script("nucleiweak_predict_note", TOOL)
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = run / "model_final.pth"
+    weights.write_bytes(b"")
+    other = tmp_path / "method.yaml"
+    other.write_text("")
+    assert tool.final_config_note(other, weights) is None  # no model_final.yaml
+    (run / "model_final.yaml").write_text("")
+    note = tool.final_config_note(other, weights)
+    assert note.startswith(f"note: {(run / 'model_final.yaml').resolve()} is the config")
+    assert tool.final_config_note(run / "model_final.yaml", weights) is None
+    assert tool.final_config_note(other, "") is None

@@ -4,6 +4,7 @@ a two-iteration CPU run of ``NucleiWeakWang2024Pipeline`` on tiny synthetic data
 
 import json
 
+import numpy as np
 import pytest
 from conftest import make_tiny_coco
 
@@ -174,6 +175,28 @@ def test_pipeline_two_iterations_resume_and_eval_only(tiny_dataset):
         "SCORE_THRESH_TEST": chosen["score_threshold"],
         "from": "val (select_postprocess)",
     }
+    # model_final.yaml: what tools/predict.py needs to predict as the run evaluated
+    final = setup_cfg(str(out / "model_final.yaml"))
+    assert final.NUCLEIWEAK.WANG2024.SEG.THRESHOLD == chosen["seg_threshold"]
+    assert final.MODEL.RETINANET.SCORE_THRESH_TEST == chosen["score_threshold"]
+    assert final.MODEL.WEIGHTS == str((out / "model_final.pth").resolve())
+    from detectron2.data import DatasetCatalog
+    from PIL import Image
+
+    from nucleiweak_d2.api import load_predictor
+    from nucleiweak_d2.data.io import read_label
+    from nucleiweak_d2.data.records import cache_key
+
+    predictor = load_predictor(out / "model_final.yaml")
+    for record in DatasetCatalog.get("wang2024_smoke_test"):
+        image = np.asarray(Image.open(record["file_name"]).convert("RGB"))
+        saved = read_label(
+            out / "eval" / "wang2024_smoke_test" / "pred" / f"{cache_key(record)}.png"
+        )
+        assert (predictor(image)["instance_map"] == saved).all()  # as evaluated
+    # the quick grid lists non-default values first, so ties (an untrained model) choose them
+    assert (chosen["seg_threshold"], chosen["score_threshold"]) == (0.3, 0.05)
+    assert predictor.model.seg_threshold == 0.3 and predictor.model.test_score_thresh == 0.05
 
     # --resume of a finished run: nothing retrained or re-evaluated, the same summary
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.pth")}

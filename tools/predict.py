@@ -486,7 +486,27 @@ def build_predictor(args):
     if args.device:
         opts += ["MODEL.DEVICE", args.device]
     cfg = setup_cfg(args.config_file, opts)
+    note = final_config_note(args.config_file, cfg.MODEL.WEIGHTS)
+    if note:
+        print(note, file=sys.stderr)
     return NucleiPredictor(cfg, keep_raw=False, allow_random_weights=args.allow_random_weights)
+
+
+def final_config_note(config_file, weights):
+    """A note when ``weights`` sits beside the ``model_final.yaml`` of a finished run and another
+    config is used: that file holds the post-processing the run chose on val and evaluated with
+    (thresholds, ``T_0``), which another config does not know. None otherwise."""
+    from nucleiweak_d2.engine.run_dir import FINAL_CONFIG
+
+    if not weights:
+        return None
+    final = Path(weights).resolve().parent / FINAL_CONFIG
+    if not final.is_file() or final == Path(config_file).resolve():
+        return None
+    return (
+        f"note: {final} is the config {weights} was evaluated with (post-processing chosen "
+        "on val); pass it as --config-file to predict as evaluated"
+    )
 
 
 def _progress(desc, position, total=None, leave=False):

@@ -21,8 +21,9 @@ Stage contract
   through :meth:`infer` (sharded over processes, gathered to the main process, which alone writes
   files derived from several images).
 - The last stage, ``eval``, scores the final model on ``NUCLEIWEAK.EVAL_DATASETS``, prints a
-  table, writes ``metrics.json`` and ``summary.md``, and links the final weights to
-  ``OUTPUT_DIR/model_final.pth``.
+  table, writes ``metrics.json`` and ``summary.md``, links the final weights to
+  ``OUTPUT_DIR/model_final.pth`` and writes their config, post-processing chosen on val
+  included, to ``OUTPUT_DIR/model_final.yaml`` (for ``tools/predict.py --config-file``).
 
 ``--eval-only`` skips the training stages: it scores ``MODEL.WEIGHTS`` when that file holds a
 whole trained model, else the final model of the run in ``OUTPUT_DIR``, and writes only into its
@@ -48,6 +49,7 @@ from detectron2.utils.registry import Registry
 from ..data.atomic import write_json
 from .predictor import load_trained_weights
 from .run_dir import (
+    FINAL_CONFIG,
     RUN_FILE,
     STAGE_FILE,
     config_diff,
@@ -298,7 +300,7 @@ class StagedPipeline:
             )
         if comm.is_main_process():
             current["stages"] = [s.name for s in self.stages()] + ["eval"]
-            current["outputs"] = ["metrics.json", "summary.md", "model_final.pth"]
+            current["outputs"] = ["metrics.json", "summary.md", "model_final.pth", FINAL_CONFIG]
             current["created"] = time.strftime("%Y-%m-%d %H:%M:%S")
             write_json(run_file, current)
         comm.synchronize()
@@ -553,6 +555,7 @@ class StagedPipeline:
         final = out_dir / "model_final.pth"
         if link_final:
             _link_or_copy(summary["weights"], final)
+            self._write_final_config(out_dir, final)
         where = (
             f"final model: {final} (= {summary['weights']})"
             if link_final
@@ -561,6 +564,16 @@ class StagedPipeline:
         text = f"{type(self).__name__} results\n\n{table}\n\n{where}\nmetrics: {out_dir / 'metrics.json'}\n"
         (out_dir / "summary.md").write_text(text)
         logger.info("\n%s", text)
+
+    def _write_final_config(self, out_dir, weights):
+        """``OUTPUT_DIR/model_final.yaml``: the final model's config as the ``eval`` stage ran it
+        (thresholds, ``T_0``, anchors chosen by the stages), ``MODEL.WEIGHTS`` = ``weights``, so
+        that ``tools/predict.py --config-file`` it predicts what was evaluated."""
+        cfg = self.final_model()[0].clone()
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = str(Path(weights).resolve())
+        cfg.OUTPUT_DIR = str(Path(out_dir).resolve())
+        (Path(out_dir) / FINAL_CONFIG).write_text(cfg.dump())
 
 
 def _link_or_copy(src, dst):

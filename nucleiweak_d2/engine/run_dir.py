@@ -21,6 +21,7 @@ from pathlib import Path
 from detectron2.data import MetadataCatalog
 
 __all__ = [
+    "FINAL_CONFIG",
     "RUN_FILE",
     "STAGE_FILE",
     "IGNORED_KEYS",
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "nucleiweak_run.json"
 STAGE_FILE = "stage_done.json"
+#: Config of ``OUTPUT_DIR/model_final.pth`` as the run evaluated it (post-processing chosen on val
+#: included), written by a finished pipeline run for ``tools/predict.py --config-file``.
+FINAL_CONFIG = "model_final.yaml"
 #: Config keys that do not change what a run trains (where it writes, how it is evaluated at the
 #: end, the device, loader processes); they are left out of the fingerprints.
 IGNORED_KEYS = (
@@ -130,6 +134,7 @@ def _written_by_run(folder):
     items += [p.parent for p in folder.glob(f"*/{STAGE_FILE}")]
     items += [folder / name for name in _SINGLE_MODEL_FILES]
     items += list(folder.glob("model_*.pth")) + [folder / "metrics.json", folder / "inference"]
+    items.append(folder / FINAL_CONFIG)
     return [p for p in dict.fromkeys(items) if p.exists()]
 
 
