@@ -52,7 +52,9 @@ def load_predictor(config, weights=None, *, device=None, opts=(), allow_random_w
     Parameters
     ----------
     config : str or Path
-        YAML config of the model (the one it was trained with).
+        YAML config of the model: a run's ``OUTPUT_DIR/model_final.yaml`` (the config it was
+        evaluated with, post-processing chosen on val included, weights named) or the one it
+        was trained with.
     weights : str or Path, optional
         Checkpoint (``model_final.pth``); default: the config's ``MODEL.WEIGHTS``.
     device : str, optional
