@@ -309,3 +309,19 @@ def test_feng2019_quick_runs_choose_the_score_threshold_on_val_and_crop(tmp_path
     assert crop_train["annotations"] and all(
         a["point_labeled"] == 1 for a in crop_train["annotations"]
     )
+
+
+def test_wang2024_quick_run_records_the_thresholds_chosen_on_val(tmp_path):
+    out = tmp_path / "bench"
+    assert run_cli(_tool().main, ["--quick", "--methods", "wang2024", "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert row["method"] == "wang2024" and 0.0 <= row["metrics"]["test"]["AJI"] <= 1.0
+    stage = out / row["run_dir"] / "select_postprocess" / "stage_done.json"
+    chosen = json.loads(stage.read_text())["info"]
+    assert row["extra"]["postprocess"] == {
+        "SEG.THRESHOLD": chosen["seg_threshold"],
+        "SCORE_THRESH_TEST": chosen["score_threshold"],
+        "from": "val (select_postprocess)",
+    }
+    assert chosen["seg_threshold"] in (0.3, 0.5) and chosen["score_threshold"] in (0.05, 0.2)
+    assert (out / row["run_dir"] / "model_final.yaml").is_file()
