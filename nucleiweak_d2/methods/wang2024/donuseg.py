@@ -313,7 +313,9 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
             )
         gt = [x["instances"].to(self.device) for x in batched_inputs]
         losses, labels = self.weak_losses(images, {**features, **encoder}, seg_logits, gt)
-        ignore_maps = self.ignore_maps(**labels)
+        ignore_maps = self.ignore_maps(
+            labels["initial_label"], labels["pseudo_label"], labels["valid"]
+        )
         det = self.detection_losses(images, features, predictions, gt, ignore_maps)
         losses.update({k: self.loss_weights["det"] * v for k, v in det.items()})
         return losses
@@ -336,8 +338,10 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
         -------
         losses : dict
         labels : dict
-            ``initial_label`` M, ``pseudo_label`` P (``(N, H, W)`` uint8, 0/1/2 = ignored) and
-            ``valid`` (``(N, H, W)`` bool, the image pixels, not the padding).
+            ``initial_label`` M, ``pseudo_label`` P (``(N, H, W)`` uint8, 0/1/2 = ignored),
+            ``valid`` (``(N, H, W)`` bool, the image pixels, not the padding), and every
+            block's binarised CAM ``binary_cams`` (``(N, K, H, W)``) with its ``alpha``
+            (``(N, K)``), which ``benchmarks/wang2024_cam_quality.py`` scores.
         """
         size = tuple(images.tensor.shape[-2:])
         valid = torch.zeros((len(gt), *size), dtype=torch.bool, device=self.device)
@@ -369,7 +373,8 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
         storage.put_scalar("wang2024/alpha_p", alpha_p.mean().item())
         for k, block in enumerate(self.cam_blocks):
             storage.put_scalar(f"wang2024/selected_{block}", (index == k).float().mean().item())
-        return losses, {"initial_label": m, "pseudo_label": p, "valid": valid}
+        labels = {"initial_label": m, "pseudo_label": p, "valid": valid}
+        return losses, {**labels, "binary_cams": binary, "alpha": alpha}
 
     def ignore_maps(self, initial_label, pseudo_label, valid):
         """Per image, the pixels where unmatched anchor points are ignored: M's foreground and
