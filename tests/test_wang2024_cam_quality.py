@@ -30,9 +30,9 @@ def test_counts_and_summary_on_a_hand_made_label():
 def test_cam_labels_of_a_model_match_a_training_step():
     torch = pytest.importorskip("torch")
     pytest.importorskip("detectron2")
-    import nucleiweak_d2.methods.wang2024  # noqa: F401
     from detectron2.modeling import build_model
 
+    import nucleiweak_d2.methods.wang2024  # noqa: F401
     from nucleiweak_d2.config import setup_cfg
 
     tool = _script()
