@@ -124,6 +124,25 @@ def make_tiny_coco(
     return root, files, names
 
 
+def register_partial_mask_train(root, tmp_dir, name, ratio=0.25):
+    """Register the train split of the folder dataset ``root`` with masks on ``ratio`` of the
+    nuclei (``annotation="partial_mask"``, seed 0; COCO in ``<tmp_dir>/coco``) as ``name``;
+    return the COCO file."""
+    from nucleiweak_d2.data.coco import export_coco_splits
+    from nucleiweak_d2.data.datasets import register_nuclei_dataset
+
+    files = export_coco_splits(
+        root,
+        Path(tmp_dir) / "coco",
+        ratio=ratio,
+        seed=0,
+        annotation="partial_mask",
+        splits=["train"],
+    )
+    register_nuclei_dataset(name, files["train"], root)
+    return files["train"]
+
+
 # Config overrides of a tiny CPU ResNet-18 UNet (8-channel stem, narrow decoder) for model tests.
 TINY_UNET_OPTS = [
     "MODEL.DEVICE",

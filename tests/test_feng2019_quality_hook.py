@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("detectron2")
 
+from conftest import register_partial_mask_train  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from nucleiweak_d2.config import setup_cfg  # noqa: E402
@@ -100,18 +101,7 @@ def _train(cfg_opts, out):
 
 
 def test_quality_checks_leave_training_unchanged(synthetic_root, tmp_path):
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.datasets import register_nuclei_dataset
-
-    files = export_coco_splits(
-        synthetic_root,
-        tmp_path / "coco",
-        ratio=0.25,
-        seed=0,
-        annotation="partial_mask",
-        splits=["train"],
-    )
-    register_nuclei_dataset("feng2019_hook_train", files["train"], synthetic_root)
+    coco = register_partial_mask_train(synthetic_root, tmp_path, "feng2019_hook_train")
     data = ["DATASETS.TRAIN", "('feng2019_hook_train',)", "DATASETS.TEST", "()"]
     plain = _train(data, tmp_path / "plain")
     checked = _train(
@@ -127,7 +117,7 @@ def test_quality_checks_leave_training_unchanged(synthetic_root, tmp_path):
     assert not (tmp_path / "plain" / "pseudo_box_quality.jsonl").exists()
     curve = read_quality_curve(tmp_path / "checked" / "pseudo_box_quality.jsonl")
     assert [e["iter"] for e in curve] == [1, 2] and set(curve[0]["train"]) == {"0.5", "0.95"}
-    records = json.loads(Path(files["train"]).read_text())["annotations"]
+    records = json.loads(Path(coco).read_text())["annotations"]
     unannotated = sum(1 for a in records if not a["point_labeled"] and not a.get("iscrowd", 0))
     assert curve[0]["train"]["0.5"]["num_unannotated"] == unannotated > 0
     a, b = plain.model.state_dict(), checked.model.state_dict()

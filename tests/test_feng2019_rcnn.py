@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("detectron2")
 
+from conftest import register_partial_mask_train  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
@@ -102,19 +103,9 @@ def test_training_losses_and_blocking_needs_partial_heads():
 
 @pytest.mark.parametrize("config", [PARTIAL, BASELINE], ids=["partial", "baseline"])
 def test_cpu_training_smoke(config, synthetic_root, tmp_path):
-    from nucleiweak_d2.data.coco import export_coco_splits
-    from nucleiweak_d2.data.datasets import register_nuclei_dataset
     from nucleiweak_d2.engine.trainer import Trainer
 
-    files = export_coco_splits(
-        synthetic_root,
-        tmp_path / "coco",
-        ratio=0.25,
-        seed=0,
-        annotation="partial_mask",
-        splits=["train"],
-    )
-    register_nuclei_dataset("feng2019_smoke_train", files["train"], synthetic_root)
+    register_partial_mask_train(synthetic_root, tmp_path, "feng2019_smoke_train")
     cfg = setup_cfg(
         str(config),
         [
