@@ -90,6 +90,19 @@ def _cell(mean, std):
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
+def _ratio_cell(ratio):
+    return "n/a" if ratio is None else f"{ratio:g}"
+
+
+def _seeds_cell(group):
+    return ",".join(str(r["seed"]) for r in group if r["seed"] is not None) or "n/a"
+
+
+def _minutes_cell(group, key):
+    """Mean of ``key`` (``"wall_min"`` or ``"cpu_min"``) over the group's rows, 2 decimals."""
+    return f"{_stats([r[key] for r in group])[0]:.2f}"
+
+
 def _published(method, dataset, ratio, shift, config=""):
     """Published entries beside a group of rows of config file name ``config``: the paper's
     ablation of that config if one is listed, else the method's entries without a config."""
@@ -142,12 +155,12 @@ def leaderboard(rows, data, test_splits):
             )
             cells = [
                 method,
-                "n/a" if ratio is None else f"{ratio:g}",
+                _ratio_cell(ratio),
                 shift or "n/a",
-                ",".join(str(r["seed"]) for r in group if r["seed"] is not None) or "n/a",
+                _seeds_cell(group),
                 *[_cell(*_metric(group, split, m)) for m in COLUMNS],
-                f"{_stats([r['wall_min'] for r in group])[0]:.2f}",
-                f"{_stats([r['cpu_min'] for r in group])[0]:.2f}",
+                _minutes_cell(group, "wall_min"),
+                _minutes_cell(group, "cpu_min"),
                 pub,
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -201,10 +214,10 @@ def _study_tables(groups, split):
         for (method, ratio, _), group in chosen:
             cells = [
                 method,
-                "n/a" if ratio is None else f"{ratio:g}",
-                ",".join(str(r["seed"]) for r in group if r["seed"] is not None) or "n/a",
+                _ratio_cell(ratio),
+                _seeds_cell(group),
                 *[_cell(*_metric(group, split, m)) for m in columns],
-                f"{_stats([r['cpu_min'] for r in group])[0]:.2f}",
+                _minutes_cell(group, "cpu_min"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
