@@ -50,8 +50,6 @@ class NucleiWeakLiu2022EmbeddingNet(UNetModelMixin, SemanticSegmentor):
         gamma=0.001,
         bg_weight=1.0,
         min_pixels=10,
-        tile=0,
-        tile_overlap=80,
         **kwargs,
     ):
         """
@@ -62,8 +60,6 @@ class NucleiWeakLiu2022EmbeddingNet(UNetModelMixin, SemanticSegmentor):
         delta_v, delta_d, gamma, bg_weight, min_pixels
             Discriminative loss, see :func:`~.losses.discriminative_loss` (``bg_weight`` is
             its ``alpha``).
-        tile, tile_overlap : int
-            Sliding-window inference (``tile <= 0``: whole image).
         **kwargs
             ``backbone``, ``sem_seg_head`` (``D`` output channels), ``pixel_mean``,
             ``pixel_std`` of :class:`SemanticSegmentor`.
@@ -83,7 +79,6 @@ class NucleiWeakLiu2022EmbeddingNet(UNetModelMixin, SemanticSegmentor):
             alpha=float(bg_weight),
             min_pixels=int(min_pixels),
         )
-        self.tile, self.tile_overlap = int(tile), int(tile_overlap)
 
     @classmethod
     def from_config(cls, cfg):
@@ -100,8 +95,6 @@ class NucleiWeakLiu2022EmbeddingNet(UNetModelMixin, SemanticSegmentor):
             gamma=ien.GAMMA,
             bg_weight=ien.BG_WEIGHT,
             min_pixels=ien.MIN_PIXELS,
-            tile=unet.INFERENCE_TILE,
-            tile_overlap=unet.INFERENCE_OVERLAP,
         )
         return ret
 

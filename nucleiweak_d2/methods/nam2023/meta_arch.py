@@ -44,8 +44,6 @@ class NucleiWeakNam2023Net(UNetModelMixin, SemanticSegmentor):
         center_threshold=0.2,
         min_area=20,
         output_instances=True,
-        tile=0,
-        tile_overlap=80,
         **kwargs,
     ):
         """
@@ -61,8 +59,6 @@ class NucleiWeakNam2023Net(UNetModelMixin, SemanticSegmentor):
             Instances smaller than this (pixels) are removed.
         output_instances : bool
             Also return ``"instances"`` (one dense mask per object).
-        tile, tile_overlap : int
-            Sliding-window inference (``tile <= 0``: whole image).
         **kwargs
             ``backbone``, ``sem_seg_head`` (a ``NucleiWeakNam2023Head``), ``pixel_mean``,
             ``pixel_std`` of :class:`SemanticSegmentor`.
@@ -78,7 +74,6 @@ class NucleiWeakNam2023Net(UNetModelMixin, SemanticSegmentor):
         self.center_threshold = float(center_threshold)
         self.min_area = int(min_area)
         self.output_instances = bool(output_instances)
-        self.tile, self.tile_overlap = int(tile), int(tile_overlap)
 
     @classmethod
     def from_config(cls, cfg):
@@ -92,8 +87,6 @@ class NucleiWeakNam2023Net(UNetModelMixin, SemanticSegmentor):
             center_threshold=n.CENTER.THRESHOLD,
             min_area=unet.MIN_AREA,
             output_instances=unet.OUTPUT_INSTANCES,
-            tile=unet.INFERENCE_TILE,
-            tile_overlap=unet.INFERENCE_OVERLAP,
         )
         return ret
 

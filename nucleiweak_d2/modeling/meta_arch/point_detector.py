@@ -35,7 +35,7 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
 
     @configurable
     def __init__(
-        self, *, threshold=0.35, min_area=12, max_area=200, tile=0, tile_overlap=80, **kwargs
+        self, *, threshold=0.35, min_area=12, max_area=200, **kwargs
     ):
         """
         Parameters
@@ -44,15 +44,12 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
             Probability threshold of the detection map.
         min_area, max_area : int
             Component area limits in pixels (``max_area <= 0``: none).
-        tile, tile_overlap : int
-            Sliding-window inference (``tile <= 0``: whole image).
         **kwargs
             ``backbone``, ``sem_seg_head`` (1 output channel), ``pixel_mean``, ``pixel_std``.
         """
         super().__init__(**kwargs)
         self.threshold = float(threshold)
         self.min_area, self.max_area = int(min_area), int(max_area)
-        self.tile, self.tile_overlap = int(tile), int(tile_overlap)
 
     @classmethod
     def from_config(cls, cfg):
@@ -67,8 +64,6 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
             threshold=unet.POINT_THRESHOLD,
             min_area=unet.POINT_MIN_AREA,
             max_area=unet.POINT_MAX_AREA,
-            tile=unet.INFERENCE_TILE,
-            tile_overlap=unet.INFERENCE_OVERLAP,
         )
         return ret
 

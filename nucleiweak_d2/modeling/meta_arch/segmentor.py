@@ -57,8 +57,6 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
         split_touching=False,
         split_min_distance=5,
         output_instances=True,
-        tile=0,
-        tile_overlap=80,
         fg_threshold=-1.0,
         **kwargs,
     ):
@@ -74,8 +72,6 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
             Post-processing, see :func:`instances_from_foreground`.
         output_instances : bool
             Also return ``"instances"`` (memory: one dense mask per object).
-        tile, tile_overlap : int
-            Sliding-window inference (``tile <= 0``: whole image).
         fg_threshold : float
             Foreground probability threshold forced at inference (in (0, 1)); ``<= 0`` uses the
             checkpoint's calibrated buffer (0.5 when uncalibrated).
@@ -89,7 +85,6 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
         self.min_area, self.fill_holes = int(min_area), bool(fill_holes)
         self.split_touching, self.split_min_distance = bool(split_touching), int(split_min_distance)
         self.output_instances = bool(output_instances)
-        self.tile, self.tile_overlap = int(tile), int(tile_overlap)
         if not fg_threshold < 1.0:
             raise ValueError(f"fg_threshold must be < 1 (<= 0: calibrated), got {fg_threshold}")
         self.fg_threshold_override = float(fg_threshold)
@@ -125,8 +120,6 @@ class NucleiWeakUNetSegmentor(UNetModelMixin, SemanticSegmentor):
             split_touching=unet.SPLIT_TOUCHING,
             split_min_distance=unet.SPLIT_MIN_DISTANCE,
             output_instances=unet.OUTPUT_INSTANCES,
-            tile=unet.INFERENCE_TILE,
-            tile_overlap=unet.INFERENCE_OVERLAP,
             fg_threshold=unet.FG_THRESHOLD,
         )
         return ret

@@ -83,6 +83,8 @@ class UNetModelMixin:
         stain_method="none",
         stain_target=(),
         fast_cpu_inference=False,
+        tile=0,
+        tile_overlap=80,
         **kwargs,
     ):
         """
@@ -101,6 +103,9 @@ class UNetModelMixin:
             checkpoint brings its own).
         fast_cpu_inference : bool
             CPU inference in bfloat16 autocast with channels_last weights (see :meth:`logits`).
+        tile, tile_overlap : int
+            Sliding-window inference (``tile <= 0``: whole image) and the tiles' overlap in
+            pixels.
         **kwargs
             Those of :class:`SemanticSegmentor`.
         """
@@ -127,6 +132,7 @@ class UNetModelMixin:
         self.register_buffer("stain_target", target, persistent=True)
         self._stain_normalizer = None  # (code, target tuple, StainNormalizer), built lazily
         self.fast_cpu_inference = bool(fast_cpu_inference)
+        self.tile, self.tile_overlap = int(tile), int(tile_overlap)
 
     @classmethod
     def from_config(cls, cfg):
@@ -167,6 +173,8 @@ class UNetModelMixin:
             "stain_method": cfg.NUCLEIWEAK.DATA.STAIN_NORM.METHOD,
             "stain_target": list(cfg.NUCLEIWEAK.DATA.STAIN_NORM.TARGET),
             "fast_cpu_inference": bool(unet.FAST_CPU_INFERENCE),
+            "tile": unet.INFERENCE_TILE,
+            "tile_overlap": unet.INFERENCE_OVERLAP,
         }
 
     def stain_normalizer(self):
