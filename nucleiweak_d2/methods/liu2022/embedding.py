@@ -87,7 +87,6 @@ class NucleiWeakLiu2022EmbeddingNet(UNetModelMixin, SemanticSegmentor):
         cfg.defrost()
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = int(ien.EMBED_DIM)
         ret = super().from_config(cfg)
-        unet = cfg.NUCLEIWEAK.UNET
         ret.update(
             coord_conv=ien.COORD_CONV,
             delta_v=ien.DELTA_V,

@@ -34,9 +34,7 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
     """
 
     @configurable
-    def __init__(
-        self, *, threshold=0.35, min_area=12, max_area=200, **kwargs
-    ):
+    def __init__(self, *, threshold=0.35, min_area=12, max_area=200, **kwargs):
         """
         Parameters
         ----------
