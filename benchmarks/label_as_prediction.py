@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 from skimage import measure, segmentation
 
 from nucleiweak_d2 import pseudo_labels as pl
@@ -60,7 +59,11 @@ from nucleiweak_d2.data.points import points_from_labels, sample_partial
 from nucleiweak_d2.evaluation.metrics import aggregate, segmentation_metrics
 from nucleiweak_d2.evaluation.report import summary_from_aggregate
 from nucleiweak_d2.methods.nam2023.labels import binary_labels
-from nucleiweak_d2.modeling.meta_arch.postprocess import instances_from_foreground
+from nucleiweak_d2.modeling.meta_arch.postprocess import (
+    fill_holes_per_object,
+    instances_from_foreground,
+    remove_small_objects,
+)
 
 METHODS = ("qu2020", "liu2022", "nam2023")
 KINDS = tuple(k for m in METHODS for k in (m, f"{m}_cells"))
@@ -120,18 +123,10 @@ def instances_from_cells(fg, cells, min_area=MIN_AREA, fill_holes=FILL_HOLES):
     fg = np.asarray(fg, dtype=bool)
     lab = np.where(fg, np.asarray(cells, dtype=np.int64) + 1, 0)
     if min_area > 0 and lab.max():
-        pieces = measure.label(lab, background=0, connectivity=2)
-        small = np.bincount(pieces.ravel()) < int(min_area)
-        small[0] = False
-        lab[small[pieces]] = 0
-    if fill_holes and lab.max():
-        filled = np.zeros_like(lab)
-        for i, sl in enumerate(ndi.find_objects(lab), start=1):
-            if sl is None:
-                continue
-            obj = ndi.binary_fill_holes(lab[sl] == i)
-            filled[sl][obj & (filled[sl] == 0)] = i
-        lab = filled
+        pieces = remove_small_objects(measure.label(lab, background=0, connectivity=2), min_area)
+        lab[pieces == 0] = 0
+    if fill_holes:
+        lab = fill_holes_per_object(lab)
     lab, _, _ = segmentation.relabel_sequential(lab)
     return lab.astype(np.int32)
 

@@ -17,7 +17,9 @@ from nucleiweak_d2.modeling.backbone.fold_bn import (  # noqa: E402
     fold_batchnorm,
     parameter_versions,
 )
-from nucleiweak_d2.modeling.meta_arch.postprocess import _relabel_sequential  # noqa: E402
+from nucleiweak_d2.modeling.meta_arch.postprocess import (  # noqa: E402
+    relabel_sequential as ours_relabel_sequential,
+)
 
 
 def _conv_bn(bias):
@@ -90,8 +92,28 @@ def test_relabel_sequential_matches_scikit_image():
     rng = np.random.default_rng(2)
     for shape in [(1, 1), (5, 7), (200, 300)]:
         label = (rng.integers(0, 60, shape) * rng.integers(0, 2, shape) * 7).astype(np.int32)
-        np.testing.assert_array_equal(_relabel_sequential(label), relabel_sequential(label)[0])
-    assert _relabel_sequential(np.zeros((3, 4), np.int32)).max() == 0
-    out = _relabel_sequential(np.array([[0, 9], [4, 9]], np.int32))
+        np.testing.assert_array_equal(ours_relabel_sequential(label), relabel_sequential(label)[0])
+    assert ours_relabel_sequential(np.zeros((3, 4), np.int32)).max() == 0
+    out = ours_relabel_sequential(np.array([[0, 9], [4, 9]], np.int32))
     np.testing.assert_array_equal(out, [[0, 2], [1, 2]])
     assert out.dtype == np.int32
+
+
+def test_fill_holes_per_object_absorbs_or_keeps_an_enclosed_object():
+    from nucleiweak_d2.modeling.meta_arch.postprocess import (
+        fill_holes_per_object,
+        remove_small_objects,
+    )
+
+    ring = np.zeros((7, 7), np.int32)
+    ring[1:6, 1:6] = 1
+    ring[2:5, 2:5] = 0  # a 3x3 hole in object 1 ...
+    ring[3, 3] = 2  # ... holding object 2 (one pixel)
+    absorbed = fill_holes_per_object(ring)
+    assert (absorbed[1:6, 1:6] == 1).all() and absorbed.sum() == 25
+    kept = fill_holes_per_object(ring, keep_enclosed=True)
+    assert kept[3, 3] == 2 and (kept[1:6, 1:6] > 0).all() and (kept == 1).sum() == 24
+    assert ring[2, 2] == 0  # the input is not modified
+    # remove_small_objects: object 2 has 1 pixel, object 1 has 16
+    np.testing.assert_array_equal(np.unique(remove_small_objects(ring.copy(), 2)), [0, 1])
+    np.testing.assert_array_equal(np.unique(remove_small_objects(ring.copy(), 0)), [0, 1, 2])

@@ -36,9 +36,13 @@
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from skimage import measure
 
+from ...modeling.meta_arch.postprocess import (
+    fill_holes_per_object,
+    relabel_sequential,
+    remove_small_objects,
+)
 from .grouping import mean_shift
 
 __all__ = ["BG_RULES", "check_bg_rule", "group_foreground", "tile_edges"]
@@ -82,7 +86,7 @@ def _group_tile(emb, fg, bg, bandwidth, bg_rule, bg_min_fragments, clusterer, ms
             near = np.linalg.norm(modes - ref[None, :], axis=1) <= bandwidth
             if near.any():
                 frag[np.isin(clusters, np.flatnonzero(near) + 1)] = 0
-                frag = _relabel(frag)
+                frag = relabel_sequential(frag)
         return frag, int(frag.max())
     owner = np.zeros(n + 1, dtype=np.int64)
     owner[frag.ravel()] = clusters.ravel()
@@ -91,7 +95,7 @@ def _group_tile(emb, fg, bg, bandwidth, bg_rule, bg_min_fragments, clusterer, ms
     bg_cluster = int(per_cluster.argmax())
     if bg_min_fragments > 0 and per_cluster[bg_cluster] >= bg_min_fragments:
         frag[clusters == bg_cluster] = 0
-        frag = _relabel(frag)
+        frag = relabel_sequential(frag)
     return frag, int(frag.max())
 
 
@@ -125,33 +129,15 @@ def _stitch(frag, means, ys, xs, bandwidth):
     return roots[frag]
 
 
-def _relabel(label):
-    """Ids made consecutive 1..N, in their order (O(N), no sort)."""
-    present = np.bincount(label.ravel()) > 0
-    present[0] = False
-    lut = np.cumsum(present).astype(np.int32)
-    lut[~present] = 0
-    return lut[label]
-
-
 def _clean(label, min_area, fill_holes):
     """Remove objects smaller than ``min_area``, fill holes per object, relabel 1..N."""
-    label = _relabel(label)
+    label = relabel_sequential(label)
     if label.max() == 0:
         return label
-    area = np.bincount(label.ravel())
-    small = area < int(min_area)
-    small[0] = False
-    label[small[label]] = 0
+    label = remove_small_objects(label, min_area)
     if fill_holes:
-        filled = label.copy()
-        for i, sl in enumerate(ndi.find_objects(label), start=1):
-            if sl is None:
-                continue
-            obj = ndi.binary_fill_holes(label[sl] == i)
-            filled[sl][obj & (filled[sl] == 0)] = i
-        label = filled
-    return _relabel(label)
+        label = fill_holes_per_object(label, keep_enclosed=True)
+    return relabel_sequential(label)
 
 
 def group_foreground(

@@ -5,7 +5,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure, segmentation
 
-__all__ = ["instances_from_foreground", "points_from_probability"]
+__all__ = [
+    "instances_from_foreground",
+    "points_from_probability",
+    "relabel_sequential",
+    "remove_small_objects",
+    "fill_holes_per_object",
+]
 
 
 def instances_from_foreground(
@@ -35,20 +41,9 @@ def instances_from_foreground(
     fg = np.asarray(fg, dtype=bool)
     if fg.ndim != 2:
         raise ValueError(f"foreground must be (H, W), got {fg.shape}")
-    label = measure.label(fg, connectivity=2)
-    if min_area > 0 and label.max():
-        area = np.bincount(label.ravel())
-        small = area < int(min_area)
-        small[0] = False
-        label[small[label]] = 0
-    if fill_holes and label.max():
-        filled = np.zeros_like(label)
-        for i, sl in enumerate(ndi.find_objects(label), start=1):
-            if sl is None:
-                continue
-            obj = ndi.binary_fill_holes(label[sl] == i)
-            filled[sl][obj & (filled[sl] == 0)] = i
-        label = filled
+    label = remove_small_objects(measure.label(fg, connectivity=2), min_area)
+    if fill_holes:
+        label = fill_holes_per_object(label)
     if split_touching and label.max():
         from skimage.feature import peak_local_max
 
@@ -59,10 +54,10 @@ def instances_from_foreground(
         markers = np.zeros(label.shape, dtype=np.int32)
         markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
         label = segmentation.watershed(-dist, markers, mask=label > 0)
-    return _relabel_sequential(label)
+    return relabel_sequential(label)
 
 
-def _relabel_sequential(label):
+def relabel_sequential(label):
     """Ids of ``label`` renumbered 1..N in their order (as ``skimage``'s ``relabel_sequential``,
     which sorts every pixel: a lookup table of the ids present is 10-20x faster)."""
     if label.size == 0:
@@ -72,6 +67,34 @@ def _relabel_sequential(label):
     lut = np.zeros(int(label.max()) + 1, dtype=np.int32)
     lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
     return lut[label]
+
+
+def remove_small_objects(label, min_area):
+    """``label`` (int instance map, modified in place and returned) without the objects of
+    fewer than ``min_area`` pixels (``min_area <= 0``: none removed)."""
+    if min_area > 0 and label.max():
+        small = np.bincount(label.ravel()) < int(min_area)
+        small[0] = False
+        label[small[label]] = 0
+    return label
+
+
+def fill_holes_per_object(label, keep_enclosed=False):
+    """A new instance map with the holes of each object filled with its id.
+
+    Objects are filled in id order and a pixel is never taken from an earlier object. An object
+    lying in a hole of an object of lower id is absorbed by it unless ``keep_enclosed`` (then
+    only background pixels are filled).
+    """
+    if not label.max():
+        return label.copy()
+    filled = label.copy() if keep_enclosed else np.zeros_like(label)
+    for i, sl in enumerate(ndi.find_objects(label), start=1):
+        if sl is None:
+            continue
+        obj = ndi.binary_fill_holes(label[sl] == i)
+        filled[sl][obj & (filled[sl] == 0)] = i
+    return filled
 
 
 def points_from_probability(prob, threshold=0.35, min_area=12, max_area=0):
