@@ -6,10 +6,15 @@ Grad-CAM (Eq. 3) and the selected pseudo-label P (Eq. 4) exactly as in a trainin
 (``NucleiWeakWang2024DoNuSeg.weak_losses``; batch norm in eval mode, nothing updated). For
 each label, pixel counts summed over the crops give: the precision and recall of its nucleus
 pixels, the share of the nucleus pixels it labels *background* (what L_dcs then teaches the
-segmentation head), the share of the crop it labels nucleus, and the mean alpha.
+segmentation head), the share of the crop it labels nucleus, and the mean alpha. For each
+block, also the area under the ROC curve of its raw (upsampled) CAM against the nucleus pixels,
+which no normalisation or threshold changes (0.5: no better than chance).
 
     .venv/bin/python benchmarks/wang2024_cam_quality.py --run OUTPUT_DIR [--data DIR]
-        [--split train] [--images 6] [--crops 2] [--size 192] [--seed 0]
+        [--split train] [--images 6] [--crops 2] [--size 192] [--seed 0] [--norm-window W]
+
+``--norm-window`` replaces the model's ``NUCLEIWEAK.WANG2024.CAM.NORM_WINDOW`` (0: min-max
+over the crop; odd: local maximum), to compare the scalings on one trained model.
 
 ``OUTPUT_DIR`` is a finished DoNuSeg run (its ``model_final.yaml``, or ``train/config.yaml``
 with ``model_final.pth``).
@@ -61,6 +66,21 @@ def summary(counts):
     return tp / max(fg, 1.0), tp / max(gt, 1.0), gt_bg / max(gt, 1.0), fg / max(total, 1.0)
 
 
+def roc_auc(score, gt):
+    """Area under the ROC curve of ``score`` separating ``gt`` pixels from the others.
+
+    The Mann-Whitney statistic with ties counted half (as ``sklearn.metrics.roc_auc_score``).
+    """
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.asarray(score, dtype=np.float64).ravel())
+    pos = np.asarray(gt, dtype=bool).ravel()
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs both nucleus and other pixels")
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def cam_labels(model, image, points):
     """M, every block's binarised CAM, P and alpha of one crop, as a training step makes them.
 
@@ -75,7 +95,8 @@ def cam_labels(model, image, points):
     Returns
     -------
     dict
-        ``"M"``, ``"P"`` ``(H, W)``, ``"binary"`` ``(K, H, W)`` uint8 and ``"alpha"`` ``(K,)``.
+        ``"M"``, ``"P"`` ``(H, W)``, ``"binary"`` ``(K, H, W)`` uint8, ``"alpha"`` ``(K,)`` and
+        ``"cams"`` ``(K, H, W)`` float, the raw CAMs upsampled bilinearly to the crop.
     """
     import torch
     from detectron2.structures import Instances
@@ -103,7 +124,13 @@ def cam_labels(model, image, points):
             )
     finally:
         model.train(was_training)
+    size = tuple(images.tensor.shape[-2:])
+    cams = [
+        torch.nn.functional.interpolate(c[:1, None].float(), size=size, mode="bilinear")[0, 0]
+        for c in labels["cams"]
+    ]
     return {
+        "cams": torch.stack(cams)[:, :h, :w].cpu().numpy(),
         "M": labels["initial_label"][0, :h, :w].cpu().numpy(),
         "P": labels["pseudo_label"][0, :h, :w].cpu().numpy(),
         "binary": labels["binary_cams"][0, :, :h, :w].cpu().numpy(),
@@ -139,6 +166,9 @@ def main(argv=None):
     parser.add_argument("--crops", type=int, default=2, help="random crops per image")
     parser.add_argument("--size", type=int, default=192, help="crop side (the training crop)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--norm-window", type=int, default=None, help="CAM scaling window (default: the model's)"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -151,11 +181,14 @@ def main(argv=None):
         return 0
     torch.set_num_threads(1)
     model, blocks = load_model(args.run)
+    if args.norm_window is not None:
+        model.cam_norm_window = int(args.norm_window)
     names = json.loads((root / "split.json").read_text())[args.split][: args.images]
     rng = np.random.default_rng(args.seed)
     kinds = ["M", "P", *blocks]
     counts = {k: np.zeros(5, dtype=np.int64) for k in kinds}
     alphas, t0 = {k: [] for k in ["P", *blocks]}, time.perf_counter()
+    aucs = {k: [] for k in blocks}
     for name in names:
         image = read_image(root / "images" / f"{name}.png")
         inst = read_label(root / "labels" / f"{name}.png")
@@ -172,19 +205,23 @@ def main(argv=None):
             for k, block in enumerate(blocks):
                 counts[block] += label_counts(out["binary"][k], gt)
                 alphas[block].append(float(out["alpha"][k]))
+                if gt.any() and not gt.all():
+                    aucs[block].append(roc_auc(out["cams"][k], gt))
     n = len(names) * args.crops
     print(
         f"{root.name} {args.split}: {n} crops of {args.size}² from {len(names)} images, 100 % "
-        f"bbox-centre points, run {args.run}, {time.perf_counter() - t0:.1f} s"
+        f"bbox-centre points, run {args.run}, CAM scaling window "
+        f"{model.cam_norm_window or 'none (min-max)'}, {time.perf_counter() - t0:.1f} s"
     )
     print(
         f"{'label':<8}{'nucleus prec':>13}{'nucleus rec':>12}{'gt as bg':>10}"
-        f"{'crop fg':>9}{'alpha':>8}"
+        f"{'crop fg':>9}{'alpha':>8}{'CAM AUC':>9}"
     )
     for kind in kinds:
         prec, rec, as_bg, fg = summary(counts[kind])
         alpha = f"{np.mean(alphas[kind]):>8.3f}" if kind in alphas else f"{'':>8}"
-        print(f"{kind:<8}{prec:>13.3f}{rec:>12.3f}{as_bg:>10.3f}{fg:>9.3f}{alpha}")
+        auc = f"{np.mean(aucs[kind]):>9.3f}" if aucs.get(kind) else ""
+        print(f"{kind:<8}{prec:>13.3f}{rec:>12.3f}{as_bg:>10.3f}{fg:>9.3f}{alpha}{auc}")
     return 0
 
 

@@ -89,3 +89,23 @@ def test_masked_bce_is_eq1_per_image_then_mean():
     y = torch.sigmoid(logits[0])
     per_image = -(torch.log(y[0, 0]) + torch.log(1 - y[0, 1]) + torch.log(y[1, 1])) / 3
     torch.testing.assert_close(masked_bce(logits, label), per_image / 2)  # 2nd image adds 0
+
+
+def test_normalize_cam_local_window():
+    # two peaks of 4 and 1, five pixels apart: a window of 3 sees one peak at a time
+    cam = torch.tensor([[[4.0, 2.0, 0.0, 0.0, 0.5, 1.0]]])
+    valid = torch.ones(1, 1, 6, dtype=torch.bool)
+    norm = normalize_cam(cam, (1, 6), valid, eps=0.0, window=3)
+    torch.testing.assert_close(norm[0, 0, [0, 1, 4, 5]], torch.tensor([1.0, 0.5, 0.5, 1.0]))
+    assert norm[0, 0, 2] == 0 and norm[0, 0, 3] == 0
+    # the global min-max leaves the weaker peak at 1/4, below theta 0.8
+    assert normalize_cam(cam, (1, 6), valid)[0, 0, 5] < 0.26
+    # a window wider than the map is the global max (min 0: a ReLU map)
+    wide = normalize_cam(cam, (1, 6), valid, eps=0.0, window=13)
+    torch.testing.assert_close(wide, cam / 4.0)
+    # padding: 0 and not a local maximum for its neighbours
+    valid[0, 0, 0] = False
+    norm = normalize_cam(cam, (1, 6), valid, eps=0.0, window=3)
+    assert norm[0, 0, 0] == 0 and norm[0, 0, 1] == 1.0
+    with pytest.raises(ValueError, match="odd"):
+        normalize_cam(cam, (1, 6), valid, window=4)

@@ -47,8 +47,14 @@ def grad_cam(scores, features):
     return cams
 
 
-def normalize_cam(cam, size, valid=None, eps=1e-7):
+def normalize_cam(cam, size, valid=None, eps=1e-7, window=0):
     """Upsample CAMs to ``size`` (bilinear) and scale each to [0, 1] by its min and max.
+
+    ``window > 0`` (**deviation**, off by default): each pixel is divided instead by the CAM's
+    maximum in the ``window`` × ``window`` square around it (``window`` odd), so every local
+    peak reaches 1. The paper does not say how CAMs are scaled before θ; with the global
+    min-max (``pytorch_grad_cam``'s ``scale_cam_image``) only the most activated nuclei of a
+    crop with dozens pass θ 0.8 (measured on MoNuSeg, ``benchmarks/wang2024_cam_quality.py``).
 
     Parameters
     ----------
@@ -62,6 +68,8 @@ def normalize_cam(cam, size, valid=None, eps=1e-7):
     eps : float
         Added to the range, as ``pytorch_grad_cam.utils.image.scale_cam_image`` (a constant
         map becomes 0).
+    window : int
+        0: global min-max; odd > 0: local maximum normalisation (see above).
 
     Returns
     -------
@@ -73,6 +81,13 @@ def normalize_cam(cam, size, valid=None, eps=1e-7):
     )[:, 0]
     if valid is None:
         valid = torch.ones_like(up, dtype=torch.bool)
+    if window:
+        if window < 0 or window % 2 == 0:
+            raise ValueError(f"CAM normalisation window must be 0 or odd, got {window}")
+        up = up.masked_fill(~valid, 0.0)  # ReLU output: 0 is the minimum
+        local = F.max_pool2d(up[:, None], int(window), stride=1, padding=int(window) // 2)[:, 0]
+        out = up / (local + eps)
+        return torch.where(valid, out.clamp(0, 1), torch.zeros_like(out))
     lo = up.masked_fill(~valid, float("inf")).amin(dim=(1, 2))
     hi = up.masked_fill(~valid, float("-inf")).amax(dim=(1, 2))
     lo, hi = torch.nan_to_num(lo, posinf=0.0), torch.nan_to_num(hi, neginf=0.0)  # no valid pixel

@@ -55,6 +55,9 @@ def add_wang2024_config(cfg):
     _W.CAM.BLOCKS = ["res2", "res3", "res4", "res5"]
     # theta of Eq. 3: CAM > theta is nucleus, CAM <= 1 - theta background, else ignored (0.8).
     _W.CAM.THETA = 0.8
+    # CAM scaling before theta: 0 = min-max over the image (pytorch_grad_cam); odd > 0 = each
+    # pixel over the CAM's maximum in that window (a deviation: every local peak reaches 1).
+    _W.CAM.NORM_WINDOW = 0
 
     _W.SEG = CN()
     # FPN levels the shared segmentation head runs on; its hidden features are upsampled to the

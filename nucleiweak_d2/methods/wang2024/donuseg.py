@@ -76,6 +76,9 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
         Radii of the initial label M.
     theta : float
         CAM binarisation threshold (Eq. 3).
+    cam_norm_window : int
+        0: CAMs scaled by their min and max over the image; odd > 0: by the local maximum in a
+        window of that side (a deviation, see :func:`.cam.normalize_cam`).
     tau, key_fraction : float
         Contrastive loss temperature and fraction of keys.
     loss_weights : dict
@@ -108,6 +111,7 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
         r=4.0,
         d=20.0,
         theta=0.8,
+        cam_norm_window=0,
         tau=1.0,
         key_fraction=1.0,
         loss_weights=None,
@@ -170,6 +174,11 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
         self.cam_blocks, self.seg_in_features = list(cam_blocks), list(seg_in_features)
         self._blocks = sorted(blocks)
         self.r, self.d, self.theta = float(r), float(d), float(theta)
+        if cam_norm_window < 0 or (cam_norm_window and cam_norm_window % 2 == 0):
+            raise ValueError(
+                f"NUCLEIWEAK.WANG2024.CAM.NORM_WINDOW must be 0 or odd, got {cam_norm_window}"
+            )
+        self.cam_norm_window = int(cam_norm_window)
         self.tau, self.key_fraction = float(tau), float(key_fraction)
         self.loss_weights = {k: 1.0 for k in LOSS_KEYS}
         self.loss_weights.update({k: float(v) for k, v in (loss_weights or {}).items()})
@@ -243,6 +252,7 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
             "r": w.R,
             "d": w.D,
             "theta": w.CAM.THETA,
+            "cam_norm_window": w.CAM.NORM_WINDOW,
             "tau": w.CCL.TAU,
             "key_fraction": w.CCL.KEY_FRACTION,
             "loss_weights": {
@@ -340,8 +350,9 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
         labels : dict
             ``initial_label`` M, ``pseudo_label`` P (``(N, H, W)`` uint8, 0/1/2 = ignored),
             ``valid`` (``(N, H, W)`` bool, the image pixels, not the padding), and every
-            block's binarised CAM ``binary_cams`` (``(N, K, H, W)``) with its ``alpha``
-            (``(N, K)``), which ``benchmarks/wang2024_cam_quality.py`` scores.
+            block's raw Grad-CAM ``cams`` (list of ``(N, h_k, w_k)``) and binarised CAM
+            ``binary_cams`` (``(N, K, H, W)``) with its ``alpha`` (``(N, K)``), which
+            ``benchmarks/wang2024_cam_quality.py`` scores.
         """
         size = tuple(images.tensor.shape[-2:])
         valid = torch.zeros((len(gt), *size), dtype=torch.bool, device=self.device)
@@ -355,7 +366,13 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
         loss_loc = F.mse_loss(loc, point_count_map(points, loc.shape[-2:], stride, self.device))
         cams = grad_cam(loc.sum(dim=(1, 2, 3)), [feats[b] for b in self.cam_blocks])
         binary = torch.stack(
-            [binarize_cam(normalize_cam(c, size, valid), self.theta, valid) for c in cams], dim=1
+            [
+                binarize_cam(
+                    normalize_cam(c, size, valid, window=self.cam_norm_window), self.theta, valid
+                )
+                for c in cams
+            ],
+            dim=1,
         )
         alpha = similarity_rate(binary, m)
         p, alpha_p, index = select_cam(binary, alpha)
@@ -374,7 +391,7 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
         for k, block in enumerate(self.cam_blocks):
             storage.put_scalar(f"wang2024/selected_{block}", (index == k).float().mean().item())
         labels = {"initial_label": m, "pseudo_label": p, "valid": valid}
-        return losses, {**labels, "binary_cams": binary, "alpha": alpha}
+        return losses, {**labels, "cams": cams, "binary_cams": binary, "alpha": alpha}
 
     def ignore_maps(self, initial_label, pseudo_label, valid):
         """Per image, the pixels where unmatched anchor points are ignored: M's foreground and
