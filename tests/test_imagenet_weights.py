@@ -236,3 +236,50 @@ def test_convert_tool_gives_detectron2_fpn_models_the_imagenet_encoder(tmp_path)
         tool.convert(src, dst)
     with pytest.raises(ValueError, match="not found"):
         tool.convert(tmp_path / "missing.pth", tmp_path / "x.pkl")
+
+
+@pytest.mark.parametrize(
+    "config, opts",
+    [
+        ("configs/quick/feng2019_partial_instant_test.yaml", []),
+        (
+            "configs/quick/feng2019_baseline_instant_test.yaml",
+            ["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.BACKBONE.FREEZE_AT", "2"],
+        ),
+        ("configs/quick/wang2024_instant_test.yaml", ["MODEL.RESNETS.STEM_OUT_CHANNELS", "64"]),
+    ],
+)
+def test_detectors_load_imagenet_weights_into_the_fpn_resnet(tmp_path, caplog, config, opts):
+    import nucleiweak_d2.methods.feng2019  # noqa: F401  (registers the methods)
+    import nucleiweak_d2.methods.wang2024  # noqa: F401
+
+    net = _torchvision_resnet(18)
+    path = _save(net, tmp_path)
+    opts = ["MODEL.DEVICE", "cpu", *opts]
+    with caplog.at_level(logging.INFO, logger="nucleiweak_d2"):
+        model = build_model(setup_cfg(config, opts + ["NUCLEIWEAK.UNET.IMAGENET_WEIGHTS", path]))
+    resnet = model.backbone.bottom_up
+    assert torch.equal(resnet.stem.conv1.weight, net.conv1.weight)
+    assert torch.equal(resnet.res5[1].conv2.weight, net.layer4[1].conv2.weight)
+    assert torch.equal(
+        resnet.res3[0].shortcut.norm.running_var, net.layer2[0].downsample[1].running_var
+    )
+    assert "ResNet tensors loaded" in caplog.text
+    # without the key the ResNet is random, as before
+    plain = build_model(setup_cfg(config, opts)).backbone.bottom_up
+    assert not torch.equal(plain.stem.conv1.weight, net.conv1.weight)
+
+
+def test_resnet_fpn_builder_is_detectron2s_without_the_key():
+    from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+
+    from nucleiweak_d2.modeling.backbone import build_nucleiweak_resnet_fpn_backbone
+
+    cfg = setup_cfg("configs/quick/feng2019_baseline_instant_test.yaml", ["MODEL.DEVICE", "cpu"])
+    assert cfg.MODEL.BACKBONE.NAME == "build_nucleiweak_resnet_fpn_backbone"
+    torch.manual_seed(3)
+    ours = build_nucleiweak_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).state_dict()
+    torch.manual_seed(3)
+    theirs = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -65,7 +65,8 @@ def add_unet_config(cfg):
     # Point detector: components larger than this (pixels) are dropped (0 = no limit).
     _C.NUCLEIWEAK.UNET.POINT_MAX_AREA = 200
     # Local torchvision ResNet .pth (resnet18/34/50-*.pth) loaded into the encoder when the model
-    # is built ("" = random encoder; skipped when MODEL.WEIGHTS is set). Needs torchvision's widths
+    # is built ("" = random encoder; skipped when MODEL.WEIGHTS is set); also the ResNet of the
+    # Mask R-CNN (feng2019) and FCOS (wang2024) models, whose FPN and heads stay random. Needs torchvision's widths
     # and depth, INPUT.FORMAT RGB/BGR with ImageNet PIXEL_MEAN/STD in that order (see
     # modeling/backbone/imagenet.py) and, for R50+, RESNETS.STRIDE_IN_1X1 False.
     _C.NUCLEIWEAK.UNET.IMAGENET_WEIGHTS = ""

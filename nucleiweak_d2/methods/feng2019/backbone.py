@@ -6,7 +6,8 @@ Registered in Detectron2's ``BACKBONE_REGISTRY`` as ``build_nucleiweak_feng2019_
 named in ``cfg.NUCLEIWEAK.FENG2019.ATTENTION_LEVELS`` after the FPN's 3x3 output convolution,
 as the Feng lab code does (``MODEL.FPN.USE_DA``). Parameter names of the FPN are those of
 ``build_resnet_fpn_backbone``, so checkpoints of the plain model load into it (the attention
-blocks then start from their identity initialisation).
+blocks then start from their identity initialisation). ``NUCLEIWEAK.UNET.IMAGENET_WEIGHTS`` is
+loaded into the ResNet as in ``build_nucleiweak_resnet_fpn_backbone``.
 """
 
 from detectron2.layers import ShapeSpec
@@ -14,6 +15,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, build_resnet_ba
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
+from ...modeling.backbone.imagenet import imagenet_weights_into_backbone
 from .attention import DecomposedSelfAttention
 
 __all__ = ["AttentionFPN", "build_nucleiweak_feng2019_attention_fpn_backbone"]
@@ -81,8 +83,10 @@ def build_nucleiweak_feng2019_attention_fpn_backbone(cfg, input_shape: ShapeSpec
     AttentionFPN
     """
     fcfg = cfg.NUCLEIWEAK.FENG2019
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    imagenet_weights_into_backbone(cfg, bottom_up)
     return AttentionFPN(
-        bottom_up=build_resnet_backbone(cfg, input_shape),
+        bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,

@@ -1,6 +1,6 @@
 """``NucleiWeakWang2024DoNuSeg``: DoNuSeg (Wang et al., MICCAI 2024) on Detectron2's FCOS.
 
-An FPN-ResNet (``MODEL.BACKBONE.NAME``, ``build_resnet_fpn_backbone``), the FCOS head on the
+An FPN-ResNet (``MODEL.BACKBONE.NAME``, ``build_nucleiweak_resnet_fpn_backbone``), the FCOS head on the
 FPN levels (``MODEL.RETINANET`` keys) and three heads of :mod:`.heads`:
 
 Training (from the annotated points of each augmented crop only)
@@ -134,7 +134,7 @@ class NucleiWeakWang2024DoNuSeg(IgnoreAwareFCOS):
         if encoder is None:
             raise ValueError(
                 "DoNuSeg needs an FPN backbone with a bottom_up encoder "
-                f"(build_resnet_fpn_backbone), got {type(self.backbone).__name__}"
+                f"(build_nucleiweak_resnet_fpn_backbone), got {type(self.backbone).__name__}"
             )
         fpn = self.backbone.output_shape()
         blocks = {loc_in_feature, *cam_blocks} | ({ccl_in_feature} - set(fpn))

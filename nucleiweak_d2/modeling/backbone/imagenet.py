@@ -46,6 +46,7 @@ __all__ = [
     "check_imagenet_normalisation",
     "convert_torchvision_resnet",
     "imagenet_weights_from_cfg",
+    "imagenet_weights_into_backbone",
     "load_imagenet_weights",
 ]
 
@@ -316,3 +317,28 @@ def imagenet_weights_from_cfg(cfg, encoder):
             "set MODEL.RESNETS.STRIDE_IN_1X1 False"
         )
     return load_imagenet_weights(encoder, path, input_format=cfg.INPUT.FORMAT)
+
+
+def imagenet_weights_into_backbone(cfg, backbone):
+    """:func:`imagenet_weights_from_cfg` for a Detectron2 detector's backbone.
+
+    The ResNet of an FPN backbone is its ``bottom_up``; any other backbone is taken as the
+    ResNet itself. Used by the detectors' backbone builders (Mask R-CNN, FCOS), whose FPN and
+    heads keep their random initialisation.
+
+    Returns
+    -------
+    list[str] or None
+        The ResNet keys loaded; ``None`` when nothing was loaded.
+    """
+    encoder = getattr(backbone, "bottom_up", backbone)
+    loaded = imagenet_weights_from_cfg(cfg, encoder)
+    if loaded is not None:
+        logger.info(
+            "ImageNet weights %s: %d ResNet tensors loaded into %s; the FPN and the heads keep "
+            "their random initialisation",
+            cfg.NUCLEIWEAK.UNET.IMAGENET_WEIGHTS,
+            len(loaded),
+            type(encoder).__name__,
+        )
+    return loaded
