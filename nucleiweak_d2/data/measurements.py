@@ -196,16 +196,8 @@ def measure_nuclei(label, image, ids=None, hed=None):
         ids = ids[ids > 0]
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     n = len(ids)
-    keys = (
-        "centroid_x",
-        "centroid_y",
-        "area",
-        "perimeter",
-        "eccentricity",
-        "solidity",
-        "hematoxylin_od",
-        "eosin_od",
-    )
+    # the measured columns: those between "id" and "score" (score and sizes come from elsewhere)
+    keys = MEASUREMENT_COLUMNS[1 : MEASUREMENT_COLUMNS.index("score")]
     out = {"id": ids.copy()}
     out.update({k: np.full(n, np.nan) for k in keys})
     if not n:
