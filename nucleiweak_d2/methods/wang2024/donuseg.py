@@ -1,7 +1,7 @@
 """``NucleiWeakWang2024DoNuSeg``: DoNuSeg (Wang et al., MICCAI 2024) on Detectron2's FCOS.
 
-An FPN-ResNet (``MODEL.BACKBONE.NAME``, ``build_nucleiweak_resnet_fpn_backbone``), the FCOS head on the
-FPN levels (``MODEL.RETINANET`` keys) and three heads of :mod:`.heads`:
+An FPN-ResNet (``MODEL.BACKBONE.NAME``, ``build_nucleiweak_resnet_fpn_backbone``), the FCOS
+head on the FPN levels (``MODEL.RETINANET`` keys) and three heads of :mod:`.heads`:
 
 Training (from the annotated points of each augmented crop only)
     - L_det: FCOS losses on pseudo-boxes of the points (:mod:`.pseudo_boxes`). With partial
