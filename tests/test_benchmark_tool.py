@@ -252,6 +252,36 @@ def test_study_table_of_the_feng2019_models():
     assert "Feng et al. 2019" not in plain
 
 
+def test_study_table_of_donuseg_has_table_1_metrics_and_the_papers_row():
+    """DoNuSeg rows (main config and an ablation leaf) get Dice / AJI / DQ / SQ / PQ, followed
+    by Table 1's TNBC row on the TNBC leaderboard and by no published row on MoNuSeg."""
+    rows = []
+    for leaf, seed, aji in [("R18_monuseg_p10_cpu", 0, 0.2), ("R18_monuseg_p10_cpu", 1, 0.3)]:
+        rows.append(_row("wang2024", 1.0, "0", seed, aji))
+    rows.append(_row("wang2024", 1.0, "0", 0, 0.1) | {"config_file": "x/R18_no_dcs.yaml"})
+    for r in rows:
+        r["metrics"]["test"] |= {"DQ": r["metrics"]["test"]["AJI"] + 0.1, "SQ": 0.6}
+        r.setdefault("config_file", "configs/wang2024/R18_monuseg_p10_cpu.yaml")
+    tnbc = [r | {"data": "/d/tnbc"} for r in rows]
+    lines = benchmarking.leaderboard(tnbc, "/d/tnbc", ["test"]).splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("## Wang et al. 2024"))
+    table = lines[start : lines.index("", start + 4)]
+    assert table[4] == (
+        "| model | ratio | seeds | pixel_F1 | Dice_obj | AJI | DQ | SQ | PQ | CPU min |"
+    )
+    assert table[6].startswith("| wang2024 (R18_monuseg_p10_cpu) | 1 | 0,1 | ")
+    assert "| 0.2500 ± 0.0707 | 0.3500 ± 0.0707 | 0.6000 ± 0.0000 |" in table[6]
+    assert table[7].startswith("| wang2024 (R18_no_dcs) | 1 | 0 | ")
+    assert table[8] == (
+        "| published: Wang 2024, Table 1 (5-fold 3:1:1, not our split) | 1 | n/a | n/a "
+        "| 0.6399 | 0.5006 | 0.5877 | 0.6875 | 0.4064 | n/a |"
+    )
+    assert len(table) == 9
+    mo = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test"]).splitlines()
+    start = next(i for i, x in enumerate(mo) if x.startswith("## Wang et al. 2024"))
+    assert not any(x.startswith("| published") for x in mo[start : mo.index("", start + 4)])
+
+
 def test_feng2019_models_plan_once_at_a_fixed_ratio(synthetic_root, tmp_path):
     names = ["feng2019", "feng2019_baseline", "feng2019_baseline_crop", "feng2019_baseline_full"]
     configs = {m: str(benchmarking.REPO / benchmarking.METHODS[m].config) for m in names}

@@ -12,13 +12,24 @@ __all__ = ["COLUMNS", "STUDY_TABLES", "leaderboard", "plot_points", "write_plots
 COLUMNS = ("AJI", "Dice_obj", "pixel_F1", "PQ", "det_F1")
 
 #: Tables of their own for the models of one study, on the first test split: ``(title,
-#: method prefix, columns)``; every group whose method starts with the prefix is a row, with the
-#: metrics the study is judged on (issue 17: Feng et al.'s module and the paper's baselines).
+#: method prefix, columns, caption)``; every group whose method starts with the prefix is a row,
+#: with the metrics the study is judged on, followed by the published entries of the prefix's
+#: methods on the same dataset (issue 17: Feng et al.'s module and the paper's baselines;
+#: issue 15: DoNuSeg with the five metrics of Wang et al.'s Table 1).
 STUDY_TABLES = (
     (
         "Feng et al. 2019: partial-annotation module and the paper's baselines",
         "feng2019",
         ("AJI", "obj_F1", "segm/AP", "mAP_kaggle", "det_F1"),
+        "obj_F1: objects matched at IoU > 0.5; segm/AP: COCO mask AP (0-100); "
+        "mAP_kaggle: the 2018 Data Science Bowl mean AP over IoU 0.5-0.95.",
+    ),
+    (
+        "Wang et al. 2024 (DoNuSeg): the metrics of the paper's Table 1",
+        "wang2024",
+        ("pixel_F1", "Dice_obj", "AJI", "DQ", "SQ", "PQ"),
+        "The paper's DICE is not defined there (pixel or object level); its value sits under "
+        "Dice_obj. DQ, SQ, PQ: panoptic quality at IoU > 0.5 (Kirillov et al.).",
     ),
 )
 
@@ -165,7 +176,7 @@ def leaderboard(rows, data, test_splits):
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += _study_tables(groups, test_splits[0])
+    lines += _study_tables(groups, test_splits[0], data.name)
     published = [p for p in PUBLISHED if p["dataset"] == data.name]
     if published:
         lines += [
@@ -194,10 +205,11 @@ def leaderboard(rows, data, test_splits):
     return "\n".join(lines) + "\n"
 
 
-def _study_tables(groups, split):
-    """Markdown lines of :data:`STUDY_TABLES` that have rows (mean ± std over seeds)."""
+def _study_tables(groups, split, dataset):
+    """Markdown lines of :data:`STUDY_TABLES` that have rows (mean ± std over seeds), each
+    followed by the published entries of its methods on ``dataset`` (a folder name)."""
     lines = []
-    for title, prefix, columns in STUDY_TABLES:
+    for title, prefix, columns, caption in STUDY_TABLES:
         chosen = [(k, g) for k, g in groups.items() if k[0].startswith(prefix)]
         if not chosen:
             continue
@@ -205,8 +217,7 @@ def _study_tables(groups, split):
         lines += [
             f"## {title} ({split})",
             "",
-            "obj_F1: objects matched at IoU > 0.5; segm/AP: COCO mask AP (0-100); "
-            "mAP_kaggle: the 2018 Data Science Bowl mean AP over IoU 0.5-0.95.",
+            caption,
             "",
             "| " + " | ".join(head) + " |",
             "|---" * len(head) + "|",
@@ -220,6 +231,16 @@ def _study_tables(groups, split):
                 _minutes_cell(group, "cpu_min"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+        for p in PUBLISHED:
+            if p["method"].startswith(prefix) and p["dataset"] == dataset:
+                cells = [
+                    f"published: {p['source']}",
+                    _ratio_cell(p["ratio"]),
+                    "n/a",
+                    *[f"{p[m]:.4f}" if m in p else "n/a" for m in columns],
+                    "n/a",
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
