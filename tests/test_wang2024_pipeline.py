@@ -216,3 +216,46 @@ def test_pipeline_two_iterations_resume_and_eval_only(tiny_dataset):
     ).run()
     assert ev2["segmentation"]["wang2024_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
     assert (fresh / "metrics.json").is_file() and not (fresh / "train").exists()
+
+
+def test_select_during_training_scores_each_evaluation_at_the_val_best_thresholds(
+    tiny_dataset, monkeypatch
+):
+    """``SELECT.DURING_TRAINING``: the training stage's evaluations first set the model's
+    thresholds to the pair the select stage would choose; the plain Trainer never does."""
+    from nucleiweak_d2.engine.trainer import Trainer, val_choosing_trainer
+    from nucleiweak_d2.methods.wang2024 import pipeline as wp
+
+    cfg = _cfg(tiny_dataset / "select_eval", ["NUCLEIWEAK.WANG2024.SELECT.DURING_TRAINING", "True"])
+    torch.manual_seed(0)
+    model = Trainer.build_model(cfg)
+    model.train()
+    config_pair = (0.5, 0.2)
+    Trainer.test(cfg, model)  # tools/train_net.py --eval-only: the config's thresholds
+    assert (model.seg_threshold, model.test_score_thresh) == config_pair
+    best, scores = wp.select_on_val(cfg, model, "wang2024_smoke_val")
+    assert set(scores) == {"0.5/0.2", "0.5/0.05", "0.3/0.2", "0.3/0.05"}
+    assert scores[f"{best[0]:g}/{best[1]:g}"] == max(scores.values())
+    assert best != config_pair  # (ties go to the grid's first pair) so the checks below can fail
+    assert (model.seg_threshold, model.test_score_thresh) == config_pair  # left as it was
+    assert model.output_instances and model.training
+    selecting = val_choosing_trainer(Trainer, wp.select_during_training, "Selecting")
+    assert selecting.__name__ == "SelectingTrainer"
+    results = selecting.test(cfg, model)
+    assert (model.seg_threshold, model.test_score_thresh) == best
+    assert results["nuclei"]["AJI"] == pytest.approx(max(scores.values()), abs=1e-9)
+    assert model.training
+
+    # the pipeline's training stage uses it before its periodic evaluation (EVAL_PERIOD 2)
+    calls = []
+
+    def spy(trainer, c, m, dataset):
+        calls.append((trainer.__name__, dataset))
+        return wp.select_on_val(c, m, dataset, trainer)
+
+    monkeypatch.setattr(wp, "select_during_training", spy)
+    NucleiWeakWang2024Pipeline(cfg).run()
+    assert calls == [("SelectingTrainer", "wang2024_smoke_val")]
+    calls.clear()
+    NucleiWeakWang2024Pipeline(_cfg(tiny_dataset / "select_after")).run()
+    assert calls == []  # off by default

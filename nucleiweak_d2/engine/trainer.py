@@ -28,6 +28,7 @@ __all__ = [
     "CPUAutocastTrainer",
     "calibrate_during_training",
     "calibrating_trainer",
+    "val_choosing_trainer",
     "cpu_bf16_enabled",
 ]
 
@@ -224,26 +225,42 @@ class Trainer(DefaultTrainer):
         return maybe_add_gradient_clipping(cfg, optimizer)
 
 
-def calibrating_trainer(trainer):
-    """A subclass of ``trainer`` whose evaluations first calibrate a segmentor on val.
+def val_choosing_trainer(trainer, choose, prefix):
+    """A subclass of ``trainer`` whose evaluations first make a val-only choice on the model.
 
-    Each periodic evaluation (and :meth:`test`) chooses the model's foreground threshold and
-    split on ``DATASETS.TEST[0]`` with :func:`calibrate_during_training`, so the evaluation, and
-    the checkpoint selected by it, is scored at the model's own best post-processing instead of
-    0.5. Only for training stages whose ``DATASETS.TEST[0]`` is the val split: a pipeline applies
-    it there (``NUCLEIWEAK.UNET.CALIBRATE_EVAL``); the plain :class:`Trainer`, which
-    ``tools/train_net.py --eval-only`` uses on any split, never calibrates.
+    Each periodic evaluation (and :meth:`test`) calls ``choose(trainer_class, cfg, model,
+    DATASETS.TEST[0])``, which sets the model's post-processing in place, then evaluates as
+    ``trainer`` does; so the evaluation, and the checkpoint selected by it, is scored at the
+    model's own best post-processing instead of the config's. Only for training stages whose
+    ``DATASETS.TEST[0]`` is the val split (a pipeline applies it there); the plain
+    :class:`Trainer`, which ``tools/train_net.py --eval-only`` uses on any split, never chooses.
+
+    Parameters
+    ----------
+    trainer : type
+        A :class:`Trainer` (sub)class.
+    choose : callable
+        ``choose(trainer_class, cfg, model, dataset_name)``; its return value is ignored.
+    prefix : str
+        Prepended to ``trainer``'s name to name the subclass.
     """
 
-    class CalibratingTrainer(trainer):
+    class ValChoosingTrainer(trainer):
         @classmethod
         def test(cls, cfg, model, evaluators=None):
             if cfg.DATASETS.TEST:
-                calibrate_during_training(cls, cfg, model, cfg.DATASETS.TEST[0])
+                choose(cls, cfg, model, cfg.DATASETS.TEST[0])
             return super().test(cfg, model, evaluators)
 
-    CalibratingTrainer.__name__ = CalibratingTrainer.__qualname__ = f"Calibrating{trainer.__name__}"
-    return CalibratingTrainer
+    ValChoosingTrainer.__name__ = ValChoosingTrainer.__qualname__ = prefix + trainer.__name__
+    return ValChoosingTrainer
+
+
+def calibrating_trainer(trainer):
+    """A subclass of ``trainer`` whose evaluations first calibrate a segmentor on val
+    (:func:`calibrate_during_training`; ``NUCLEIWEAK.UNET.CALIBRATE_EVAL``), see
+    :func:`val_choosing_trainer`."""
+    return val_choosing_trainer(trainer, calibrate_during_training, "Calibrating")
 
 
 def calibrate_during_training(trainer, cfg, model, dataset_name):

@@ -121,6 +121,9 @@ def add_wang2024_config(cfg):
     _W.SELECT.SEG_THRESHOLDS = []
     # Candidate FCOS score thresholds (MODEL.RETINANET.SCORE_THRESH_TEST) of that stage.
     _W.SELECT.SCORE_THRESHOLDS = []
+    # Also make that choice before every periodic val evaluation of the training stage, so the
+    # checkpoint kept is the best at its own thresholds rather than at the config's (needs a grid).
+    _W.SELECT.DURING_TRAINING = False
 
     _W.INSTANCES = CN()
     # Owner of a foreground pixel inside several boxes: "nearest_center" (the box whose centre
