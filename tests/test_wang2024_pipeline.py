@@ -259,3 +259,13 @@ def test_select_during_training_scores_each_evaluation_at_the_val_best_threshold
     calls.clear()
     NucleiWeakWang2024Pipeline(_cfg(tiny_dataset / "select_after")).run()
     assert calls == []  # off by default
+    no_grid = [
+        "NUCLEIWEAK.WANG2024.SELECT.DURING_TRAINING",
+        "True",
+        "NUCLEIWEAK.WANG2024.SELECT.SEG_THRESHOLDS",
+        "[]",
+        "NUCLEIWEAK.WANG2024.SELECT.SCORE_THRESHOLDS",
+        "[]",
+    ]
+    with pytest.raises(ValueError, match="DURING_TRAINING needs a grid"):
+        NucleiWeakWang2024Pipeline(_cfg(tiny_dataset / "no_grid", no_grid)).run()

@@ -148,6 +148,11 @@ class NucleiWeakWang2024Pipeline(StagedPipeline):
         )
 
     def stages(self):
+        if self.cfg.NUCLEIWEAK.WANG2024.SELECT.DURING_TRAINING and not self._selects():
+            raise ValueError(
+                "NUCLEIWEAK.WANG2024.SELECT.DURING_TRAINING needs a grid: set "
+                "SELECT.SEG_THRESHOLDS and/or SELECT.SCORE_THRESHOLDS"
+            )
         stages = [Stage("train", self.training, seed_offset=0)]
         if self._selects():
             stages.append(Stage(SELECT_STAGE, self.select_thresholds))
@@ -155,7 +160,7 @@ class NucleiWeakWang2024Pipeline(StagedPipeline):
 
     def training(self):
         trainer = Trainer
-        if self._selects() and self.cfg.NUCLEIWEAK.WANG2024.SELECT.DURING_TRAINING:
+        if self.cfg.NUCLEIWEAK.WANG2024.SELECT.DURING_TRAINING:
             trainer = val_choosing_trainer(Trainer, select_during_training, "Selecting")
         metric = self.cfg.NUCLEIWEAK.WANG2024.SELECT_METRIC
         return {"weights": self.train(self.stage_cfg(), metric, trainer=trainer)}
