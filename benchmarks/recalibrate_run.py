@@ -8,7 +8,11 @@ per-image test AJI and object Dice with that choice and with the argmax (0.5, no
 alone decides; test is only scored. The recalibrated weights are not written.
 
     .venv/bin/python benchmarks/recalibrate_run.py RUN_DIR [--stage crf] [--data DIR]
-        [--val val] [--test test]
+        [--val val] [--test test] [--opts KEY VALUE ...]
+
+``--opts`` overrides the stage's config, e.g. ``NUCLEIWEAK.UNET.TEST_FLIPS 8`` to measure
+test-time flips on a trained model (the threshold and split distance are chosen again on val
+with them).
 """
 
 import argparse
@@ -50,6 +54,7 @@ def main(argv=None):
     parser.add_argument("--data", default=None, help="folder dataset (default MoNuSeg/MO)")
     parser.add_argument("--val", default="val")
     parser.add_argument("--test", default="test")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     root = Path(args.data) if args.data else data_root()
     stage = Path(args.run) / args.stage
@@ -68,7 +73,9 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     t0 = time.time()
-    predictor = load_predictor(stage / "config.yaml", stage / "model_best.pth", device="cpu")
+    predictor = load_predictor(
+        stage / "config.yaml", stage / "model_best.pth", device="cpu", opts=args.opts
+    )
     model = predictor.model
     val = records(root, args.val)
     info = calibrate_fg_threshold(model, val, lambda r: predictor.run_model(r["image"]))

@@ -37,6 +37,9 @@ def add_unet_config(cfg):
     _C.NUCLEIWEAK.UNET.FAST_CPU_INFERENCE = False
     # Overlap of inference tiles in pixels (Qu et al.: 224 tiles, overlap 80).
     _C.NUCLEIWEAK.UNET.INFERENCE_OVERLAP = 80
+    # Test-time augmentation (not in the papers): logits averaged over 1 (off), 2, 4 or 8
+    # flips/transposes of the input; segmentors and point detectors only. Costs that many forwards.
+    _C.NUCLEIWEAK.UNET.TEST_FLIPS = 1
     # Segmentor: foreground probability threshold forced at inference, in (0, 1); <= 0 uses the
     # threshold saved in the weights (chosen on val by a pipeline's calibration, else 0.5 = argmax).
     _C.NUCLEIWEAK.UNET.FG_THRESHOLD = -1.0

@@ -39,6 +39,8 @@ class NucleiWeakLiu2022EmbeddingNet(UNetModelMixin, SemanticSegmentor):
     # the CoordConv stem takes the 3 colour channels and 2 coordinates (5 inputs), so the
     # optional hematoxylin input channel (NUCLEIWEAK.UNET.HEMATOXYLIN_INPUT) is refused
     HEMATOXYLIN_INPUT_SUPPORTED = False
+    # embeddings of a CoordConv net are not flip-equivariant: no NUCLEIWEAK.UNET.TEST_FLIPS
+    FLIP_TTA_SUPPORTED = False
 
     @configurable
     def __init__(

@@ -33,6 +33,9 @@ __all__ = ["NucleiWeakNam2023Net"]
 class NucleiWeakNam2023Net(UNetModelMixin, SemanticSegmentor):
     """PROnet: binary, offset and centre modules on a ResNet-UNet; see the module docstring."""
 
+    # a flip negates an offset channel: no NUCLEIWEAK.UNET.TEST_FLIPS
+    FLIP_TTA_SUPPORTED = False
+
     @configurable
     def __init__(
         self,

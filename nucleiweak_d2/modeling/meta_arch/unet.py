@@ -20,7 +20,39 @@ from ..backbone.tiling import sliding_window_apply
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UNetModelMixin", "instances_from_map"]
+__all__ = ["UNetModelMixin", "flip_averaged", "instances_from_map"]
+
+
+def flip_averaged(fn, x, flips):
+    """Mean of ``fn`` over flips of ``x``, each output mapped back to ``x``'s frame.
+
+    Test-time augmentation, not in the papers: an ensemble of the network over the symmetries
+    of the pixel grid, which H&E nuclei do not prefer. ``flips``: 1 (``fn(x)``), 2 (identity
+    and left-right flip), 4 (also up-down and both) or 8 (also the four transposed, i.e. the
+    eight rotations and reflections; a non-square ``x`` is run at ``(W, H)``).
+
+    Parameters
+    ----------
+    fn : callable
+        ``(N, C, H, W)`` tensor to ``(N, K, H, W)`` per-pixel outputs; flipping its input must
+        flip its output and nothing else (class scores, not offsets or coordinates).
+    x : torch.Tensor
+        ``(N, C, H, W)`` input.
+    flips : int
+        1, 2, 4 or 8.
+    """
+    if flips not in (1, 2, 4, 8):
+        raise ValueError(f"flips must be 1, 2, 4 or 8, got {flips!r}")
+    axes = [(), (3,), (2,), (2, 3)][: min(flips, 4)]
+    total = None
+    for transpose in (False, True)[: 2 if flips == 8 else 1]:
+        xt = x.transpose(2, 3) if transpose else x
+        for dims in axes:
+            out = fn(xt.flip(dims) if dims else xt)
+            out = out.flip(dims) if dims else out
+            out = out.transpose(2, 3) if transpose else out
+            total = out if total is None else total + out
+    return total / flips
 
 
 def instances_from_map(instance_map, prob):
@@ -70,6 +102,11 @@ class UNetModelMixin:
 
     # Whether the class's forward passes preprocess()'s images (with the extra channel) on.
     HEMATOXYLIN_INPUT_SUPPORTED = True
+    # Whether the logits are per-pixel class scores that a flip of the input flips and nothing
+    # else changes (false for offsets or coordinate-aware embeddings): NUCLEIWEAK.UNET.TEST_FLIPS.
+    FLIP_TTA_SUPPORTED = True
+    # Test-time flips allowed: none, left-right, both axes, the whole dihedral group.
+    TEST_FLIP_CHOICES = (1, 2, 4, 8)
     # Stain normalisation methods by buffer code.
     STAIN_METHODS = StainNormalizer.METHODS
     # Length of the stain target buffer (Macenko's 8 values; Reinhard uses the first 6).
@@ -85,6 +122,7 @@ class UNetModelMixin:
         fast_cpu_inference=False,
         tile=0,
         tile_overlap=80,
+        test_flips=1,
         **kwargs,
     ):
         """
@@ -106,6 +144,9 @@ class UNetModelMixin:
         tile, tile_overlap : int
             Sliding-window inference (``tile <= 0``: whole image) and the tiles' overlap in
             pixels.
+        test_flips : int
+            Eval-mode test-time augmentation (:meth:`logits`): the logits averaged over 1 (off),
+            2, 4 or 8 flips and transposes of the input; only where ``FLIP_TTA_SUPPORTED``.
         **kwargs
             Those of :class:`SemanticSegmentor`.
         """
@@ -133,6 +174,17 @@ class UNetModelMixin:
         self._stain_normalizer = None  # (code, target tuple, StainNormalizer), built lazily
         self.fast_cpu_inference = bool(fast_cpu_inference)
         self.tile, self.tile_overlap = int(tile), int(tile_overlap)
+        if int(test_flips) not in self.TEST_FLIP_CHOICES:
+            raise ValueError(
+                f"NUCLEIWEAK.UNET.TEST_FLIPS must be one of {self.TEST_FLIP_CHOICES}, got "
+                f"{test_flips!r}"
+            )
+        if int(test_flips) > 1 and not self.FLIP_TTA_SUPPORTED:
+            raise ValueError(
+                f"{type(self).__name__} does not support NUCLEIWEAK.UNET.TEST_FLIPS (its outputs "
+                "are not flip-equivariant class scores); set it to 1"
+            )
+        self.test_flips = int(test_flips)
 
     @classmethod
     def from_config(cls, cfg):
@@ -175,6 +227,7 @@ class UNetModelMixin:
             "fast_cpu_inference": bool(unet.FAST_CPU_INFERENCE),
             "tile": unet.INFERENCE_TILE,
             "tile_overlap": unet.INFERENCE_OVERLAP,
+            "test_flips": unet.TEST_FLIPS,
         }
 
     def stain_normalizer(self):
@@ -239,6 +292,10 @@ class UNetModelMixin:
         ``fast_cpu_inference``, set by the meta-architecture's ``from_config``) the network
         runs as a channels_last copy with batch norm folded into the convolutions, under
         bfloat16 autocast; the logits are returned in float32.
+
+        In eval mode with ``test_flips`` > 1 (``NUCLEIWEAK.UNET.TEST_FLIPS``) each image (each
+        tile when tiled) is also run flipped left-right (2), and up-down and both (4), and the
+        four transposed (8); the logits, mapped back, are averaged (:func:`flip_averaged`).
         """
         if (
             getattr(self, "fast_cpu_inference", False)
@@ -269,8 +326,13 @@ class UNetModelMixin:
         backbone = self.backbone if backbone is None else backbone
         head = self.sem_seg_head if head is None else head
 
-        def run(x):
+        def net(x):
             return head.layers(backbone(x))
+
+        flips = 1 if self.training else getattr(self, "test_flips", 1)
+
+        def run(x):
+            return flip_averaged(net, x, flips) if flips > 1 else net(x)
 
         if self.tile <= 0:
             return run(images.tensor)
