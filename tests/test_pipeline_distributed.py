@@ -71,6 +71,11 @@ def _resume_worker(tmp, out):
     _register(tmp)
     cfg = _cfg(out)
     NUCLEIWEAK_PIPELINE_REGISTRY.get(cfg.NUCLEIWEAK.PIPELINE)(cfg, resume=True).run()
+    # Detectron2's launch leaves the gloo group alive at exit; once in ~20 runs a worker then
+    # aborted at interpreter teardown ("terminate called without an active exception",
+    # SIGABRT). Both processes leave the group together before exiting.
+    comm.synchronize()
+    torch.distributed.destroy_process_group()
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -16,6 +16,7 @@ from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import modeling as _modeling  # noqa: F401  (registers the shared model parts)
 from ..data import mapper as _mapper  # noqa: F401  (registers NucleiDatasetMapper)
@@ -30,6 +31,7 @@ __all__ = [
     "calibrating_trainer",
     "val_choosing_trainer",
     "cpu_bf16_enabled",
+    "unwrap_model",
 ]
 
 
@@ -225,6 +227,12 @@ class Trainer(DefaultTrainer):
         return maybe_add_gradient_clipping(cfg, optimizer)
 
 
+def unwrap_model(model):
+    """The model inside a ``DistributedDataParallel`` wrapper (multi-process training), else
+    ``model`` itself: where its own attributes and buffers are read or set."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def val_choosing_trainer(trainer, choose, prefix):
     """A subclass of ``trainer`` whose evaluations first make a val-only choice on the model.
 
@@ -275,11 +283,10 @@ def calibrate_during_training(trainer, cfg, model, dataset_name):
     outputs would have to be gathered) are left unchanged.
     """
     from detectron2.utils import comm
-    from torch.nn.parallel import DistributedDataParallel
 
     from .calibration import calibrate_on_dataset
 
-    net = model.module if isinstance(model, DistributedDataParallel) else model
+    net = unwrap_model(model)
     if not hasattr(net, "fg_threshold") or float(getattr(net, "fg_threshold_override", -1)) > 0:
         return None
     if comm.get_world_size() > 1:

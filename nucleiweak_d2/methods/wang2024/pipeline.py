@@ -27,7 +27,6 @@ chosen with ``NUCLEIWEAK.WANG2024.SELECT_METRIC``, at the config's thresholds un
 import logging
 
 from detectron2.data import DatasetCatalog
-from torch.nn.parallel import DistributedDataParallel
 
 from ...engine.pipeline import (
     NUCLEIWEAK_PIPELINE_REGISTRY,
@@ -35,7 +34,7 @@ from ...engine.pipeline import (
     StagedPipeline,
     broadcast_from_main,
 )
-from ...engine.trainer import Trainer, val_choosing_trainer
+from ...engine.trainer import Trainer, unwrap_model, val_choosing_trainer
 from ...evaluation.ground_truth import gt_label_map
 from .calibration import select_postprocess
 
@@ -69,7 +68,7 @@ def select_on_val(cfg, model, dataset, trainer=Trainer):
         ``((seg, score), {"<seg>/<score>": val AJI})``, the main process's result on every
         process; None when ``dataset`` has no image.
     """
-    net = model.module if isinstance(model, DistributedDataParallel) else model
+    net = unwrap_model(model)
     segs, score_c = _candidates(cfg)
     saved = (net.test_score_thresh, net.output_instances)
     net.test_score_thresh = min(score_c)  # every candidate's boxes are a subset
@@ -116,7 +115,7 @@ def select_during_training(trainer, cfg, model, dataset):
     tuple or None
         What :func:`select_on_val` returned.
     """
-    net = model.module if isinstance(model, DistributedDataParallel) else model
+    net = unwrap_model(model)
     result = select_on_val(cfg, net, dataset, trainer)
     if result is not None:
         (seg, score), scores = result
