@@ -49,161 +49,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from skimage import measure, segmentation
-
-from nucleiweak_d2 import pseudo_labels as pl
-from nucleiweak_d2.data.coco import image_seeds
-from nucleiweak_d2.data.io import read_image, read_label
-from nucleiweak_d2.data.points import points_from_labels, sample_partial
-from nucleiweak_d2.evaluation.metrics import aggregate, segmentation_metrics
-from nucleiweak_d2.evaluation.report import summary_from_aggregate
-from nucleiweak_d2.methods.nam2023.labels import binary_labels
-from nucleiweak_d2.modeling.meta_arch.postprocess import (
-    fill_holes_per_object,
-    instances_from_foreground,
-    remove_small_objects,
+from nucleiweak_d2.benchmarking.label_bound import (  # noqa: F401  (the script's API)
+    KINDS,
+    METRICS,
+    evaluate,
+    instances_from_cells,
+    predict,
 )
-
-METHODS = ("qu2020", "liu2022", "nam2023")
-KINDS = tuple(k for m in METHODS for k in (m, f"{m}_cells"))
-METRICS = ("AJI", "Dice_obj", "pixel_F1", "PQ")
-MIN_AREA = 20  # cfg.NUCLEIWEAK.UNET.MIN_AREA
-FILL_HOLES = True  # cfg.NUCLEIWEAK.UNET.FILL_HOLES
 
 
 def data_root():
     """MoNuSeg folder: ``$NUCLEIWEAK_DATA`` or ``../shared/data/monuseg_mo`` next to the repo."""
     default = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg_mo"
     return Path(os.environ.get("NUCLEIWEAK_DATA", default))
-
-
-def method_labels(method, image, points):
-    """``{"voronoi", "cluster", "cells"}`` of one method (uint8 labels, int cell map)."""
-    shape = image.shape[:2]
-    if method == "nam2023":
-        return binary_labels(image, points, geodesic=True, beta=40.0, d_max=70.0)
-    if method == "qu2020":
-        clu = pl.cluster_label(image, points)
-    elif method == "liu2022":
-        clu = pl.adaptive_cluster_label(image, points, alpha=0.2, patch_size=60, d_max=20.0)
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    return {
-        "voronoi": pl.voronoi_label(points, shape),
-        "cluster": clu,
-        "cells": pl.voronoi_cells(points, shape),
-    }
-
-
-def foreground(voronoi, cluster):
-    """Nucleus pixels of the cluster label that are not Voronoi edges."""
-    return (np.asarray(cluster) == pl.NUCLEUS) & (np.asarray(voronoi) != pl.BACKGROUND)
-
-
-def instances_from_cells(fg, cells, min_area=MIN_AREA, fill_holes=FILL_HOLES):
-    """One instance per cell: the cell's foreground, small pieces removed, holes filled.
-
-    Parameters
-    ----------
-    fg : numpy.ndarray
-        ``(H, W)`` bool foreground.
-    cells : numpy.ndarray
-        ``(H, W)`` integer cell index (>= 0) of every pixel.
-    min_area : int
-        8-connected pieces (within one cell) smaller than this are removed.
-    fill_holes : bool
-        Fill the holes of each instance (pixels already in another instance stay there).
-
-    Returns
-    -------
-    numpy.ndarray
-        int32 ``(H, W)`` instance map, 0 = background, ids 1..N.
-    """
-    fg = np.asarray(fg, dtype=bool)
-    lab = np.where(fg, np.asarray(cells, dtype=np.int64) + 1, 0)
-    if min_area > 0 and lab.max():
-        pieces = remove_small_objects(measure.label(lab, background=0, connectivity=2), min_area)
-        lab[pieces == 0] = 0
-    if fill_holes:
-        lab = fill_holes_per_object(lab)
-    lab, _, _ = segmentation.relabel_sequential(lab)
-    return lab.astype(np.int32)
-
-
-def predict(kind, image, points, cache=None):
-    """Instance map of ``kind`` for one image from ``points`` ((N, 2) int (x, y)).
-
-    ``cache`` (a dict, one per image) shares a method's labels between its two rules.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r} (choose from {', '.join(KINDS)})")
-    if len(points) == 0:
-        return np.zeros(image.shape[:2], dtype=np.int32)
-    method = kind.removesuffix("_cells")
-    cache = {} if cache is None else cache
-    if method not in cache:
-        cache[method] = method_labels(method, image, points)
-    labels = cache[method]
-    if kind.endswith("_cells"):
-        fg = np.asarray(labels["cluster"]) == pl.NUCLEUS
-        return instances_from_cells(fg, labels["cells"])
-    fg = foreground(labels["voronoi"], labels["cluster"])
-    return instances_from_foreground(fg, min_area=MIN_AREA, fill_holes=FILL_HOLES)
-
-
-def load(root, name, ratio=1.0, seed=0):
-    """``(image, instance map, points)``: the seeded ``ratio`` subset of bbox-centre points."""
-    image = read_image(Path(root) / "images" / f"{name}.png")
-    inst = read_label(Path(root) / "labels" / f"{name}.png")
-    points = points_from_labels(inst, mode="bbox_center")[1]
-    if ratio < 1.0 and len(points):
-        points = points[sample_partial(len(points), ratio, image_seeds(seed, name)[0])]
-    return image, inst, points
-
-
-def evaluate(root, splits, kinds, ratio=1.0, seed=0, limit=0):
-    """Summaries ``{split: {kind: summary}}`` and seconds ``{kind: s}`` spent per kind.
-
-    Raises
-    ------
-    ValueError
-        Missing data folder, unknown split or kind, ratio outside (0, 1].
-    """
-    root = Path(root)
-    if not (root / "split.json").is_file():
-        raise ValueError(f"no dataset at {root} (no split.json); set --data or $NUCLEIWEAK_DATA")
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        raise ValueError(f"unknown kind {bad[0]!r} (choose from {', '.join(KINDS)})")
-    if not 0.0 < float(ratio) <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-    split_map = json.loads((root / "split.json").read_text())
-    bad = [s for s in splits if s not in split_map]
-    if bad:
-        raise ValueError(f"unknown split {bad[0]!r} (split.json has {', '.join(split_map)})")
-    results, seconds = {}, dict.fromkeys(kinds, 0.0)
-    for split in splits:
-        names = split_map[split][:limit] if limit else split_map[split]
-        if not names:
-            raise ValueError(f"split {split!r} has no image")
-        records = {k: [] for k in kinds}
-        n_points = n_gt = 0
-        for name in names:
-            image, inst, points = load(root, name, ratio, seed)
-            n_points += len(points)
-            n_gt += len(np.unique(inst[inst > 0]))
-            cache = {}
-            for kind in kinds:
-                t0 = time.perf_counter()
-                pred = predict(kind, image, points, cache)
-                records[kind].append(segmentation_metrics(inst, pred))
-                seconds[kind] += time.perf_counter() - t0
-        results[split] = {
-            kind: {**summary_from_aggregate(aggregate(recs)), "points": n_points, "nuclei": n_gt}
-            for kind, recs in records.items()
-        }
-    return results, seconds
 
 
 def format_table(results, seconds, ratio):

@@ -10,6 +10,7 @@ pytest.importorskip("detectron2")
 from conftest import load_script  # noqa: E402
 
 from nucleiweak_d2 import benchmarking  # noqa: E402
+from nucleiweak_d2.benchmarking import label_bound  # noqa: E402
 from nucleiweak_d2.cli import run_cli  # noqa: E402
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
@@ -53,6 +54,26 @@ def test_quick_run_writes_rows_leaderboard_and_rerun_skips(tmp_path, capsys):
     again = capsys.readouterr().out
     assert again.count("skipped") == 2 and "running" not in again
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+    # --decompose on the finished runs: the UNet run only, nothing retrained
+    model = out / rows[1]["run_dir"] / "model_final.pth"
+    stamp = model.stat().st_mtime_ns
+    assert run_cli(_tool().main, [*argv, "--decompose"]) == 0
+    parts = [json.loads(x) for x in (out / "decomposition.jsonl").read_text().splitlines()]
+    assert [p["key"] for p in parts] == [["qu2020", 0.5, "0", 0]]
+    part = parts[0]
+    assert part["config_hash"] == rows[1]["config_hash"] and part["label_rule"] == "qu2020"
+    assert 0.0 <= part["metrics"]["val"]["AJI"] <= 1.0
+    labels, _ = label_bound.evaluate(out / "quick_data", ["val"], ["qu2020"], 0.5, 0)
+    assert part["labels"]["val"]["AJI"] == pytest.approx(labels["val"]["qu2020"]["AJI"])
+    assert model.stat().st_mtime_ns == stamp  # scored by --eval-only in its own folder
+    assert list((out / rows[1]["run_dir"]).glob("eval_only*/metrics.json"))
+    board = (out / "LEADERBOARD.md").read_text()
+    assert "## Where the accuracy goes (val)" in board and "| qu2020 | 0.5 | 0 | " in board
+    assert "decompose qu2020_r0.5_s0_seed0: val AJI" in capsys.readouterr().out
+    assert run_cli(_tool().main, [*argv, "--decompose"]) == 0
+    assert "decompose qu2020_r0.5_s0_seed0: done earlier" in capsys.readouterr().out
+    assert len((out / "decomposition.jsonl").read_text().splitlines()) == 1
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
@@ -125,6 +146,25 @@ def _row(method, ratio, shift, seed, aji, cpu=1.0):
         "hardware": "cpu",
         "command": "c",
     }
+
+
+def test_decomposition_table_puts_model_and_labels_side_by_side():
+    def part(ratio, seed, model, labels):
+        row = _row("qu2020", ratio, "0", seed, model)
+        row["metrics"] = {"val": {"AJI": model, "Dice_obj": 0.6, "PQ": 0.3}}
+        row["labels"] = {"val": {"AJI": labels, "Dice_obj": 0.8, "PQ": 0.5}}
+        return row
+
+    rows = [part(0.1, 0, 0.40, 0.30), part(0.1, 1, 0.50, 0.34), part(1.0, 0, 0.47, 0.70)]
+    lines = benchmarking.report.decomposition_table(rows, "/d/monuseg_mo")
+    assert lines[0] == "## Where the accuracy goes (val)"
+    assert "| qu2020 | 0.1 | 0,1 | 0.4500 ± 0.0707 | 0.3200 ± 0.0283 | 0.6000 ± 0.0000 |" in (
+        "\n".join(lines)
+    )
+    assert "| qu2020 | 1 | 0 | 0.4700 | 0.7000 | 0.6000 | 0.8000 | 0.3000 | 0.5000 |" in lines
+    assert benchmarking.report.decomposition_table(rows, "/d/other") == []  # another dataset
+    board = benchmarking.leaderboard([_row("qu2020", 0.1, "0", 0, 0.4)], "/d/monuseg_mo", ["test"])
+    assert "Where the accuracy goes" not in board  # no --decompose rows: no section
 
 
 def test_leaderboard_mean_std_over_seeds_latest_row_wins_and_published():

@@ -16,7 +16,12 @@ each run with NucleiEvaluator on every test split. In ``--out`` it writes:
   with fewer than 2 points is not drawn);
 - ``runs/<method>_r<ratio>_s<shift>_seed<seed>/``: each run's own OUTPUT_DIR (``runs/<method>/``
   for a method that reads no annotation, such as ``classical``: it runs once);
-- ``coco/``: the exported annotations; ``log.txt``.
+- ``coco/``: the exported annotations; ``log.txt``;
+- with ``--decompose``, ``decomposition.jsonl`` and a section of ``LEADERBOARD.md``: for each
+  run of a UNet method (qu2020, liu2022, nam2023) on unshifted points, its final model scored
+  on ``val`` beside its method's pseudo-labels (built from the same ratio of val's points)
+  scored as the prediction; compare the rows of 10 % and 100 % points to see whether the
+  points, the labels or the network lose the accuracy (``--eval-only`` of the run, seconds).
 
 A run whose row (same key and config hash) is in ``results.jsonl`` is skipped; an interrupted
 run continues in its folder (its wall and CPU minutes then count the rest only). A folder
@@ -33,6 +38,8 @@ Examples::
     python tools/benchmark.py --methods classical qu2020 --out output/bench_mo
     python tools/benchmark.py --methods qu2020 --ratios 0.05 0.1 0.25 --shifts 0 2-4 \\
         --seeds 0 1 2 --out output/bench_mo --opts qu2020:NUCLEIWEAK.QU2020.SEG.MAX_ITER 150
+    python tools/benchmark.py --methods qu2020 --ratios 0.1 1 --seeds 0 --decompose \
+        --out output/bench_mo
     python tools/benchmark.py --quick --methods classical qu2020 --out /tmp/bench_smoke
 
 Bad input prints one ``error:`` line and exits with code 2 (``--debug``: traceback).
@@ -91,6 +98,11 @@ def build_parser():
     )
     p.add_argument("--quick", action="store_true", help="smoke run on a tiny synthetic dataset")
     p.add_argument(
+        "--decompose",
+        action="store_true",
+        help="also score each UNet run's model and its labels as the prediction on val",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace run folders that hold a run of another config",
@@ -132,9 +144,28 @@ def _quick_data(out):
     )
 
 
+def _decompose(bench, todo, rows):
+    """``--decompose``: a ``decomposition.jsonl`` row for each finished UNet run lacking one."""
+    from nucleiweak_d2.benchmarking import DECOMPOSITION
+
+    for spec, cfg, run_hash in todo:
+        if not bench.decomposable(spec):
+            continue
+        head = f"decompose {spec.name}"
+        if bench.done(spec, run_hash, rows) is not None:
+            print(f"{head}: done earlier ({DECOMPOSITION}), skipped", flush=True)
+            continue
+        row = bench.decompose(spec, cfg, run_hash)
+        print(
+            f"{head}: val AJI {row['metrics']['val'].get('AJI', float('nan')):.4f} trained, "
+            f"{row['labels']['val']['AJI']:.4f} labels as the prediction",
+            flush=True,
+        )
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from nucleiweak_d2.benchmarking import Benchmark, read_results, write_report
+    from nucleiweak_d2.benchmarking import DECOMPOSITION, Benchmark, read_results, write_report
     from nucleiweak_d2.data.folder import list_splits
     from nucleiweak_d2.engine import entry_setup
 
@@ -180,6 +211,8 @@ def main(argv=None):
             f"{head}: {score}, wall {row['wall_min']:.1f} min, CPU {row['cpu_min']:.1f} min",
             flush=True,
         )
+    if args.decompose:
+        _decompose(bench, todo, read_results(out / DECOMPOSITION))
     for path in write_report(out, data, splits):
         print(f"written: {path}")
     return 0

@@ -7,7 +7,8 @@ The library behind ``tools/benchmark.py`` (its docstring has the command line):
 - :mod:`.runs`: :class:`Benchmark` exports the data, builds each run's config, runs it
   (resuming its folder) and appends its row to ``results.jsonl``;
 - :mod:`.report`: ``LEADERBOARD.md`` (mean +- std over seeds, beside published numbers) and
-  the plots.
+  the plots;
+- :mod:`.label_bound`: a UNet method's pseudo-labels scored as the prediction (``--decompose``).
 
 It sits above the layers (it imports the methods named in :data:`METHODS`).
 """
@@ -15,6 +16,7 @@ It sits above the layers (it imports the methods named in :data:`METHODS`).
 from .report import COLUMNS, leaderboard, plot_points, write_plots, write_report
 from .runs import REPO, Benchmark, cpu_seconds, git_commit, hardware, read_results
 from .table import (
+    DECOMPOSITION,
     LEADERBOARD,
     MARKER,
     METHODS,
@@ -29,6 +31,7 @@ __all__ = [
     "BenchMethod",
     "Benchmark",
     "COLUMNS",
+    "DECOMPOSITION",
     "LEADERBOARD",
     "MARKER",
     "METHODS",

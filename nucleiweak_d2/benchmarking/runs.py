@@ -6,6 +6,12 @@ point, unshifted), registers them, builds the method's config, runs its pipeline
 ``<out>/runs/<method>_r<ratio>_s<shift>_seed<seed>/`` (models selected on ``val`` only, by the
 pipeline) and appends one row to ``<out>/results.jsonl``: the run's key, the git commit, the
 config hash, wall and CPU minutes and every metric of NucleiEvaluator on each test split.
+
+:meth:`Benchmark.decompose` (``tools/benchmark.py --decompose``) adds, for a finished run of a
+UNet method, a row to ``<out>/decomposition.jsonl``: its final model scored on ``val``
+(``--eval-only`` into the run's ``eval_only*/`` folder) beside the method's pseudo-labels,
+built from the same ratio of val's points, scored as the prediction
+(:mod:`.label_bound`): where the accuracy goes between the labels and the network.
 """
 
 import importlib
@@ -19,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .table import MARKER, METHODS, RESULTS, RunSpec, shift_label
+from .table import DECOMPOSITION, MARKER, METHODS, RESULTS, RunSpec, shift_label
 
 __all__ = ["Benchmark", "read_results", "cpu_seconds", "git_commit", "hardware"]
 
@@ -301,6 +307,62 @@ class Benchmark:
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         _append_row(self.out / RESULTS, row)
+        return row
+
+    def decomposable(self, spec):
+        """Whether ``--decompose`` applies: a UNet method's run on unshifted points."""
+        return METHODS[spec.method].label_kind is not None and spec.shift == "0"
+
+    def decompose(self, spec, cfg, run_hash):
+        """Score a finished run's final model and its method's labels on val; append the row.
+
+        The model is scored by its pipeline's ``--eval-only`` (into ``<run>/eval_only*/``). The
+        labels are built from the run's ratio of val's points (the seeded subset of
+        :func:`.label_bound.load`) and post-processed as the network's output: with a ratio
+        below 1 most nuclei fall in the Voronoi cells of their annotated neighbours, whereas
+        Qu et al.'s network learns from labels of its detected points too.
+
+        Raises
+        ------
+        ValueError
+            The method has no label rule, the points are shifted, or the run left no final
+            model.
+        """
+        from ..engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY
+        from .label_bound import evaluate
+
+        if not self.decomposable(spec):
+            raise ValueError(f"{spec.name}: --decompose needs a UNet method on unshifted points")
+        if not (Path(cfg.OUTPUT_DIR) / "model_final.pth").is_file():
+            raise ValueError(f"{spec.name}: no model_final.pth in {cfg.OUTPUT_DIR} to decompose")
+        kind = METHODS[spec.method].label_kind
+        val = self._datasets(spec)["val"]
+        wall0, cpu0 = time.time(), cpu_seconds()
+        c = cfg.clone()
+        c.defrost()
+        c.NUCLEIWEAK.EVAL_DATASETS = [val]
+        c.freeze()
+        pipeline = NUCLEIWEAK_PIPELINE_REGISTRY.get(c.NUCLEIWEAK.PIPELINE)(c, eval_only=True)
+        trained = _flat_metrics(pipeline.run()[pipeline.result_key][val])
+        labels, _ = evaluate(self.data, ["val"], [kind], spec.ratio, spec.seed)
+        row = {
+            "key": spec.key(),
+            "method": spec.method,
+            "ratio": spec.ratio,
+            "shift": spec.shift,
+            "seed": spec.seed,
+            "data": str(self.data),
+            "config_file": _relative(self.configs[spec.method]),
+            "config_hash": run_hash,
+            "commit": git_commit(),
+            "label_rule": kind,
+            "metrics": {"val": trained},
+            "labels": {"val": labels["val"][kind]},
+            "wall_min": round((time.time() - wall0) / 60, 3),
+            "cpu_min": round((cpu_seconds() - cpu0) / 60, 3),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        _append_row(self.out / DECOMPOSITION, row)
         return row
 
     def _execute(self, spec, cfg):

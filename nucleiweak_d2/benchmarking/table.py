@@ -24,10 +24,13 @@ __all__ = [
     "RESULTS",
     "LEADERBOARD",
     "MARKER",
+    "DECOMPOSITION",
 ]
 
 #: Files of the output folder: the rows, the leaderboard, and the marker of each run folder.
 RESULTS, LEADERBOARD, MARKER = "results.jsonl", "LEADERBOARD.md", "benchmark_run.json"
+#: Rows of ``--decompose``: each run's final model and its labels as the prediction, on val.
+DECOMPOSITION = "decomposition.jsonl"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class BenchMethod:
     fixed_ratio : float or None
         The method always trains on this ratio (e.g. 1.0: a fully annotated reference), so it
         runs once per shift and seed whatever ``--ratios`` asks, with this ratio in its rows.
+    label_kind : str or None
+        A UNet method's pseudo-label rule of :mod:`.label_bound` (``--decompose`` scores those
+        labels as the prediction on val beside the trained model); None: not decomposed.
     """
 
     module: str
@@ -61,6 +67,7 @@ class BenchMethod:
     uses_points: bool = True
     select_metric: str = "nuclei/AJI"
     fixed_ratio: float = None
+    label_kind: str = None
 
 
 METHODS = {
@@ -101,16 +108,19 @@ METHODS = {
         "nucleiweak_d2.methods.qu2020",
         "configs/qu2020/R18_monuseg_p10_cpu.yaml",
         "configs/quick/qu2020_instant_test.yaml",
+        label_kind="qu2020",
     ),
     "liu2022": BenchMethod(
         "nucleiweak_d2.methods.liu2022",
         "configs/liu2022/R18_monuseg_cpu.yaml",
         "configs/quick/liu2022_instant_test.yaml",
+        label_kind="liu2022",
     ),
     "nam2023": BenchMethod(
         "nucleiweak_d2.methods.nam2023",
         "configs/nam2023/R18_monuseg_p100_shift6-8_cpu.yaml",
         "configs/quick/nam2023_instant_test.yaml",
+        label_kind="nam2023",
     ),
     "wang2024": BenchMethod(
         "nucleiweak_d2.methods.wang2024",
