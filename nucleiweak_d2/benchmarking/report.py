@@ -324,13 +324,16 @@ def write_plots(rows, data, split, out):
     for name, series in plots.items():
         if sum(len(s[1]) for s in series) < 2:
             continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for label, xs, means, stds in series:
+        # the legend sits right of the axes (one line per series): the plot stays readable
+        # whatever the number of methods and configs
+        fig, ax = plt.subplots(figsize=(9, 3.5 + 0.12 * max(0, len(series) - 12)))
+        for i, (label, xs, means, stds) in enumerate(series):
             ax.errorbar(
                 xs,
                 means,
                 yerr=stds,
-                marker="o",
+                color=plt.cm.tab20(i % 20),  # 20 colours, then a marker of its own
+                marker="osD^v"[i // 20 % 5],
                 capsize=3,
                 label=label,
                 linestyle="none" if name == "aji_vs_cpu" else "-",
@@ -342,7 +345,7 @@ def write_plots(rows, data, split, out):
             ax.set_xscale("log")
         ax.set_xlabel(xlabels[name])
         ax.set_ylabel(f"AJI ({split})")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         fig.tight_layout()
         fig.savefig(Path(out) / f"{name}.png", dpi=120)
         plt.close(fig)
