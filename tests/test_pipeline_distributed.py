@@ -271,3 +271,21 @@ def test_rerun_rule_in_two_processes_takes_the_same_branch_everywhere(tmp_path):
     assert json.loads((tmp_path / "new_run" / "noop" / "stage_done.json").read_text())["info"] == {
         "rank": 0
     }
+
+
+def test_unwrap_model_returns_the_module_inside_ddp(tmp_path):
+    import torch
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from nucleiweak_d2.engine.trainer import unwrap_model
+
+    net = nn.Linear(2, 2)
+    assert unwrap_model(net) is net
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        assert unwrap_model(DistributedDataParallel(net)) is net
+    finally:
+        torch.distributed.destroy_process_group()
