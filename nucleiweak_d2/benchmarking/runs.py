@@ -280,17 +280,7 @@ class Benchmark:
         wall, cpu = time.time() - wall0, cpu_seconds() - cpu0
         by_name = {v: k for k, v in names.items()}
         row = {
-            "key": spec.key(),
-            "method": spec.method,
-            "ratio": spec.ratio,
-            "shift": spec.shift,
-            "seed": spec.seed,
-            "data": str(self.data),
-            "dataset": self.data.name,
-            "config_file": _relative(self.configs[spec.method]),
-            "opts": self.opts[spec.method],
-            "config_hash": run_hash,
-            "commit": git_commit(),
+            **self._identity(spec, run_hash),
             "command": command,
             "hardware": hardware(cfg.MODEL.DEVICE),
             "device": cfg.MODEL.DEVICE,
@@ -308,6 +298,22 @@ class Benchmark:
         }
         _append_row(self.out / RESULTS, row)
         return row
+
+    def _identity(self, spec, run_hash):
+        """The fields naming a run in its rows: key, settings, data, config, hash, commit."""
+        return {
+            "key": spec.key(),
+            "method": spec.method,
+            "ratio": spec.ratio,
+            "shift": spec.shift,
+            "seed": spec.seed,
+            "data": str(self.data),
+            "dataset": self.data.name,
+            "config_file": _relative(self.configs[spec.method]),
+            "opts": self.opts[spec.method],
+            "config_hash": run_hash,
+            "commit": git_commit(),
+        }
 
     def decomposable(self, spec):
         """Whether ``--decompose`` applies: a UNet method's run on unshifted points."""
@@ -346,15 +352,7 @@ class Benchmark:
         trained = _flat_metrics(pipeline.run()[pipeline.result_key][val])
         labels, _ = evaluate(self.data, ["val"], [kind], spec.ratio, spec.seed)
         row = {
-            "key": spec.key(),
-            "method": spec.method,
-            "ratio": spec.ratio,
-            "shift": spec.shift,
-            "seed": spec.seed,
-            "data": str(self.data),
-            "config_file": _relative(self.configs[spec.method]),
-            "config_hash": run_hash,
-            "commit": git_commit(),
+            **self._identity(spec, run_hash),
             "label_rule": kind,
             "metrics": {"val": trained},
             "labels": {"val": labels["val"][kind]},
