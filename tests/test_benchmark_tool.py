@@ -74,6 +74,13 @@ def test_quick_run_writes_rows_leaderboard_and_rerun_skips(tmp_path, capsys):
     assert run_cli(_tool().main, [*argv, "--decompose"]) == 0
     assert "decompose qu2020_r0.5_s0_seed0: done earlier" in capsys.readouterr().out
     assert len((out / "decomposition.jsonl").read_text().splitlines()) == 1
+    # a run whose folder lost its model: said and skipped, the leaderboard still written
+    (out / "decomposition.jsonl").unlink()
+    model.unlink()
+    (out / "LEADERBOARD.md").unlink()
+    assert run_cli(_tool().main, [*argv, "--decompose"]) == 0
+    assert "no model_final.pth" in capsys.readouterr().out
+    assert (out / "LEADERBOARD.md").is_file() and not (out / "decomposition.jsonl").exists()
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys):

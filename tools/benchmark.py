@@ -155,6 +155,9 @@ def _decompose(bench, todo, rows):
         if bench.done(spec, run_hash, rows) is not None:
             print(f"{head}: done earlier ({DECOMPOSITION}), skipped", flush=True)
             continue
+        if not (Path(cfg.OUTPUT_DIR) / "model_final.pth").is_file():
+            print(f"{head}: no model_final.pth in {cfg.OUTPUT_DIR} (removed?), skipped", flush=True)
+            continue
         row = bench.decompose(spec, cfg, run_hash)
         print(
             f"{head}: val AJI {row['metrics']['val'].get('AJI', float('nan')):.4f} trained, "
