@@ -117,3 +117,20 @@ def test_models_whose_outputs_flips_change_refuse_them(quick, arch):
 def test_a_bad_setting_is_refused():
     with pytest.raises(ValueError, match="TEST_FLIPS must be one of"):
         _model("NucleiWeakUNetSegmentor", 3)
+
+
+def test_tiled_inference_flips_each_tile():
+    """With a sliding window the flips run per tile: a tile as large as the image gives the
+    whole-image result, smaller tiles a map of the same size."""
+    from detectron2.structures import ImageList
+
+    whole = _model("NucleiWeakUNetSegmentor", 8)
+    image = torch.randint(0, 255, (3, 96, 96), dtype=torch.uint8)
+    images = whole.preprocess([{"image": image}])[0]
+    with torch.no_grad():
+        ref = whole.logits(images)
+        whole.tile, whole.tile_overlap = 96, 0
+        assert torch.allclose(whole.logits(images), ref, atol=1e-5)
+        whole.tile, whole.tile_overlap = 64, 32
+        tiled = whole.logits(ImageList(images.tensor, images.image_sizes))
+    assert tiled.shape == ref.shape and torch.isfinite(tiled).all()
