@@ -38,7 +38,7 @@ Examples::
     python tools/benchmark.py --methods classical qu2020 --out output/bench_mo
     python tools/benchmark.py --methods qu2020 --ratios 0.05 0.1 0.25 --shifts 0 2-4 \\
         --seeds 0 1 2 --out output/bench_mo --opts qu2020:NUCLEIWEAK.QU2020.SEG.MAX_ITER 150
-    python tools/benchmark.py --methods qu2020 --ratios 0.1 1 --seeds 0 --decompose \
+    python tools/benchmark.py --methods qu2020 --ratios 0.1 1 --seeds 0 --decompose \\
         --out output/bench_mo
     python tools/benchmark.py --quick --methods classical qu2020 --out /tmp/bench_smoke
 

@@ -20,7 +20,10 @@ from ..backbone.tiling import sliding_window_apply
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UNetModelMixin", "flip_averaged", "instances_from_map"]
+__all__ = ["FLIP_CHOICES", "UNetModelMixin", "flip_averaged", "instances_from_map"]
+
+#: Test-time flips allowed: none, left-right, both axes, the whole dihedral group.
+FLIP_CHOICES = (1, 2, 4, 8)
 
 
 def flip_averaged(fn, x, flips):
@@ -41,7 +44,7 @@ def flip_averaged(fn, x, flips):
     flips : int
         1, 2, 4 or 8.
     """
-    if flips not in (1, 2, 4, 8):
+    if flips not in FLIP_CHOICES:
         raise ValueError(f"flips must be 1, 2, 4 or 8, got {flips!r}")
     axes = [(), (3,), (2,), (2, 3)][: min(flips, 4)]
     total = None
@@ -105,8 +108,6 @@ class UNetModelMixin:
     # Whether the logits are per-pixel class scores that a flip of the input flips and nothing
     # else changes (false for offsets or coordinate-aware embeddings): NUCLEIWEAK.UNET.TEST_FLIPS.
     FLIP_TTA_SUPPORTED = True
-    # Test-time flips allowed: none, left-right, both axes, the whole dihedral group.
-    TEST_FLIP_CHOICES = (1, 2, 4, 8)
     # Stain normalisation methods by buffer code.
     STAIN_METHODS = StainNormalizer.METHODS
     # Length of the stain target buffer (Macenko's 8 values; Reinhard uses the first 6).
@@ -174,10 +175,9 @@ class UNetModelMixin:
         self._stain_normalizer = None  # (code, target tuple, StainNormalizer), built lazily
         self.fast_cpu_inference = bool(fast_cpu_inference)
         self.tile, self.tile_overlap = int(tile), int(tile_overlap)
-        if int(test_flips) not in self.TEST_FLIP_CHOICES:
+        if int(test_flips) not in FLIP_CHOICES:
             raise ValueError(
-                f"NUCLEIWEAK.UNET.TEST_FLIPS must be one of {self.TEST_FLIP_CHOICES}, got "
-                f"{test_flips!r}"
+                f"NUCLEIWEAK.UNET.TEST_FLIPS must be one of {FLIP_CHOICES}, got {test_flips!r}"
             )
         if int(test_flips) > 1 and not self.FLIP_TTA_SUPPORTED:
             raise ValueError(
