@@ -86,6 +86,17 @@ def add_qu2020_config(cfg):
     # takes the argmax, i.e. 0.5, which a short CPU schedule leaves badly calibrated).
     _C.NUCLEIWEAK.QU2020.SEG.CALIBRATE_THRESHOLD = True
 
+    _C.NUCLEIWEAK.QU2020.LABEL = CN()
+    # Colour feature of the cluster label: "kmeans" (Qu et al.: RGB / 10) or "adaptive" (Liu et
+    # al. ISBI 2022: RGB scaled per image, MoNuSeg lambda 0.2 and L 60; a deviation).
+    _C.NUCLEIWEAK.QU2020.LABEL.KIND = "kmeans"
+    # Clip (pixels) of the distance-to-point feature of the cluster label (Qu: 20).
+    _C.NUCLEIWEAK.QU2020.LABEL.D_MAX = 20.0
+    # Per-Voronoi-cell refinement of the nucleus cluster: dilate by this disk radius (Qu: 5) ...
+    _C.NUCLEIWEAK.QU2020.LABEL.DILATE_RADIUS = 5
+    # ... fill holes, then erode by this one (Qu's code: 7, which shrinks every nucleus by 2 px).
+    _C.NUCLEIWEAK.QU2020.LABEL.ERODE_RADIUS = 7
+
     _C.NUCLEIWEAK.QU2020.CRF = CN()
     # Learning-rate factor of the fine-tuning stage relative to SEG.BASE_LR (paper: 0.1).
     _C.NUCLEIWEAK.QU2020.CRF.LR_FACTOR = 0.1

@@ -21,6 +21,7 @@ from detectron2.config import configurable
 from ...data.mapper import CachedTargetsMapper
 from ...data.records import cache_key, record_points
 from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
+from .labels import check_label_settings, cluster_label_of
 
 __all__ = ["NucleiWeakQu2020SegMapper", "NucleiWeakQu2020DetMapper"]
 
@@ -48,6 +49,10 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
         is_train=True,
         *,
         points_file="",
+        label_kind="kmeans",
+        d_max=20.0,
+        dilate_radius=5,
+        erode_radius=7,
         **base,
     ):
         """
@@ -60,16 +65,33 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
         points_file : str
             JSON ``{image_id: [[x, y], ...]}``; "" uses the annotated points (the pipeline
             passes its merged annotated + detected points).
+        label_kind, d_max, dilate_radius, erode_radius
+            The cluster label (``NUCLEIWEAK.QU2020.LABEL``): see :func:`~nucleiweak_d2.methods.qu2020.labels.cluster_label_of`.
         **base
             ``augmentations``, ``image_format``, ``cache_dir`` (above), ``stain_normalizer``
             and ``stain_jitter`` of :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`
             (from ``from_config``).
         """
         super().__init__(is_train, **base)
+        check_label_settings(label_kind, d_max, dilate_radius, erode_radius)
+        self.label_kind, self.d_max = label_kind, float(d_max)
+        self.dilate_radius, self.erode_radius = int(dilate_radius), int(erode_radius)
         self.points_by_image = None
         if points_file and is_train:  # test time needs only the image
             with open(points_file) as f:
                 self.points_by_image = {str(k): v for k, v in json.load(f).items()}
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        ret = super().from_config(cfg, is_train)
+        lab = cfg.NUCLEIWEAK.QU2020.LABEL
+        ret.update(
+            label_kind=lab.KIND,
+            d_max=lab.D_MAX,
+            dilate_radius=lab.DILATE_RADIUS,
+            erode_radius=lab.ERODE_RADIUS,
+        )
+        return ret
 
     def _aug_points(self, record):
         """The merged points of the image (a crop at points centres on annotated or detected
@@ -77,7 +99,6 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
         return record_points(record, self.points_by_image) + 0.5
 
     def _targets(self, record, image):
-        from ...pseudo_labels.cluster import cluster_label
         from ...pseudo_labels.voronoi import voronoi_label
 
         pts = record_points(record, self.points_by_image)
@@ -86,7 +107,14 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
             return {"voronoi": ignore, "cluster": ignore.copy()}
         return {
             "voronoi": voronoi_label(pts, image.shape[:2]).astype(np.uint8),
-            "cluster": cluster_label(image, pts).astype(np.uint8),
+            "cluster": cluster_label_of(
+                self.label_kind,
+                image,
+                pts,
+                self.d_max,
+                self.dilate_radius,
+                self.erode_radius,
+            ),
         }
 
     def _put(self, d, maps, transforms, shape):
