@@ -31,6 +31,11 @@ Label codes: 0 background, 1 nucleus, 2 ignore; the Voronoi label is 0 on the ce
   targets use, else the Euclidean ones). Within each cell, 8-connected pieces smaller than
   20 px are removed and the holes of the cell's instance are filled.
 
+``--config FILE [--opts KEY VALUE ...]`` builds the labels as a run of that config does:
+its ``NUCLEIWEAK.QU2020.LABEL`` settings, ``NUCLEIWEAK.UNET.MIN_AREA`` / ``FILL_HOLES``, and its
+stain normalisation fitted on the data's ``train`` split (``label_bound.settings_from_cfg``);
+without it, Qu et al.'s label on the raw images (min area 20, holes filled).
+
 An image with no point gets an empty prediction. Metrics per image
 (``segmentation_metrics``), then ``aggregate`` and ``summary_from_aggregate`` as the
 evaluator: AJI, Dice_obj, pixel_F1, PQ are means over images. With ``--ratio < 1`` the label
@@ -39,6 +44,7 @@ the unannotated nuclei fall in large Voronoi cells of their annotated neighbours
 
     .venv/bin/python benchmarks/label_as_prediction.py [--data DIR] [--splits val test]
         [--kinds ...] [--ratio 1.0] [--seed 0] [--out file.json] [--quick]
+        [--config configs/qu2020/R18_monuseg_p10_cpu_erode5.yaml [--opts KEY VALUE ...]]
 """
 
 import argparse
@@ -55,6 +61,7 @@ from nucleiweak_d2.benchmarking.label_bound import (  # noqa: F401  (the script'
     evaluate,
     instances_from_cells,
     predict,
+    settings_from_cfg,
 )
 
 
@@ -91,7 +98,34 @@ def build_parser():
     parser.add_argument("--limit", type=int, default=0, help="first N images of each split")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="tiny synthetic dataset (tests)")
+    parser.add_argument("--config", default="", help="build the labels as this config's runs do")
+    parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE pairs for --config")
     return parser
+
+
+def run_settings(config, opts, root):
+    """``evaluate`` keyword arguments of ``config`` (+ ``opts``), its stain normalisation
+    fitted on ``root``'s train split; {} without a config."""
+    if not config:
+        if opts:
+            raise ValueError("--opts needs --config")
+        return {}
+    from detectron2.data import DatasetCatalog
+
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.data.folder import load_folder_dataset
+
+    if not Path(config).is_file():
+        raise ValueError(f"no config file {config}")
+    cfg = setup_cfg(config, list(opts), freeze=False)
+    name = f"label_as_prediction_train_{os.getpid()}"
+    records = [{"file_name": str(r["image_path"])} for r in load_folder_dataset(root, "train")]
+    DatasetCatalog.register(name, lambda: records)
+    try:
+        cfg.DATASETS.TRAIN = (name,)
+        return settings_from_cfg(cfg)
+    finally:
+        DatasetCatalog.remove(name)
 
 
 def main(argv=None):
@@ -105,8 +139,9 @@ def main(argv=None):
                 root = make_synthetic_dataset(Path(tmp) / "data", n_images=4, size=(128, 128))
             else:
                 root = Path(args.data) if args.data else data_root()
+            settings = run_settings(args.config, args.opts, root)
             results, seconds = evaluate(
-                root, args.splits, args.kinds, args.ratio, args.seed, args.limit
+                root, args.splits, args.kinds, args.ratio, args.seed, args.limit, **settings
             )
     except ValueError as e:
         print(f"label_as_prediction: error: {e}", file=sys.stderr)
@@ -120,6 +155,8 @@ def main(argv=None):
             "data": "quick" if args.quick else str(root),
             "ratio": args.ratio,
             "seed": args.seed,
+            "config": args.config,
+            "opts": args.opts,
             "seconds": elapsed,
             "seconds_per_kind": seconds,
             "results": results,

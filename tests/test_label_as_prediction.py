@@ -95,3 +95,75 @@ def test_recalibrate_run_refuses_a_folder_without_a_model(tmp_path, capsys):
     (tmp_path / "split.json").write_text("{}")
     assert script.main([str(tmp_path / "run"), "--data", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("label_kind", ["kmeans", "adaptive"])
+def test_erosion_equal_to_the_dilation_keeps_the_discs_whole(lap, label_kind):
+    # The same two discs with NUCLEIWEAK.QU2020.LABEL.ERODE_RADIUS 5 = DILATE_RADIUS: the per-cell
+    # refinement is a closing, which leaves a flat convex nucleus as it is.
+    gt = np.zeros((128, 128), np.int32)
+    gt[disk((40, 40), 10)] = 1
+    gt[disk((88, 88), 10)] = 2
+    image = np.full((128, 128, 3), 255, np.uint8)
+    image[gt > 0] = (90, 50, 140)
+    points = points_from_labels(gt)[1]
+    pred = lap.predict("qu2020", image, points, qu_label={"kind": label_kind, "erode_radius": 5})
+    np.testing.assert_array_equal(pred > 0, gt > 0)
+    assert aji(gt, pred) == 1.0
+
+
+def test_settings_from_cfg_follow_the_run_config():
+    from nucleiweak_d2.benchmarking.label_bound import settings_from_cfg
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.data.stain import StainNormalizer
+
+    target = [60.0, 10.0, -10.0, 15.0, 5.0, 5.0]
+    cfg = setup_cfg(
+        None,
+        [
+            "NUCLEIWEAK.QU2020.LABEL.KIND", "adaptive",
+            "NUCLEIWEAK.QU2020.LABEL.ERODE_RADIUS", 4,
+            "NUCLEIWEAK.UNET.MIN_AREA", 33,
+            "NUCLEIWEAK.DATA.STAIN_NORM.METHOD", "reinhard",
+            "NUCLEIWEAK.DATA.STAIN_NORM.TARGET", target,
+        ],
+    )  # fmt: skip
+    s = settings_from_cfg(cfg)
+    assert s["qu_label"] == {
+        "kind": "adaptive",
+        "d_max": 20.0,
+        "dilate_radius": 5,
+        "erode_radius": 4,
+    }
+    assert s["min_area"] == 33 and s["fill_holes"] is True
+    assert isinstance(s["normalizer"], StainNormalizer)
+    np.testing.assert_allclose(s["normalizer"].target_list(), target)
+    assert settings_from_cfg(setup_cfg(None, []))["normalizer"] is None
+
+
+def test_config_option_builds_the_labels_of_that_config(lap, tmp_path, capsys):
+    # A config with Reinhard normalisation fitted on the synthetic train split and a different
+    # erosion gives other labels than Qu's defaults on the raw images.
+    runs = {}
+    for name, extra in {
+        "default": [],
+        "erode5": ["--config", str(REPO / "configs/qu2020/R18_monuseg_p10_cpu_erode5.yaml")],
+        "erode7": [
+            "--config",
+            str(REPO / "configs/qu2020/R18_monuseg_p10_cpu_erode5.yaml"),
+            "--opts",
+            "NUCLEIWEAK.QU2020.LABEL.ERODE_RADIUS",
+            "7",
+        ],
+    }.items():
+        out = tmp_path / f"{name}.json"
+        args = ["--quick", "--kinds", "qu2020", "--splits", "test", "--out", str(out)]
+        assert lap.main([*args, *extra]) == 0
+        runs[name] = json.loads(out.read_text())["results"]["test"]["qu2020"]
+    assert runs["erode5"]["Dice_obj"] != runs["erode7"]["Dice_obj"]
+    assert runs["erode7"]["Dice_obj"] != runs["default"]["Dice_obj"]  # normalised colours
+    capsys.readouterr()
+    assert lap.main(["--quick", "--opts", "A", "1"]) == 2
+    assert "--opts needs --config" in capsys.readouterr().err
+    assert lap.main(["--quick", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "no config file" in capsys.readouterr().err

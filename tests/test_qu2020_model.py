@@ -260,3 +260,26 @@ def test_segmentor_feeds_crf_image01_and_masks_padding(monkeypatch):
         seen["mask"][0].all() and seen["mask"][1, :40, :50].all() and not seen["mask"][1, 40:].any()
     )
     assert seen["sigma_xy"] == 9.0 and seen["sigma_rgb"] == pytest.approx(0.1)
+
+
+def test_seg_mapper_takes_the_label_settings_of_the_config(tmp_path):
+    rec = _record(tmp_path, [(20, 20), (60, 40)], [True, True])
+    cfg = setup_cfg(
+        None,
+        [
+            "NUCLEIWEAK.QU2020.LABEL.KIND", "adaptive",
+            "NUCLEIWEAK.QU2020.LABEL.ERODE_RADIUS", 3,
+            "NUCLEIWEAK.QU2020.LABEL.D_MAX", 15.0,
+        ],
+    )  # fmt: skip
+    mapper = NucleiWeakQu2020SegMapper(cfg, True)
+    assert (mapper.label_kind, mapper.erode_radius, mapper.d_max) == ("adaptive", 3, 15.0)
+    small = NucleiWeakQu2020SegMapper(True, augmentations=[], erode_radius=9)
+    big = NucleiWeakQu2020SegMapper(True, augmentations=[], erode_radius=3)
+    n_small = (small(rec)["sem_seg"][1] == 1).sum()
+    n_big = (big(rec)["sem_seg"][1] == 1).sum()
+    assert n_big > n_small  # less erosion, larger nuclei
+    with pytest.raises(ValueError, match="LABEL.KIND must be one of kmeans, adaptive"):
+        NucleiWeakQu2020SegMapper(True, augmentations=[], label_kind="otsu")
+    with pytest.raises(ValueError, match="ERODE_RADIUS >= 0"):
+        NucleiWeakQu2020SegMapper(True, augmentations=[], erode_radius=-1)

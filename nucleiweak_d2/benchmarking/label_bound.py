@@ -4,7 +4,8 @@ The library of ``benchmarks/label_as_prediction.py`` (its docstring: the labels,
 that turn them into an instance map, the metrics) and of ``tools/benchmark.py --decompose``.
 A method's segmentation network learns from its pseudo-labels only, so the label itself,
 post-processed as the network's output is, tells what the network could reach if it learned
-its labels perfectly.
+its labels perfectly. :func:`settings_from_cfg` takes the label settings, the post-processing
+and the stain normalisation of a run's config, so that the labels are those the run trained on.
 """
 
 import json
@@ -21,6 +22,7 @@ from ..data.points import points_from_labels, sample_partial
 from ..evaluation.metrics import aggregate, segmentation_metrics
 from ..evaluation.report import summary_from_aggregate
 from ..methods.nam2023.labels import binary_labels
+from ..methods.qu2020.labels import cluster_label_of
 from ..modeling.meta_arch.postprocess import (
     fill_holes_per_object,
     instances_from_foreground,
@@ -39,6 +41,7 @@ __all__ = [
     "load",
     "method_labels",
     "predict",
+    "settings_from_cfg",
 ]
 
 #: Methods whose labels are built, and the rules (kinds) that turn them into an instance map.
@@ -49,13 +52,18 @@ MIN_AREA = 20  # cfg.NUCLEIWEAK.UNET.MIN_AREA
 FILL_HOLES = True  # cfg.NUCLEIWEAK.UNET.FILL_HOLES
 
 
-def method_labels(method, image, points):
-    """``{"voronoi", "cluster", "cells"}`` of one method (uint8 labels, int cell map)."""
+def method_labels(method, image, points, qu_label=None):
+    """``{"voronoi", "cluster", "cells"}`` of one method (uint8 labels, int cell map).
+
+    ``qu_label``: keyword arguments of
+    :func:`~nucleiweak_d2.methods.qu2020.labels.cluster_label_of` for qu2020 (``kind``,
+    ``d_max``, ``dilate_radius``, ``erode_radius``; default Qu et al.'s label).
+    """
     shape = image.shape[:2]
     if method == "nam2023":
         return binary_labels(image, points, geodesic=True, beta=40.0, d_max=70.0)
     if method == "qu2020":
-        clu = pl.cluster_label(image, points)
+        clu = cluster_label_of(**{"kind": "kmeans", **(qu_label or {})}, image=image, points=points)
     elif method == "liu2022":
         clu = pl.adaptive_cluster_label(image, points, alpha=0.2, patch_size=60, d_max=20.0)
     else:
@@ -102,10 +110,14 @@ def instances_from_cells(fg, cells, min_area=MIN_AREA, fill_holes=FILL_HOLES):
     return lab.astype(np.int32)
 
 
-def predict(kind, image, points, cache=None):
+def predict(
+    kind, image, points, cache=None, *, qu_label=None, min_area=MIN_AREA, fill_holes=FILL_HOLES
+):
     """Instance map of ``kind`` for one image from ``points`` ((N, 2) int (x, y)).
 
-    ``cache`` (a dict, one per image) shares a method's labels between its two rules.
+    ``cache`` (a dict, one per image) shares a method's labels between its two rules;
+    ``qu_label`` as :func:`method_labels`; ``min_area`` and ``fill_holes`` post-process the
+    label as the network's output is (``NUCLEIWEAK.UNET.MIN_AREA``, ``FILL_HOLES``).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r} (choose from {', '.join(KINDS)})")
@@ -114,13 +126,13 @@ def predict(kind, image, points, cache=None):
     method = kind.removesuffix("_cells")
     cache = {} if cache is None else cache
     if method not in cache:
-        cache[method] = method_labels(method, image, points)
+        cache[method] = method_labels(method, image, points, qu_label)
     labels = cache[method]
     if kind.endswith("_cells"):
         fg = np.asarray(labels["cluster"]) == pl.NUCLEUS
-        return instances_from_cells(fg, labels["cells"])
+        return instances_from_cells(fg, labels["cells"], min_area, fill_holes)
     fg = foreground(labels["voronoi"], labels["cluster"])
-    return instances_from_foreground(fg, min_area=MIN_AREA, fill_holes=FILL_HOLES)
+    return instances_from_foreground(fg, min_area=min_area, fill_holes=fill_holes)
 
 
 def load(root, name, ratio=1.0, seed=0):
@@ -133,8 +145,53 @@ def load(root, name, ratio=1.0, seed=0):
     return image, inst, points
 
 
-def evaluate(root, splits, kinds, ratio=1.0, seed=0, limit=0):
+def settings_from_cfg(cfg):
+    """Keyword arguments of :func:`evaluate` that build the labels as the run of ``cfg`` does.
+
+    ``qu_label`` from ``NUCLEIWEAK.QU2020.LABEL``, ``min_area`` / ``fill_holes`` from
+    ``NUCLEIWEAK.UNET``, and ``normalizer``: the training mappers' stain normalisation
+    (``NUCLEIWEAK.DATA.STAIN_NORM``; a method with an empty target is fitted on
+    ``DATASETS.TRAIN[0]``, which must be registered, as the pipeline fits it), None when off.
+    The Liu and PROnet labels keep their fixed MoNuSeg settings.
+    """
+    from ..data.stain import StainNormalizer
+    from ..engine.stain import fit_stain_target
+
+    stain = fit_stain_target(cfg).NUCLEIWEAK.DATA.STAIN_NORM
+    lab = cfg.NUCLEIWEAK.QU2020.LABEL
+    return {
+        "qu_label": {
+            "kind": lab.KIND,
+            "d_max": lab.D_MAX,
+            "dilate_radius": lab.DILATE_RADIUS,
+            "erode_radius": lab.ERODE_RADIUS,
+        },
+        "min_area": cfg.NUCLEIWEAK.UNET.MIN_AREA,
+        "fill_holes": cfg.NUCLEIWEAK.UNET.FILL_HOLES,
+        "normalizer": None
+        if stain.METHOD == "none"
+        else StainNormalizer(stain.METHOD, stain.TARGET),
+    }
+
+
+def evaluate(
+    root,
+    splits,
+    kinds,
+    ratio=1.0,
+    seed=0,
+    limit=0,
+    *,
+    qu_label=None,
+    min_area=MIN_AREA,
+    fill_holes=FILL_HOLES,
+    normalizer=None,
+):
     """Summaries ``{split: {kind: summary}}`` and seconds ``{kind: s}`` spent per kind.
+
+    ``qu_label``, ``min_area``, ``fill_holes`` as :func:`predict`; ``normalizer`` (a callable
+    RGB uint8 image -> image, e.g. a :class:`~nucleiweak_d2.data.stain.StainNormalizer`) is
+    applied to every image before its labels are built (see :func:`settings_from_cfg`).
 
     Raises
     ------
@@ -162,12 +219,22 @@ def evaluate(root, splits, kinds, ratio=1.0, seed=0, limit=0):
         n_points = n_gt = 0
         for name in names:
             image, inst, points = load(root, name, ratio, seed)
+            if normalizer is not None:
+                image = normalizer(image)
             n_points += len(points)
             n_gt += len(np.unique(inst[inst > 0]))
             cache = {}
             for kind in kinds:
                 t0 = time.perf_counter()
-                pred = predict(kind, image, points, cache)
+                pred = predict(
+                    kind,
+                    image,
+                    points,
+                    cache,
+                    qu_label=qu_label,
+                    min_area=min_area,
+                    fill_holes=fill_holes,
+                )
                 records[kind].append(segmentation_metrics(inst, pred))
                 seconds[kind] += time.perf_counter() - t0
         results[split] = {

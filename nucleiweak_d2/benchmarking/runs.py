@@ -324,9 +324,10 @@ class Benchmark:
 
         The model is scored by its pipeline's ``--eval-only`` (into ``<run>/eval_only*/``). The
         labels are built from the run's ratio of val's points (the seeded subset of
-        :func:`.label_bound.load`) and post-processed as the network's output: with a ratio
-        below 1 most nuclei fall in the Voronoi cells of their annotated neighbours, whereas
-        Qu et al.'s network learns from labels of its detected points too.
+        :func:`.label_bound.load`) with the run's label settings and stain normalisation
+        (:func:`.label_bound.settings_from_cfg`) and post-processed as the network's output:
+        with a ratio below 1 most nuclei fall in the Voronoi cells of their annotated
+        neighbours, whereas Qu et al.'s network learns from labels of its detected points too.
 
         Raises
         ------
@@ -335,7 +336,7 @@ class Benchmark:
             model.
         """
         from ..engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY
-        from .label_bound import evaluate
+        from .label_bound import evaluate, settings_from_cfg
 
         if not self.decomposable(spec):
             raise ValueError(f"{spec.name}: --decompose needs a UNet method on unshifted points")
@@ -350,7 +351,9 @@ class Benchmark:
         c.freeze()
         pipeline = NUCLEIWEAK_PIPELINE_REGISTRY.get(c.NUCLEIWEAK.PIPELINE)(c, eval_only=True)
         trained = _flat_metrics(pipeline.run()[pipeline.result_key][val])
-        labels, _ = evaluate(self.data, ["val"], [kind], spec.ratio, spec.seed)
+        labels, _ = evaluate(
+            self.data, ["val"], [kind], spec.ratio, spec.seed, **settings_from_cfg(cfg)
+        )
         row = {
             **self._identity(spec, run_hash),
             "label_rule": kind,
