@@ -97,17 +97,26 @@ def test_recalibrate_run_refuses_a_folder_without_a_model(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("label_kind", ["kmeans", "adaptive"])
-def test_erosion_equal_to_the_dilation_keeps_the_discs_whole(lap, label_kind):
-    # The same two discs with NUCLEIWEAK.QU2020.LABEL.ERODE_RADIUS 5 = DILATE_RADIUS: the per-cell
-    # refinement is a closing, which leaves a flat convex nucleus as it is.
+@pytest.mark.parametrize(
+    "kind, settings",
+    [
+        ("qu2020", {"qu_label": {"kind": "kmeans", "erode_radius": 5}}),
+        ("qu2020", {"qu_label": {"kind": "adaptive", "erode_radius": 5}}),
+        ("nam2023", {"nam_label": {"erode_radius": 5}}),
+        ("nam2023_cells", {"nam_label": {"erode_radius": 5}}),
+    ],
+)
+def test_erosion_equal_to_the_dilation_keeps_the_discs_whole(lap, kind, settings):
+    # The same two discs with the erosion radius 5 = the dilation's (NUCLEIWEAK.QU2020.LABEL,
+    # NUCLEIWEAK.NAM2023.LABELS): the per-cell refinement is a closing, which leaves a flat
+    # convex nucleus as it is.
     gt = np.zeros((128, 128), np.int32)
     gt[disk((40, 40), 10)] = 1
     gt[disk((88, 88), 10)] = 2
     image = np.full((128, 128, 3), 255, np.uint8)
     image[gt > 0] = (90, 50, 140)
     points = points_from_labels(gt)[1]
-    pred = lap.predict("qu2020", image, points, qu_label={"kind": label_kind, "erode_radius": 5})
+    pred = lap.predict(kind, image, points, **settings)
     np.testing.assert_array_equal(pred > 0, gt > 0)
     assert aji(gt, pred) == 1.0
 
@@ -135,6 +144,7 @@ def test_settings_from_cfg_follow_the_run_config():
         "dilate_radius": 5,
         "erode_radius": 4,
     }
+    assert s["nam_label"] == {"geodesic": True, "beta": 40.0, "d_max": 70.0, "erode_radius": 7}
     assert s["min_area"] == 33 and s["fill_holes"] is True
     assert isinstance(s["normalizer"], StainNormalizer)
     np.testing.assert_allclose(s["normalizer"].target_list(), target)

@@ -102,3 +102,22 @@ def test_center_target_peaks_and_tails_of_points_outside_the_crop():
     assert heat[10, 0] == pytest.approx(np.exp(-4.0 / (2 * sigma**2)), rel=1e-6)  # tail of x = -2
     assert heat[10, 3] == 0.0  # beyond the radius
     assert (center_target(np.zeros((0, 2)), (5, 5), 4.0) == 0).all()
+
+
+def test_mapper_takes_the_erosion_of_the_config_and_refuses_a_negative_one():
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.methods.nam2023.labels import binary_labels
+    from nucleiweak_d2.methods.nam2023.mappers import NucleiWeakNam2023Mapper
+
+    cfg = setup_cfg(None, ["NUCLEIWEAK.NAM2023.LABELS.ERODE_RADIUS", 5])
+    assert NucleiWeakNam2023Mapper(cfg, True).label_args["erode_radius"] == 5
+    with pytest.raises(ValueError, match="ERODE_RADIUS must be >= 0"):
+        NucleiWeakNam2023Mapper(True, augmentations=[], erode_radius=-1)
+    # less erosion, larger nucleus label (a flat disc of radius 10 around its point)
+    image = np.full((64, 64, 3), 255, np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    image[(yy - 32) ** 2 + (xx - 32) ** 2 <= 100] = (90, 50, 140)
+    pts = np.array([[32, 32], [5, 5]])
+    n5 = (binary_labels(image, pts, erode_radius=5)["cluster"] == 1).sum()
+    n7 = (binary_labels(image, pts, erode_radius=7)["cluster"] == 1).sum()
+    assert n5 > n7 > 0

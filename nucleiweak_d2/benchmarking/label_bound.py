@@ -52,16 +52,19 @@ MIN_AREA = 20  # cfg.NUCLEIWEAK.UNET.MIN_AREA
 FILL_HOLES = True  # cfg.NUCLEIWEAK.UNET.FILL_HOLES
 
 
-def method_labels(method, image, points, qu_label=None):
+def method_labels(method, image, points, qu_label=None, nam_label=None):
     """``{"voronoi", "cluster", "cells"}`` of one method (uint8 labels, int cell map).
 
     ``qu_label``: keyword arguments of
     :func:`~nucleiweak_d2.methods.qu2020.labels.cluster_label_of` for qu2020 (``kind``,
-    ``d_max``, ``dilate_radius``, ``erode_radius``; default Qu et al.'s label).
+    ``d_max``, ``dilate_radius``, ``erode_radius``; default Qu et al.'s label); ``nam_label``:
+    keyword arguments of :func:`~nucleiweak_d2.methods.nam2023.labels.binary_labels` for
+    nam2023 (default PROnet's MoNuSeg settings).
     """
     shape = image.shape[:2]
     if method == "nam2023":
-        return binary_labels(image, points, geodesic=True, beta=40.0, d_max=70.0)
+        nam = {"geodesic": True, "beta": 40.0, "d_max": 70.0, **(nam_label or {})}
+        return binary_labels(image, points, **nam)
     if method == "qu2020":
         clu = cluster_label_of(**{"kind": "kmeans", **(qu_label or {})}, image=image, points=points)
     elif method == "liu2022":
@@ -111,12 +114,20 @@ def instances_from_cells(fg, cells, min_area=MIN_AREA, fill_holes=FILL_HOLES):
 
 
 def predict(
-    kind, image, points, cache=None, *, qu_label=None, min_area=MIN_AREA, fill_holes=FILL_HOLES
+    kind,
+    image,
+    points,
+    cache=None,
+    *,
+    qu_label=None,
+    nam_label=None,
+    min_area=MIN_AREA,
+    fill_holes=FILL_HOLES,
 ):
     """Instance map of ``kind`` for one image from ``points`` ((N, 2) int (x, y)).
 
     ``cache`` (a dict, one per image) shares a method's labels between its two rules;
-    ``qu_label`` as :func:`method_labels`; ``min_area`` and ``fill_holes`` post-process the
+    ``qu_label``, ``nam_label`` as :func:`method_labels`; ``min_area`` and ``fill_holes`` post-process the
     label as the network's output is (``NUCLEIWEAK.UNET.MIN_AREA``, ``FILL_HOLES``).
     """
     if kind not in KINDS:
@@ -126,7 +137,7 @@ def predict(
     method = kind.removesuffix("_cells")
     cache = {} if cache is None else cache
     if method not in cache:
-        cache[method] = method_labels(method, image, points, qu_label)
+        cache[method] = method_labels(method, image, points, qu_label, nam_label)
     labels = cache[method]
     if kind.endswith("_cells"):
         fg = np.asarray(labels["cluster"]) == pl.NUCLEUS
@@ -148,23 +159,30 @@ def load(root, name, ratio=1.0, seed=0):
 def settings_from_cfg(cfg):
     """Keyword arguments of :func:`evaluate` that build the labels as the run of ``cfg`` does.
 
-    ``qu_label`` from ``NUCLEIWEAK.QU2020.LABEL``, ``min_area`` / ``fill_holes`` from
+    ``qu_label`` from ``NUCLEIWEAK.QU2020.LABEL``, ``nam_label`` from
+    ``NUCLEIWEAK.NAM2023.LABELS``, ``min_area`` / ``fill_holes`` from
     ``NUCLEIWEAK.UNET``, and ``normalizer``: the training mappers' stain normalisation
     (``NUCLEIWEAK.DATA.STAIN_NORM``; a method with an empty target is fitted on
     ``DATASETS.TRAIN[0]``, which must be registered, as the pipeline fits it), None when off.
-    The Liu and PROnet labels keep their fixed MoNuSeg settings.
+    Liu's labels keep their fixed MoNuSeg settings.
     """
     from ..data.stain import StainNormalizer
     from ..engine.stain import fit_stain_target
 
     stain = fit_stain_target(cfg).NUCLEIWEAK.DATA.STAIN_NORM
-    lab = cfg.NUCLEIWEAK.QU2020.LABEL
+    lab, nam = cfg.NUCLEIWEAK.QU2020.LABEL, cfg.NUCLEIWEAK.NAM2023.LABELS
     return {
         "qu_label": {
             "kind": lab.KIND,
             "d_max": lab.D_MAX,
             "dilate_radius": lab.DILATE_RADIUS,
             "erode_radius": lab.ERODE_RADIUS,
+        },
+        "nam_label": {
+            "geodesic": nam.GEODESIC,
+            "beta": nam.BETA,
+            "d_max": nam.D_MAX,
+            "erode_radius": nam.ERODE_RADIUS,
         },
         "min_area": cfg.NUCLEIWEAK.UNET.MIN_AREA,
         "fill_holes": cfg.NUCLEIWEAK.UNET.FILL_HOLES,
@@ -183,13 +201,14 @@ def evaluate(
     limit=0,
     *,
     qu_label=None,
+    nam_label=None,
     min_area=MIN_AREA,
     fill_holes=FILL_HOLES,
     normalizer=None,
 ):
     """Summaries ``{split: {kind: summary}}`` and seconds ``{kind: s}`` spent per kind.
 
-    ``qu_label``, ``min_area``, ``fill_holes`` as :func:`predict`; ``normalizer`` (a callable
+    ``qu_label``, ``nam_label``, ``min_area``, ``fill_holes`` as :func:`predict`; ``normalizer`` (a callable
     RGB uint8 image -> image, e.g. a :class:`~nucleiweak_d2.data.stain.StainNormalizer`) is
     applied to every image before its labels are built (see :func:`settings_from_cfg`).
 
@@ -232,6 +251,7 @@ def evaluate(
                     points,
                     cache,
                     qu_label=qu_label,
+                    nam_label=nam_label,
                     min_area=min_area,
                     fill_holes=fill_holes,
                 )

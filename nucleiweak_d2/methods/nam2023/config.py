@@ -27,6 +27,9 @@ def add_nam2023_config(cfg):
     _N.LABELS.BETA = 40.0
     # d*: clip of the geodesic distance feature of k-means (paper: MoNuSeg 70, CPM17 90).
     _N.LABELS.D_MAX = 70.0
+    # Erosion radius of the cluster label's per-cell refinement, after Qu's dilation by disk(5)
+    # (Qu's code and PROnet: 7, which shrinks every nucleus by 2 px; 5 keeps it: a deviation).
+    _N.LABELS.ERODE_RADIUS = 7
 
     _N.HEAD = CN()
     # Residual units (3x3 conv, ReLU, 3x3 conv, identity shortcut) per module

@@ -44,7 +44,7 @@ def point_cells(image, points, *, geodesic=True, beta=40.0):
     return nearest_point(points, (h, w))[1].astype(np.int32)
 
 
-def binary_labels(image, points, *, geodesic=True, beta=40.0, d_max=70.0):
+def binary_labels(image, points, *, geodesic=True, beta=40.0, d_max=70.0, erode_radius=7):
     """Voronoi label, cluster label and cells of one image.
 
     Parameters
@@ -59,6 +59,9 @@ def binary_labels(image, points, *, geodesic=True, beta=40.0, d_max=70.0):
         Colour weight of the geodesic distance.
     d_max : float
         Clip of the distance feature of k-means (PROnet MoNuSeg: 70 geodesic; Qu: 20 Euclidean).
+    erode_radius : int
+        Erosion of the cluster label's per-cell refinement (Qu, PROnet: 7; 5 keeps the nuclei
+        their size, see :func:`~nucleiweak_d2.pseudo_labels.cluster.refine_nuclei`).
 
     Returns
     -------
@@ -75,8 +78,11 @@ def binary_labels(image, points, *, geodesic=True, beta=40.0, d_max=70.0):
         ignore = np.full((h, w), 2, dtype=np.uint8)
         return {"voronoi": ignore, "cluster": ignore.copy(), "cells": point_cells(image, points)}
     if geodesic:
-        vor, clu, cells = geodesic_labels(image, points, d_max=d_max, beta=beta, return_cells=True)
+        vor, clu, cells = geodesic_labels(
+            image, points, d_max=d_max, beta=beta, return_cells=True, erode_radius=erode_radius
+        )
     else:
-        vor, clu = voronoi_label(points, (h, w)), cluster_label(image, points, d_max=d_max)
+        vor = voronoi_label(points, (h, w))
+        clu = cluster_label(image, points, d_max=d_max, erode_radius=erode_radius)
         cells = point_cells(image, points, geodesic=False)
     return {"voronoi": vor.astype(np.uint8), "cluster": clu.astype(np.uint8), "cells": cells}

@@ -59,6 +59,7 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         d_max=70.0,
         center_radius=8.0,
         offset_background_weight=1.0,
+        erode_radius=7,
         points_file="",
         targets_dir="",
         **base,
@@ -67,7 +68,7 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         Parameters
         ----------
         is_train : bool
-        geodesic, beta, d_max
+        geodesic, beta, d_max, erode_radius
             Binary labels, see :func:`~.labels.binary_labels`.
         center_radius : float
             Gaussian radius r of the centre map.
@@ -87,7 +88,16 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
             (from ``from_config``).
         """
         super().__init__(is_train, **base)
-        self.label_args = {"geodesic": bool(geodesic), "beta": float(beta), "d_max": float(d_max)}
+        if not int(erode_radius) >= 0:
+            raise ValueError(
+                f"NUCLEIWEAK.NAM2023.LABELS.ERODE_RADIUS must be >= 0, got {erode_radius}"
+            )
+        self.label_args = {
+            "geodesic": bool(geodesic),
+            "beta": float(beta),
+            "d_max": float(d_max),
+            "erode_radius": int(erode_radius),
+        }
         self.center_radius = float(center_radius)
         self.offset_background_weight = float(offset_background_weight)
         self.targets_dir = str(targets_dir)
@@ -103,6 +113,7 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         ret.update(
             geodesic=n.LABELS.GEODESIC,
             beta=n.LABELS.BETA,
+            erode_radius=n.LABELS.ERODE_RADIUS,
             d_max=n.LABELS.D_MAX,
             center_radius=n.CENTER.RADIUS,
             offset_background_weight=n.LOSS.OFFSET_BACKGROUND_WEIGHT,
