@@ -36,6 +36,12 @@ its ``NUCLEIWEAK.QU2020.LABEL`` settings, ``NUCLEIWEAK.UNET.MIN_AREA`` / ``FILL_
 stain normalisation fitted on the data's ``train`` split (``label_bound.settings_from_cfg``);
 without it, Qu et al.'s label on the raw images (min area 20, holes filled).
 
+- ``<method>_free`` (no point information, as the network's output at test time):
+  ``fg = (cluster == 1)``, then ``instances_from_foreground`` as the first rule. Neighbouring
+  nuclei are only apart where the label leaves a gap between them (Qu's erosion by disk(7)
+  after disk(5) does; a closing does not), so this is the bound a network can reach with the
+  point-free post-processing; the first two rules separate nuclei with the points.
+
 An image with no point gets an empty prediction. Metrics per image
 (``segmentation_metrics``), then ``aggregate`` and ``summary_from_aggregate`` as the
 evaluator: AJI, Dice_obj, pixel_F1, PQ are means over images. With ``--ratio < 1`` the label

@@ -64,8 +64,12 @@ def test_quick_run_writes_rows_leaderboard_and_rerun_skips(tmp_path, capsys):
     part = parts[0]
     assert part["config_hash"] == rows[1]["config_hash"] and part["label_rule"] == "qu2020"
     assert 0.0 <= part["metrics"]["val"]["AJI"] <= 1.0
-    labels, _ = label_bound.evaluate(out / "quick_data", ["val"], ["qu2020"], 0.5, 0)
+    labels, _ = label_bound.evaluate(
+        out / "quick_data", ["val"], ["qu2020", "qu2020_free"], 0.5, 0, normalizer=None
+    )
     assert part["labels"]["val"]["AJI"] == pytest.approx(labels["val"]["qu2020"]["AJI"])
+    free = part["labels_free"]["val"]["AJI"]
+    assert free == pytest.approx(labels["val"]["qu2020_free"]["AJI"])
     assert model.stat().st_mtime_ns == stamp  # scored by --eval-only in its own folder
     assert list((out / rows[1]["run_dir"]).glob("eval_only*/metrics.json"))
     board = (out / "LEADERBOARD.md").read_text()
@@ -156,19 +160,22 @@ def _row(method, ratio, shift, seed, aji, cpu=1.0):
 
 
 def test_decomposition_table_puts_model_and_labels_side_by_side():
-    def part(ratio, seed, model, labels):
+    def part(ratio, seed, model, labels, free=None):
         row = _row("qu2020", ratio, "0", seed, model)
         row["metrics"] = {"val": {"AJI": model, "Dice_obj": 0.6, "PQ": 0.3}}
         row["labels"] = {"val": {"AJI": labels, "Dice_obj": 0.8, "PQ": 0.5}}
+        if free is not None:  # rows written before the point-free rule have none
+            row["labels_free"] = {"val": {"AJI": free, "Dice_obj": 0.7, "PQ": 0.4}}
         return row
 
-    rows = [part(0.1, 0, 0.40, 0.30), part(0.1, 1, 0.50, 0.34), part(1.0, 0, 0.47, 0.70)]
+    rows = [part(0.1, 0, 0.40, 0.30), part(0.1, 1, 0.50, 0.34), part(1.0, 0, 0.47, 0.70, 0.55)]
     lines = benchmarking.report.decomposition_table(rows, "/d/monuseg_mo")
     assert lines[0] == "## Where the accuracy goes (val)"
-    assert "| qu2020 | 0.1 | 0,1 | 0.4500 ± 0.0707 | 0.3200 ± 0.0283 | 0.6000 ± 0.0000 |" in (
+    assert "| qu2020 | 0.1 | 0,1 | 0.4500 ± 0.0707 | 0.3200 ± 0.0283 | n/a | 0.6000 ± 0.0000 |" in (
         "\n".join(lines)
     )
-    assert "| qu2020 | 1 | 0 | 0.4700 | 0.7000 | 0.6000 | 0.8000 | 0.3000 | 0.5000 |" in lines
+    want = "| qu2020 | 1 | 0 | 0.4700 | 0.7000 | 0.5500 | 0.6000 | 0.8000 | 0.7000 | 0.3000 | 0.5000 | 0.4000 |"
+    assert want in lines
     assert benchmarking.report.decomposition_table(rows, "/d/other") == []  # another dataset
     board = benchmarking.leaderboard([_row("qu2020", 0.1, "0", 0, 0.4)], "/d/monuseg_mo", ["test"])
     assert "Where the accuracy goes" not in board  # no --decompose rows: no section

@@ -177,3 +177,20 @@ def test_config_option_builds_the_labels_of_that_config(lap, tmp_path, capsys):
     assert "--opts needs --config" in capsys.readouterr().err
     assert lap.main(["--quick", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "no config file" in capsys.readouterr().err
+
+
+def test_the_point_free_rule_merges_touching_nuclei_the_points_keep_apart(lap):
+    # Two flat discs of radius 10 that overlap (centres 18 px apart): with a closing
+    # (erosion 5 = dilation) the label keeps both whole and touching, so without the points
+    # they are one connected component; the points' Voronoi edge separates them. Qu's erosion
+    # by 7 shrinks both by 2 px, which leaves a gap: the point-free rule then finds two.
+    gt = np.zeros((64, 96), np.int32)
+    gt[disk((32, 38), 10)] = 1
+    gt[disk((32, 56), 10)] = 2  # the second disc takes the overlap
+    image = np.full((64, 96, 3), 255, np.uint8)
+    image[gt > 0] = (90, 50, 140)
+    points = np.array([[38, 32], [56, 32]])
+    closing = {"qu_label": {"kind": "kmeans", "erode_radius": 5}}
+    assert lap.predict("qu2020", image, points, **closing).max() == 2
+    assert lap.predict("qu2020_free", image, points, **closing).max() == 1
+    assert lap.predict("qu2020_free", image, points).max() == 2

@@ -46,7 +46,7 @@ __all__ = [
 
 #: Methods whose labels are built, and the rules (kinds) that turn them into an instance map.
 LABEL_METHODS = ("qu2020", "liu2022", "nam2023")
-KINDS = tuple(k for m in LABEL_METHODS for k in (m, f"{m}_cells"))
+KINDS = tuple(k for m in LABEL_METHODS for k in (m, f"{m}_cells", f"{m}_free"))
 METRICS = ("AJI", "Dice_obj", "pixel_F1", "PQ")
 MIN_AREA = 20  # cfg.NUCLEIWEAK.UNET.MIN_AREA
 FILL_HOLES = True  # cfg.NUCLEIWEAK.UNET.FILL_HOLES
@@ -134,11 +134,14 @@ def predict(
         raise ValueError(f"unknown kind {kind!r} (choose from {', '.join(KINDS)})")
     if len(points) == 0:
         return np.zeros(image.shape[:2], dtype=np.int32)
-    method = kind.removesuffix("_cells")
+    method = kind.removesuffix("_cells").removesuffix("_free")
     cache = {} if cache is None else cache
     if method not in cache:
         cache[method] = method_labels(method, image, points, qu_label, nam_label)
     labels = cache[method]
+    if kind.endswith("_free"):  # no point information: as a network's output would be
+        fg = np.asarray(labels["cluster"]) == pl.NUCLEUS
+        return instances_from_foreground(fg, min_area=min_area, fill_holes=fill_holes)
     if kind.endswith("_cells"):
         fg = np.asarray(labels["cluster"]) == pl.NUCLEUS
         return instances_from_cells(fg, labels["cells"], min_area, fill_holes)

@@ -352,13 +352,19 @@ class Benchmark:
         pipeline = NUCLEIWEAK_PIPELINE_REGISTRY.get(c.NUCLEIWEAK.PIPELINE)(c, eval_only=True)
         trained = _flat_metrics(pipeline.run()[pipeline.result_key][val])
         labels, _ = evaluate(
-            self.data, ["val"], [kind], spec.ratio, spec.seed, **settings_from_cfg(cfg)
+            self.data,
+            ["val"],
+            [kind, f"{kind}_free"],
+            spec.ratio,
+            spec.seed,
+            **settings_from_cfg(cfg),
         )
         row = {
             **self._identity(spec, run_hash),
             "label_rule": kind,
             "metrics": {"val": trained},
             "labels": {"val": labels["val"][kind]},
+            "labels_free": {"val": labels["val"][f"{kind}_free"]},
             "wall_min": round((time.time() - wall0) / 60, 3),
             "cpu_min": round((cpu_seconds() - cpu0) / 60, 3),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
