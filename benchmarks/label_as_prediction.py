@@ -18,7 +18,7 @@ Labels, from the bbox-centre points of each image's ground truth (a seeded subse
   (``nucleiweak_d2.methods.nam2023.binary_labels``, geodesic, beta 40, d* 70).
 
 Label codes: 0 background, 1 nucleus, 2 ignore; the Voronoi label is 0 on the cell edges,
-1 within 2 px of a point and 2 elsewhere. Two rules turn them into an instance map:
+1 within 2 px of a point and 2 elsewhere. Three rules turn them into an instance map:
 
 - ``<method>`` (connected components, the network's post-processing):
   ``fg = (cluster == 1) & (voronoi != 0)``: nucleus in the cluster label and not on a Voronoi

@@ -126,9 +126,10 @@ def predict(
 ):
     """Instance map of ``kind`` for one image from ``points`` ((N, 2) int (x, y)).
 
-    ``cache`` (a dict, one per image) shares a method's labels between its two rules;
-    ``qu_label``, ``nam_label`` as :func:`method_labels`; ``min_area`` and ``fill_holes`` post-process the
-    label as the network's output is (``NUCLEIWEAK.UNET.MIN_AREA``, ``FILL_HOLES``).
+    ``cache`` (a dict, one per image) shares a method's labels between its rules;
+    ``qu_label``, ``nam_label`` as :func:`method_labels`; ``min_area`` and ``fill_holes``
+    post-process the label as the network's output is (``NUCLEIWEAK.UNET.MIN_AREA``,
+    ``FILL_HOLES``). The rules are those of ``benchmarks/label_as_prediction.py``.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r} (choose from {', '.join(KINDS)})")
@@ -211,9 +212,10 @@ def evaluate(
 ):
     """Summaries ``{split: {kind: summary}}`` and seconds ``{kind: s}`` spent per kind.
 
-    ``qu_label``, ``nam_label``, ``min_area``, ``fill_holes`` as :func:`predict`; ``normalizer`` (a callable
-    RGB uint8 image -> image, e.g. a :class:`~nucleiweak_d2.data.stain.StainNormalizer`) is
-    applied to every image before its labels are built (see :func:`settings_from_cfg`).
+    ``qu_label``, ``nam_label``, ``min_area``, ``fill_holes`` as :func:`predict`;
+    ``normalizer`` (a callable RGB uint8 image -> image, e.g. a
+    :class:`~nucleiweak_d2.data.stain.StainNormalizer`) is applied to every image before its
+    labels are built (see :func:`settings_from_cfg`).
 
     Raises
     ------

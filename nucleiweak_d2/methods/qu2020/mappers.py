@@ -66,7 +66,8 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
             JSON ``{image_id: [[x, y], ...]}``; "" uses the annotated points (the pipeline
             passes its merged annotated + detected points).
         label_kind, d_max, dilate_radius, erode_radius
-            The cluster label (``NUCLEIWEAK.QU2020.LABEL``): see :func:`~nucleiweak_d2.methods.qu2020.labels.cluster_label_of`.
+            The cluster label (``NUCLEIWEAK.QU2020.LABEL``): see
+            :func:`~nucleiweak_d2.methods.qu2020.labels.cluster_label_of`.
         **base
             ``augmentations``, ``image_format``, ``cache_dir`` (above), ``stain_normalizer``
             and ``stain_jitter`` of :class:`~nucleiweak_d2.data.mapper.CachedTargetsMapper`
