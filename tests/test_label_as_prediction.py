@@ -43,6 +43,16 @@ def test_quick_mode_with_partial_points_uses_fewer_points(lap, tmp_path):
     assert n_full["points"] == n_full["nuclei"] > n_part["points"] >= 1
 
 
+def _two_flat_discs():
+    """Two flat purple discs of radius 10 on white, far apart, and their bbox-centre points."""
+    gt = np.zeros((128, 128), np.int32)
+    gt[disk((40, 40), 10)] = 1
+    gt[disk((88, 88), 10)] = 2
+    image = np.full((128, 128, 3), 255, np.uint8)
+    image[gt > 0] = (90, 50, 140)
+    return gt, image, points_from_labels(gt)[1]
+
+
 @pytest.mark.parametrize("kind", ["qu2020", "qu2020_cells", "liu2022_cells", "nam2023_cells"])
 def test_two_flat_discs_give_each_disc_shrunk_by_two_pixels(lap, kind):
     # Two flat purple discs of radius 10 on white, far apart, exact bbox-centre points. The
@@ -50,12 +60,7 @@ def test_two_flat_discs_give_each_disc_shrunk_by_two_pixels(lap, kind):
     # erode by disk(7), Qu et al.) shrinks a flat convex nucleus by 2 px, so each disc comes
     # back as its concentric radius-8 disc: AJI = |pred| / |gt| ~ (8 / 10)^2 = 0.64 (0.659
     # with the pixel discs). Nothing is predicted outside the nuclei.
-    gt = np.zeros((128, 128), np.int32)
-    gt[disk((40, 40), 10)] = 1
-    gt[disk((88, 88), 10)] = 2
-    image = np.full((128, 128, 3), 255, np.uint8)
-    image[gt > 0] = (90, 50, 140)
-    points = points_from_labels(gt)[1]
+    gt, image, points = _two_flat_discs()
     pred = lap.predict(kind, image, points)
     assert pred.max() == 2
     assert not (pred[gt == 0]).any()
@@ -110,12 +115,7 @@ def test_erosion_equal_to_the_dilation_keeps_the_discs_whole(lap, kind, settings
     # The same two discs with the erosion radius 5 = the dilation's (NUCLEIWEAK.QU2020.LABEL,
     # NUCLEIWEAK.NAM2023.LABELS): the per-cell refinement is a closing, which leaves a flat
     # convex nucleus as it is.
-    gt = np.zeros((128, 128), np.int32)
-    gt[disk((40, 40), 10)] = 1
-    gt[disk((88, 88), 10)] = 2
-    image = np.full((128, 128, 3), 255, np.uint8)
-    image[gt > 0] = (90, 50, 140)
-    points = points_from_labels(gt)[1]
+    gt, image, points = _two_flat_discs()
     pred = lap.predict(kind, image, points, **settings)
     np.testing.assert_array_equal(pred > 0, gt > 0)
     assert aji(gt, pred) == 1.0
