@@ -63,8 +63,7 @@ def method_labels(method, image, points, qu_label=None, nam_label=None):
     """
     shape = image.shape[:2]
     if method == "nam2023":
-        nam = {"geodesic": True, "beta": 40.0, "d_max": 70.0, **(nam_label or {})}
-        return binary_labels(image, points, **nam)
+        return binary_labels(image, points, **(nam_label or {}))
     if method == "qu2020":
         clu = cluster_label_of(**{"kind": "kmeans", **(qu_label or {})}, image=image, points=points)
     elif method == "liu2022":
