@@ -20,6 +20,7 @@ from nucleiweak_d2.methods.qu2020.artifacts import write_mask_png  # noqa: E402
 from nucleiweak_d2.modeling.losses import dense_crf as crf  # noqa: E402
 from nucleiweak_d2.modeling.losses import weighted_mse_loss  # noqa: E402
 from nucleiweak_d2.modeling.meta_arch import (  # noqa: E402
+    NucleiWeakPointDetectorEnsemble,
     NucleiWeakUNetSegmentor,
     instances_from_foreground,
     points_from_probability,
@@ -205,6 +206,44 @@ def test_point_detector_loss_gradients_and_inference():
     out = model([{"image": img, "height": 64, "width": 64}])[0]
     assert out["prob"].shape == (64, 64) and out["pred_points"].shape[1] == 2
     assert out["instance_map"].shape == (64, 64)
+
+
+class _FixedDetector(torch.nn.Module):
+    """A detector whose probability map is given (the ensemble reads only these attributes)."""
+
+    def __init__(self, prob, threshold):
+        super().__init__()
+        self.prob, self.threshold, self.min_area, self.max_area = prob, threshold, 4, 0
+        self.register_buffer("anchor", torch.zeros(()))
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def probabilities(self, batched_inputs):
+        return [self.prob.clone() for _ in batched_inputs]
+
+
+def test_detector_ensemble_detects_on_the_mean_probability_map():
+    left, right = torch.zeros(20, 30), torch.zeros(20, 30)
+    left[8:12, 3:7] = 0.8  # a 4x4 blob centred at (4.5, 9.5) seen by the first detector only
+    right[8:12, 20:24] = 0.6  # another at (21.5, 9.5), second detector only
+    inputs = [{"image": torch.zeros(3, 20, 30, dtype=torch.uint8)}]
+    ens = NucleiWeakPointDetectorEnsemble(
+        [_FixedDetector(left, 0.35), _FixedDetector(right, 0.9)]
+    ).eval()
+    assert (ens.threshold, ens.min_area, ens.max_area) == (0.35, 4, 0)  # the first member's
+    out = ens(inputs)[0]
+    assert torch.equal(out["prob"], (left + right) / 2)
+    # mean 0.4 and 0.3: only the first blob passes 0.35 (a max would keep both)
+    assert out["pred_points"].tolist() == [[4.5, 9.5]]
+    assert out["instance_map"].max() == 1
+    ens.threshold = 0.25
+    assert ens(inputs)[0]["pred_points"].tolist() == [[4.5, 9.5], [21.5, 9.5]]
+    with pytest.raises(RuntimeError, match="only infers"):
+        ens.train()(inputs)
+    with pytest.raises(ValueError, match="at least one member"):
+        NucleiWeakPointDetectorEnsemble([])
 
 
 def test_segmentor_crf_loss_and_instances():

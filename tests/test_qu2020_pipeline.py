@@ -196,6 +196,56 @@ def test_best_val_round_is_scored_on_val(tiny_dataset):
     assert chosen == (0 if scores[0] >= scores[1] else 1)
 
 
+def test_detector_ensemble_trains_every_member_and_detects_with_their_mean(tiny_dataset):
+    """DET.ENSEMBLE 2: two detectors a round (seeds SEED + k and SEED + k + 1000); the round's
+    last member writes the background and val score; ``detect`` uses their mean map."""
+    from nucleiweak_d2.modeling.meta_arch import NucleiWeakPointDetectorEnsemble
+
+    out = tiny_dataset / "run_ensemble"
+    cfg = _cfg(
+        out,
+        [
+            "NUCLEIWEAK.QU2020.DET.ENSEMBLE",
+            "2",
+            "NUCLEIWEAK.QU2020.DET.SELECT_ROUND",
+            "best_val",
+            "NUCLEIWEAK.QU2020.CRF.MAX_ITER",
+            "0",
+        ],
+    )
+    pipe = NucleiWeakQu2020Pipeline(cfg)
+    assert [s.name for s in pipe.stages()][:4] == [
+        "det_round0",
+        "det_round0_m1",
+        "det_round1",
+        "det_round1_m1",
+    ]
+    assert [s.seed_offset for s in pipe.stages()][:4] == [0, 1000, 1, 1001]
+    pipe.run()
+
+    def info(stage):
+        return json.loads((out / stage / "stage_done.json").read_text())
+
+    assert info("det_round0")["seed"] != info("det_round0_m1")["seed"]
+    a = torch.load(out / "det_round0" / "model_best.pth", weights_only=False)["model"]
+    b = torch.load(out / "det_round0_m1" / "model_best.pth", weights_only=False)["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    assert len(list((out / "det_round0_m1" / "background").glob("*.png"))) == 2
+    assert not (out / "det_round0" / "background").exists()
+    assert "val_score" in info("det_round1_m1")["info"]
+    assert "val_score" not in info("det_round1")["info"]
+    # round 1 reads round 0's ensemble background
+    assert pipe.det_cfg(1)[1].mapper_overrides["background_dir"] == str(
+        out / "det_round0_m1" / "background"
+    )
+    _, _, model = pipe.detector(info("detect")["info"]["round"])
+    assert isinstance(model, NucleiWeakPointDetectorEnsemble) and len(model.members) == 2
+    assert model.threshold == info("detect")["info"]["point_threshold"]
+    bad = _cfg(tiny_dataset / "bad", ["NUCLEIWEAK.QU2020.DET.ENSEMBLE", "0"])
+    with pytest.raises(ValueError, match="ENSEMBLE must be >= 1"):
+        NucleiWeakQu2020Pipeline(bad)
+
+
 def test_old_pipeline_keys_say_where_they_went():
     with pytest.raises(KeyError, match="NUCLEIWEAK.UNET.POINT_THRESHOLD"):
         setup_cfg(QUICK, ["NUCLEIWEAK.QU2020.DET.THRESHOLD", "0.5"])

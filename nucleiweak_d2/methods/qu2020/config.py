@@ -54,6 +54,9 @@ def add_qu2020_config(cfg):
     _C.NUCLEIWEAK.QU2020.DET.FG_WEIGHT = 10.0
     # Self-training rounds with background propagation after the initial training (paper: 3).
     _C.NUCLEIWEAK.QU2020.DET.ROUNDS = 3
+    # Detectors trained per round (seeds SEED + k + 1000 m) whose mean probability map gives the
+    # background, the val score and the points (a deviation for short schedules; paper: 1).
+    _C.NUCLEIWEAK.QU2020.DET.ENSEMBLE = 1
     # Which round's detector finds the training points: "last" (the paper) or "best_val" (the
     # round with the best DET.SELECT_METRIC on the val split; for short schedules).
     _C.NUCLEIWEAK.QU2020.DET.SELECT_ROUND = "last"

@@ -6,6 +6,11 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`; each in ``OUTP
    extended Gaussian mask of the annotated points; after round k < R its probability maps on the
    training images give the propagated background (``background/<image_id>.png``) of round
    k + 1. Every round trains from ``MODEL.WEIGHTS`` again, as the authors' code does.
+   With ``DET.ENSEMBLE`` = E > 1 (a deviation: the paper trains one detector a round), each round
+   trains E detectors, ``det_round<k>`` and ``det_round<k>_m<m>`` (seed ``SEED + k + 1000 m``),
+   and their mean probability map (:class:`~nucleiweak_d2.modeling.meta_arch.
+   NucleiWeakPointDetectorEnsemble`) gives the background, the val score and the points; the
+   last member's stage writes the round's background and val score.
 2. ``detect``: the last round's detector (or, with ``DET.SELECT_ROUND: best_val``, the round best
    on val) finds points on the training images; they are merged with the annotated points
    (annotated kept, a detection added only beyond r1 of all of them) into
@@ -64,6 +69,11 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         super().__init__(cfg, resume=resume, eval_only=eval_only)
         self.q = cfg.NUCLEIWEAK.QU2020
         self.rounds = int(self.q.DET.ROUNDS)
+        self.members = int(self.q.DET.ENSEMBLE)
+        if self.members < 1:
+            raise ValueError(
+                f"NUCLEIWEAK.QU2020.DET.ENSEMBLE must be >= 1, got {self.q.DET.ENSEMBLE}"
+            )
         if self.q.DET.SELECT_ROUND not in ("last", "best_val"):
             raise ValueError(
                 "NUCLEIWEAK.QU2020.DET.SELECT_ROUND must be 'last' or 'best_val', "
@@ -84,12 +94,36 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
             c.SOLVER.MAX_ITER, c.SOLVER.BASE_LR = self.q.SEG.MAX_ITER, self.q.SEG.BASE_LR
         return c
 
-    def det_cfg(self, k):
-        """``(cfg, trainer)`` of detection round ``k`` (round k > 0 reads round k - 1's background)."""
-        bg = str(self.stage_dir(f"det_round{k - 1}") / "background") if k > 0 else ""
-        return self.stage_cfg(f"det_round{k}", DET_ARCH), Trainer.with_overrides(
+    def member_stage(self, k, m=0):
+        """Stage name of detector ``m`` of round ``k`` (``det_round<k>`` for the first)."""
+        return f"det_round{k}" if m == 0 else f"det_round{k}_m{m}"
+
+    def round_stage(self, k):
+        """The stage that writes round ``k``'s background and val score: its last member's."""
+        return self.member_stage(k, self.members - 1)
+
+    def det_cfg(self, k, m=0):
+        """``(cfg, trainer)`` of detector ``m`` of round ``k`` (round k > 0 reads round k - 1's
+        background)."""
+        bg = str(self.stage_dir(self.round_stage(k - 1)) / "background") if k > 0 else ""
+        return self.stage_cfg(self.member_stage(k, m), DET_ARCH), Trainer.with_overrides(
             mapper={"background_dir": bg}
         )
+
+    def round_detector(self, k):
+        """``(cfg, trainer, model)`` of round ``k``: its detector, or the ensemble of its
+        ``DET.ENSEMBLE`` detectors, with the configured post-processing."""
+        from ...modeling.meta_arch import NucleiWeakPointDetectorEnsemble
+
+        models = []
+        for m in range(self.members):
+            c, trainer = self.det_cfg(k, m)
+            weights = self.best_weights(self.stage_dir(self.member_stage(k, m)))
+            models.append(self.load_model(c, weights, trainer))
+        c, trainer = self.det_cfg(k)
+        if len(models) == 1:
+            return c, trainer, models[0]
+        return c, trainer, NucleiWeakPointDetectorEnsemble(models).eval()
 
     def _seg_trainer(self, **model):
         mapper = {
@@ -126,8 +160,13 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
     # ------------------------------------------------------------------ stages
     def stages(self):
         stages = [
-            Stage(f"det_round{k}", lambda k=k: self.detection_round(k), seed_offset=k)
+            Stage(
+                self.member_stage(k, m),
+                lambda k=k, m=m: self.detection_round(k, m),
+                seed_offset=k + 1000 * m,
+            )
             for k in range(self.rounds + 1)
+            for m in range(self.members)
         ]
         stages += [
             Stage("detect", self.detect_and_merge),
@@ -140,22 +179,27 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
             stages.append(Stage("calibrate", self.calibrate))
         return stages
 
-    def detection_round(self, k):
-        c, trainer = self.det_cfg(k)
+    def detection_round(self, k, m=0):
+        """Train detector ``m`` of round ``k``; the round's last detector then scores the round
+        on val (``best_val``) and writes its propagated background (before the last round)."""
+        c, trainer = self.det_cfg(k, m)
         weights = self.train(c, self.q.DET.SELECT_METRIC, trainer)
         info = {"weights": weights}
+        if m < self.members - 1:
+            return info
+        c, trainer, model = self.round_detector(k)
         if self.q.DET.SELECT_ROUND == "best_val" and self.val_set:
             res = self.evaluate(
                 c,
-                self.load_model(c, weights, trainer),
+                model,
                 self.val_set,
-                self.stage_dir(f"det_round{k}") / "inference" / self.val_set,
+                self.stage_dir(self.round_stage(k)) / "inference" / self.val_set,
                 trainer,
             )
             task, _, key = self.q.DET.SELECT_METRIC.partition("/")
             info["val_score"] = float(res[task][key]) if res else None
         if k < self.rounds:
-            bg_dir = self.stage_dir(f"det_round{k}") / "background"
+            bg_dir = self.stage_dir(self.round_stage(k)) / "background"
             min_area = self.q.DET.BG_MIN_AREA or None
 
             def save_background(inp, out):
@@ -171,7 +215,7 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
 
             self.infer(
                 c,
-                self.load_model(c, weights, trainer),
+                model,
                 self.train_set,
                 save_background,
                 trainer,
@@ -189,7 +233,9 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         """
         if self.q.DET.SELECT_ROUND == "last" or not self.val_set:
             return self.rounds
-        scores = [self.stage_info(f"det_round{k}").get("val_score") for k in range(self.rounds + 1)]
+        scores = [
+            self.stage_info(self.round_stage(k)).get("val_score") for k in range(self.rounds + 1)
+        ]
         best = int(np.argmax([float("-inf") if s is None else s for s in scores]))
         logger.info(
             "detection rounds' val %s: %s -> round %d", self.q.DET.SELECT_METRIC, scores, best
@@ -197,10 +243,10 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         return best
 
     def detector(self, k, info=None):
-        """``(cfg, trainer, model)`` of detection round ``k`` with the post-processing the
-        ``detect`` stage chose on val (``info``, when given, or its record)."""
-        c, trainer = self.det_cfg(k)
-        model = self.load_model(c, self.best_weights(self.stage_dir(f"det_round{k}")), trainer)
+        """``(cfg, trainer, model)`` of detection round ``k`` (:meth:`round_detector`) with the
+        post-processing the ``detect`` stage chose on val (``info``, when given, or its
+        record)."""
+        c, trainer, model = self.round_detector(k)
         if info is None:
             info = self.stage_info("detect")
         if "point_threshold" in info:
@@ -243,8 +289,7 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
 
     def detect_and_merge(self):
         k = self.selected_round()
-        c, trainer = self.det_cfg(k)
-        model = self.load_model(c, self.best_weights(self.stage_dir(f"det_round{k}")), trainer)
+        c, trainer, model = self.round_detector(k)
         calib = broadcast_from_main(self.calibrate_detector(c, model, trainer))
         if calib:
             model.threshold, model.min_area = calib["point_threshold"], calib["point_min_area"]

@@ -3,15 +3,17 @@
 - ``NucleiWeakUNetSegmentor`` (alias ``NucleiSemanticSegmentor``): semantic segmentation with
   ignore-aware multi-target loss, optional dense-CRF loss, instance post-processing;
 - ``NucleiWeakUNetPointDetector`` (alias ``NucleiPointDetector``): 1-channel detection map with a
-  weighted MSE, points from its components.
+  weighted MSE, points from its components; ``NucleiWeakPointDetectorEnsemble``: the mean
+  probability map of several trained detectors.
 """
 
-from .point_detector import NucleiWeakUNetPointDetector
+from .point_detector import NucleiWeakPointDetectorEnsemble, NucleiWeakUNetPointDetector
 from .postprocess import instances_from_foreground, points_from_probability
 from .segmentor import NucleiWeakUNetSegmentor
 from .unet import UNetModelMixin, instances_from_map
 
 __all__ = [
+    "NucleiWeakPointDetectorEnsemble",
     "NucleiWeakUNetPointDetector",
     "NucleiWeakUNetSegmentor",
     "UNetModelMixin",

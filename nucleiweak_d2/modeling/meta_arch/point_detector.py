@@ -16,7 +16,7 @@ from ..losses.mse import weighted_mse_loss
 from .postprocess import points_from_probability
 from .unet import UNetModelMixin
 
-__all__ = ["NucleiWeakUNetPointDetector"]
+__all__ = ["NucleiWeakUNetPointDetector", "NucleiWeakPointDetectorEnsemble", "point_outputs"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -81,22 +81,86 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
             prob = torch.sigmoid(self.logits(images).float())
             return {"loss_det": weighted_mse_loss(prob, target, weight)}
 
+        return [
+            point_outputs(p, self.threshold, self.min_area, self.max_area)
+            for p in self.probabilities(batched_inputs, images)
+        ]
+
+    def probabilities(self, batched_inputs, images=None):
+        """The ``(H, W)`` sigmoid map of each input at its output size (inference).
+
+        Parameters
+        ----------
+        batched_inputs : list of dict
+            Detectron2 inputs.
+        images : ImageList, optional
+            ``self.preprocess(batched_inputs)[0]`` when the caller already has it.
+
+        Returns
+        -------
+        list of torch.Tensor
+        """
+        if images is None:
+            images, _ = self.preprocess(batched_inputs)
         with torch.no_grad():
             logits = self.logits(images)
-        outputs = []
-        for i, x in enumerate(batched_inputs):
-            prob = torch.sigmoid(self.resize_output(logits[i], images.image_sizes[i], x))[0]
-            prob_np = prob.cpu().numpy()
-            points = points_from_probability(prob_np, self.threshold, self.min_area, self.max_area)
-            blobs = measure.label(prob_np > self.threshold, connectivity=2)
-            outputs.append(
-                {
-                    "prob": prob,
-                    "pred_points": torch.as_tensor(points).float(),
-                    "instance_map": torch.from_numpy(blobs.astype("int32")),
-                }
-            )
-        return outputs
+        return [
+            torch.sigmoid(self.resize_output(logits[i], images.image_sizes[i], x))[0]
+            for i, x in enumerate(batched_inputs)
+        ]
+
+
+def point_outputs(prob, threshold, min_area, max_area):
+    """The detector's output dict of one ``(H, W)`` probability map (see
+    :class:`NucleiWeakUNetPointDetector`)."""
+    prob_np = prob.cpu().numpy()
+    points = points_from_probability(prob_np, threshold, min_area, max_area)
+    blobs = measure.label(prob_np > threshold, connectivity=2)
+    return {
+        "prob": prob,
+        "pred_points": torch.as_tensor(points).float(),
+        "instance_map": torch.from_numpy(blobs.astype("int32")),
+    }
+
+
+class NucleiWeakPointDetectorEnsemble(torch.nn.Module):
+    """Several trained point detectors as one: the mean of their probability maps, detected with
+    the post-processing of the ensemble (``threshold``, ``min_area``, ``max_area``; the first
+    member's when built). Inference only; its outputs are those of
+    :class:`NucleiWeakUNetPointDetector`.
+
+    Parameters
+    ----------
+    members : sequence of NucleiWeakUNetPointDetector
+        Trained detectors (at least one) of the same input format.
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble of detectors needs at least one member")
+        self.members = torch.nn.ModuleList(members)
+        first = self.members[0]
+        self.threshold, self.min_area, self.max_area = (
+            first.threshold,
+            first.min_area,
+            first.max_area,
+        )
+
+    @property
+    def device(self):
+        return self.members[0].device
+
+    def forward(self, batched_inputs):
+        """A list of output dicts (inference only)."""
+        if self.training:
+            raise RuntimeError("an ensemble of detectors only infers; train its members")
+        total = None
+        for member in self.members:
+            probs = [p.float() for p in member.probabilities(batched_inputs)]
+            total = probs if total is None else [t + p for t, p in zip(total, probs)]
+        n = len(self.members)
+        return [point_outputs(t / n, self.threshold, self.min_area, self.max_area) for t in total]
 
 
 # Name used by configs written before the methods/ layout.
