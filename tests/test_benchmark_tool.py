@@ -217,6 +217,19 @@ def test_leaderboard_keeps_each_config_of_a_method_apart():
     # one config file only: the label stays the method's name
     single = benchmarking.leaderboard(rows[:2], "/d/monuseg_mo", ["test"])
     assert any(x.startswith("| qu2020 | 0.1 |") for x in single.splitlines())
+    # the same config with an --opts override is another run: it neither replaces a row of the
+    # config alone nor joins its mean (regression: it replaced the seed of the same key)
+    over = {"opts": ["NUCLEIWEAK.QU2020.SEG.MAX_ITER", "3"]}
+    both = rows[:2] + [_row("qu2020", 0.1, "0", 1, 0.30) | cheap | over]
+    lines = benchmarking.leaderboard(both, "/d/monuseg_mo", ["test"]).splitlines()
+    assert any(
+        x.startswith("| qu2020 (R18_cpu) |") and "| 0,1 | 0.4000 ± 0.0000 |" in x for x in lines
+    )
+    assert any(
+        x.startswith("| qu2020 (R18_cpu NUCLEIWEAK.QU2020.SEG.MAX_ITER=3) |")
+        and "| 1 | 0.3000 |" in x
+        for x in lines
+    )
 
 
 def test_leaderboard_gives_an_ablation_of_a_run_rows_of_its_own():

@@ -41,15 +41,16 @@ ABLATIONS = ("spn_alone",)
 def _groups(rows, data):
     """``{(label, ratio, shift): [latest row per seed]}`` of the rows of dataset folder ``data``.
 
-    The label is the method, followed by its config file's name when the rows hold runs of the
-    method with config files of several names (e.g. two CPU budgets): each keeps its own rows.
-    A later row replaces an earlier one of the same run and config name (wherever the file was).
+    The label is the method, followed by its run name (:func:`_run_name`: the config file's name
+    and the run's ``--opts``) when the rows hold runs of the method under several names (e.g. two
+    CPU budgets, or one config with and without an override): each keeps its own rows. A later
+    row replaces an earlier one of the same run and name (wherever the config file was).
     A row holding an ablation of :data:`ABLATIONS` also counts as a row of ``<method>/<name>``.
     """
     latest = {}
     for row in rows:
         if row.get("data") == str(data):
-            latest[json.dumps([row["key"], _config_name(row)])] = row
+            latest[json.dumps([row["key"], _run_name(row)])] = row
     for key, row in list(latest.items()):
         for name in ABLATIONS:
             if isinstance(row.get("extra", {}).get(name), dict):
@@ -60,12 +61,12 @@ def _groups(rows, data):
                 }
     configs = {}
     for row in latest.values():
-        configs.setdefault(row["method"], set()).add(_config_name(row))
+        configs.setdefault(row["method"], set()).add(_run_name(row))
     groups = {}
     for row in latest.values():
         label = row["method"]
         if len(configs[label]) > 1:
-            label += f" ({_config_name(row)})"
+            label += f" ({_run_name(row)})"
         groups.setdefault((label, row["ratio"], row["shift"]), []).append(row)
     return dict(
         sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, _shift_lo(kv[0][2])))
@@ -75,6 +76,14 @@ def _groups(rows, data):
 def _config_name(row):
     """The name of a row's config file without folder and extension ("" when unknown)."""
     return Path(str(row.get("config_file") or "")).stem
+
+
+def _run_name(row):
+    """The config file's name, then the run's ``--opts`` as ``KEY=VALUE`` (rows without any, or
+    written before the benchmark recorded them, have the config name alone)."""
+    opts = list(row.get("opts") or [])
+    pairs = [f"{k}={v}" for k, v in zip(opts[::2], opts[1::2])]
+    return " ".join([_config_name(row), *pairs]).strip()
 
 
 def _shift_lo(shift):
