@@ -21,7 +21,9 @@ from ..data.io import read_image, read_label
 from ..data.points import points_from_labels, sample_partial
 from ..evaluation.metrics import aggregate, segmentation_metrics
 from ..evaluation.report import summary_from_aggregate
+from ..methods.nam2023.config import label_settings as nam_label_settings
 from ..methods.nam2023.labels import binary_labels
+from ..methods.qu2020.config import label_settings as qu_label_settings
 from ..methods.qu2020.labels import cluster_label_of
 from ..modeling.meta_arch.postprocess import (
     fill_holes_per_object,
@@ -173,20 +175,9 @@ def settings_from_cfg(cfg):
     from ..engine.stain import fit_stain_target
 
     stain = fit_stain_target(cfg).NUCLEIWEAK.DATA.STAIN_NORM
-    lab, nam = cfg.NUCLEIWEAK.QU2020.LABEL, cfg.NUCLEIWEAK.NAM2023.LABELS
     return {
-        "qu_label": {
-            "kind": lab.KIND,
-            "d_max": lab.D_MAX,
-            "dilate_radius": lab.DILATE_RADIUS,
-            "erode_radius": lab.ERODE_RADIUS,
-        },
-        "nam_label": {
-            "geodesic": nam.GEODESIC,
-            "beta": nam.BETA,
-            "d_max": nam.D_MAX,
-            "erode_radius": nam.ERODE_RADIUS,
-        },
+        "qu_label": qu_label_settings(cfg),
+        "nam_label": nam_label_settings(cfg),
         "min_area": cfg.NUCLEIWEAK.UNET.MIN_AREA,
         "fill_holes": cfg.NUCLEIWEAK.UNET.FILL_HOLES,
         "normalizer": None

@@ -10,7 +10,20 @@ from epoch 30 to 150). The YAML leaves set the iteration counts for their data.
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_nam2023_config"]
+__all__ = ["add_nam2023_config", "label_settings"]
+
+
+def label_settings(cfg):
+    """Keyword arguments of :func:`~nucleiweak_d2.methods.nam2023.labels.binary_labels` from
+    ``cfg.NUCLEIWEAK.NAM2023.LABELS`` (``geodesic``, ``beta``, ``d_max``, ``erode_radius``);
+    the mapper and the labels of the benchmark's decomposition both read them here."""
+    lab = cfg.NUCLEIWEAK.NAM2023.LABELS
+    return {
+        "geodesic": lab.GEODESIC,
+        "beta": lab.BETA,
+        "d_max": lab.D_MAX,
+        "erode_radius": lab.ERODE_RADIUS,
+    }
 
 
 def add_nam2023_config(cfg):

@@ -28,6 +28,7 @@ from detectron2.config import configurable
 from ...data.mapper import CachedTargetsMapper
 from ...data.records import cache_key, record_points
 from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
+from .config import label_settings
 from .labels import binary_labels
 from .targets import center_target, offset_target
 
@@ -111,10 +112,7 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         n = cfg.NUCLEIWEAK.NAM2023
         ret = super().from_config(cfg, is_train)
         ret.update(
-            geodesic=n.LABELS.GEODESIC,
-            beta=n.LABELS.BETA,
-            erode_radius=n.LABELS.ERODE_RADIUS,
-            d_max=n.LABELS.D_MAX,
+            **label_settings(cfg),
             center_radius=n.CENTER.RADIUS,
             offset_background_weight=n.LOSS.OFFSET_BACKGROUND_WEIGHT,
         )

@@ -9,7 +9,7 @@ detection threshold and area limits) live in ``NUCLEIWEAK.UNET``.
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_qu2020_config"]
+__all__ = ["add_qu2020_config", "label_settings"]
 
 # Keys of the layout before methods/ (old name -> new name); an old YAML gets a clear error.
 RENAMED_KEYS = {
@@ -36,6 +36,19 @@ REMOVED_KEYS = (
     "NUCLEIWEAK.QU2020.DET.BACKGROUND_DIR",
     "NUCLEIWEAK.QU2020.CRF.ENABLED",
 )
+
+
+def label_settings(cfg):
+    """Keyword arguments of :func:`~nucleiweak_d2.methods.qu2020.labels.cluster_label_of` from
+    ``cfg.NUCLEIWEAK.QU2020.LABEL`` (``kind``, ``d_max``, ``dilate_radius``, ``erode_radius``);
+    the seg mapper and the labels of the benchmark's decomposition both read them here."""
+    lab = cfg.NUCLEIWEAK.QU2020.LABEL
+    return {
+        "kind": lab.KIND,
+        "d_max": lab.D_MAX,
+        "dilate_radius": lab.DILATE_RADIUS,
+        "erode_radius": lab.ERODE_RADIUS,
+    }
 
 
 def add_qu2020_config(cfg):

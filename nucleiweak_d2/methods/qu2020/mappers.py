@@ -21,6 +21,7 @@ from detectron2.config import configurable
 from ...data.mapper import CachedTargetsMapper
 from ...data.records import cache_key, record_points
 from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
+from .config import label_settings
 from .labels import check_label_settings, cluster_label_of
 
 __all__ = ["NucleiWeakQu2020SegMapper", "NucleiWeakQu2020DetMapper"]
@@ -85,13 +86,8 @@ class NucleiWeakQu2020SegMapper(CachedTargetsMapper):
     @classmethod
     def from_config(cls, cfg, is_train=True):
         ret = super().from_config(cfg, is_train)
-        lab = cfg.NUCLEIWEAK.QU2020.LABEL
-        ret.update(
-            label_kind=lab.KIND,
-            d_max=lab.D_MAX,
-            dilate_radius=lab.DILATE_RADIUS,
-            erode_radius=lab.ERODE_RADIUS,
-        )
+        label = label_settings(cfg)
+        ret.update(label_kind=label.pop("kind"), **label)
         return ret
 
     def _aug_points(self, record):
