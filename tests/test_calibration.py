@@ -216,3 +216,71 @@ def test_periodic_evaluation_calibrates_an_under_confident_segmentor(tmp_path, c
     else:  # 0.5 finds nothing
         assert float(model.fg_threshold) == 0.5 and aji == 0.0
     assert model.training  # the training mode is restored
+
+
+def _blobs_case():
+    """One 40x60 image, three nuclei at (x, y) (10, 10), (30, 10), (50, 30) seen by blobs of 25,
+    4 and 9 px at probability 0.5, and a false 9 px blob at (30, 30) at 0.3."""
+    prob = np.zeros((40, 60), np.float32)
+    prob[8:13, 8:13] = 0.5
+    prob[9:11, 29:31] = 0.5
+    prob[29:32, 49:52] = 0.5
+    prob[29:32, 29:32] = 0.3
+    return prob, np.array([[10.0, 10.0], [30.0, 10.0], [50.0, 30.0]])
+
+
+def test_select_point_postprocess_picks_the_best_f1_on_a_hand_made_case():
+    from nucleiweak_d2.engine.calibration import select_point_postprocess
+
+    prob, gt = _blobs_case()
+    grid = {"thresholds": (0.25, 0.4, 0.45), "min_areas": (2, 4, 8, 12)}
+    best, scores = select_point_postprocess([prob], [gt], 11.0, 0, **grid)
+    # 0.25 keeps the false blob (3 TP, 1 FP); 0.4 and 0.45 are exact down to 4 px, then the
+    # 4 px nucleus (8) and the 9 px one (12) are lost; ties: nearest 0.35, then the larger area
+    assert scores["0.25/2"] == pytest.approx(6 / 7)
+    assert scores["0.4/2"] == scores["0.4/4"] == scores["0.45/4"] == 1.0
+    assert scores["0.4/8"] == pytest.approx(0.8) and scores["0.4/12"] == pytest.approx(0.5)
+    assert best == (0.4, 4)
+    # a maximum area drops the 25 px blob whatever the pair
+    best, scores = select_point_postprocess([prob], [gt], 11.0, 20, **grid)
+    assert best == (0.4, 4) and max(scores.values()) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="at least one"):
+        select_point_postprocess([], [], 11.0)
+
+
+def test_periodic_evaluation_of_a_detector_scores_it_at_its_val_best_threshold(tmp_path):
+    """Qu's DET.CALIBRATE_EVAL: a detector whose nuclei reach only 0.3 finds nothing at the
+    configured 0.35; the calibrating trainer chooses a lower threshold on val first."""
+    pytest.importorskip("detectron2")
+    from conftest import TINY_UNET_OPTS, make_tiny_coco
+
+    from nucleiweak_d2.config import setup_cfg
+    from nucleiweak_d2.engine.trainer import (
+        Trainer,
+        calibrate_points_during_training,
+        val_choosing_trainer,
+    )
+
+    make_tiny_coco(tmp_path, "detcal", n_images=4, size=(64, 64))
+    cfg = setup_cfg(
+        "configs/quick/qu2020_instant_test.yaml",
+        TINY_UNET_OPTS
+        + ["MODEL.META_ARCHITECTURE", "NucleiWeakUNetPointDetector"]
+        + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "1", "NUCLEIWEAK.COCO_EVAL", "False"]
+        + ["DATASETS.TEST", "('detcal_val',)", "OUTPUT_DIR", str(tmp_path / "out")]
+        + ["NUCLEIWEAK.UNET.POINT_THRESHOLD", "0.35", "NUCLEIWEAK.UNET.POINT_MIN_AREA", "2"],
+    )
+    model = Trainer.build_model(cfg)
+
+    def logits(images):  # probability 0.3 on dark (nucleus) pixels, 0.05 elsewhere
+        dark = (images.tensor.mean(dim=1, keepdim=True) < 1.0).float()
+        p = 0.05 + 0.25 * dark
+        return torch.log(p / (1 - p))
+
+    model.logits = logits
+    model.train()
+    assert Trainer.test(cfg, model)["nuclei"]["det_F1"] == 0.0
+    trainer = val_choosing_trainer(Trainer, calibrate_points_during_training, "Calibrating")
+    f1 = trainer.test(cfg, model)["nuclei"]["det_F1"]
+    assert model.threshold < 0.3 and f1 > 0.5
+    assert model.training  # the training mode is restored

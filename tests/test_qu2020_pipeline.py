@@ -207,6 +207,8 @@ def test_detector_ensemble_trains_every_member_and_detects_with_their_mean(tiny_
         [
             "NUCLEIWEAK.QU2020.DET.ENSEMBLE",
             "2",
+            "NUCLEIWEAK.QU2020.DET.CALIBRATE_EVAL",  # each member's checkpoints, calibrated
+            "True",
             "NUCLEIWEAK.QU2020.DET.SELECT_ROUND",
             "best_val",
             "NUCLEIWEAK.QU2020.CRF.MAX_ITER",

@@ -34,6 +34,7 @@ __all__ = [
     "calibrate_fg_threshold",
     "calibrate_on_dataset",
     "select_point_postprocess",
+    "calibrate_point_detector",
 ]
 
 logger = logging.getLogger(__name__)
@@ -194,9 +195,13 @@ def calibrate_on_dataset(model, cfg, dataset_name, probs):
 
 
 def select_point_postprocess(
-    probs, gt_points, radius, to_points, thresholds=POINT_THRESHOLDS, min_areas=POINT_MIN_AREAS
+    probs, gt_points, radius, max_area=0, thresholds=POINT_THRESHOLDS, min_areas=POINT_MIN_AREAS
 ):
     """The (threshold, minimum area) of the best detection F1 over all images.
+
+    The points of a pair are :func:`~nucleiweak_d2.modeling.meta_arch.postprocess.
+    points_from_probability`'s (the point detector's rule); each threshold labels an image once
+    for every minimum area.
 
     Parameters
     ----------
@@ -206,8 +211,8 @@ def select_point_postprocess(
         ``(N, 2)`` ground-truth (x, y) points of the same images.
     radius : float
         Detection radius (``NUCLEIWEAK.EVAL.DET_RADIUS``).
-    to_points : callable
-        ``to_points(prob, threshold, min_area) -> (K, 2) points`` (the model's rule).
+    max_area : int
+        The detector's maximum blob area (``<= 0``: none).
     thresholds, min_areas : sequence
         Candidates.
 
@@ -226,15 +231,64 @@ def select_point_postprocess(
         )
     if not thresholds or not min_areas:
         raise ValueError("point calibration needs at least one threshold and one minimum area")
+    from ..modeling.meta_arch.postprocess import point_components, points_from_components
+
     scores, keyed = {}, {}
     for t in thresholds:
+        comps = [point_components(prob, float(t)) for prob in probs]
         for a in min_areas:
             tp = fp = fn = 0
-            for prob, gt in zip(probs, gt_points):
-                c = detection_counts(gt, to_points(prob, float(t), int(a)), radius)
+            for (centres, areas), gt in zip(comps, gt_points):
+                pts = points_from_components(centres, areas, int(a), max_area)
+                c = detection_counts(gt, pts, radius)
                 tp, fp, fn = tp + c["tp"], fp + c["fp"], fn + c["fn"]
             f1 = scores_from_counts(tp, fp, fn)["f1"]
             keyed[(float(t), int(a))] = f1
             scores[f"{float(t)}/{int(a)}"] = f1
     best = max(keyed, key=lambda k: (round(keyed[k], 12), -abs(k[0] - 0.35), k[1]))
     return best, scores
+
+
+def calibrate_point_detector(model, cfg, dataset_name, probs):
+    """Choose a point detector's threshold and minimum blob area on the registered val dataset
+    ``dataset_name`` (:func:`select_point_postprocess`) and set them on ``model`` in place.
+
+    Parameters
+    ----------
+    model : NucleiWeakUNetPointDetector or NucleiWeakPointDetectorEnsemble
+        Its ``threshold`` and ``min_area`` are set; its ``max_area`` is kept.
+    cfg : CfgNode
+        Gives ``NUCLEIWEAK.EVAL.POINT_MODE`` and ``DET_RADIUS`` (the evaluator's matching).
+    dataset_name : str
+        The val split (records with ground truth).
+    probs : dict
+        ``{str(image_id): (H, W) detection probability}`` of every image of the dataset.
+
+    Returns
+    -------
+    dict
+        ``{"point_threshold": t, "point_min_area": a, "val_det_F1": {"<t>/<a>": F1}}``.
+    """
+    from detectron2.data import DatasetCatalog
+
+    from ..evaluation.ground_truth import gt_points
+
+    records = DatasetCatalog.get(dataset_name)
+    (threshold, min_area), scores = select_point_postprocess(
+        [np.asarray(probs[str(r["image_id"])], dtype=np.float32) for r in records],
+        [gt_points(gt_label_map(r), cfg.NUCLEIWEAK.EVAL.POINT_MODE) for r in records],
+        cfg.NUCLEIWEAK.EVAL.DET_RADIUS,
+        model.max_area,
+    )
+    logger.info(
+        "detector post-processing on val: threshold %.2f, min area %d (F1 %.4f; "
+        "configured %.2f/%d: %s)",
+        threshold,
+        min_area,
+        scores[f"{threshold}/{min_area}"],
+        model.threshold,
+        model.min_area,
+        scores.get(f"{float(model.threshold)}/{int(model.min_area)}", "not in the grid"),
+    )
+    model.threshold, model.min_area = threshold, min_area
+    return {"point_threshold": threshold, "point_min_area": min_area, "val_det_F1": scores}

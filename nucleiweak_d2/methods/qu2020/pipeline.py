@@ -45,7 +45,11 @@ from ...engine.pipeline import (
     StagedPipeline,
     broadcast_from_main,
 )
-from ...engine.trainer import Trainer
+from ...engine.trainer import (
+    Trainer,
+    calibrate_points_during_training,
+    val_choosing_trainer,
+)
 from ...pseudo_labels.detection import propagated_background
 from .artifacts import write_mask_png
 from .postprocess import merge_points
@@ -183,6 +187,8 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         """Train detector ``m`` of round ``k``; the round's last detector then scores the round
         on val (``best_val``) and writes its propagated background (before the last round)."""
         c, trainer = self.det_cfg(k, m)
+        if self.q.DET.CALIBRATE_EVAL:
+            trainer = val_choosing_trainer(trainer, calibrate_points_during_training, "Calibrating")
         weights = self.train(c, self.q.DET.SELECT_METRIC, trainer)
         info = {"weights": weights}
         if m < self.members - 1:
@@ -256,36 +262,16 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
     def calibrate_detector(self, c, model, trainer):
         """Threshold and minimum blob area of the detector chosen on val by detection F1
         (``DET.CALIBRATE``; a deviation: Qu et al. fix 0.35 and 12 px for their schedule)."""
-        from ...engine.calibration import select_point_postprocess
-        from ...evaluation.ground_truth import gt_label_map, gt_points
-        from ...modeling.meta_arch.postprocess import points_from_probability
+        from ...engine.calibration import calibrate_point_detector
 
         if not (self.q.DET.CALIBRATE and self.val_set):
             return {}
         probs = self.infer(
-            c, model, self.val_set, lambda inp, out: out["prob"].half().cpu(), trainer
+            c, model, self.val_set, lambda inp, out: out["prob"].half().cpu().float(), trainer
         )
         if not probs:  # not the main process
             return {}
-        records = DatasetCatalog.get(self.val_set)
-        mode = self.cfg.NUCLEIWEAK.EVAL.POINT_MODE
-        (threshold, min_area), scores = select_point_postprocess(
-            [probs[str(r["image_id"])].float().numpy() for r in records],
-            [gt_points(gt_label_map(r), mode) for r in records],
-            self.cfg.NUCLEIWEAK.EVAL.DET_RADIUS,
-            lambda prob, t, a: points_from_probability(prob, t, a, model.max_area),
-        )
-        logger.info(
-            "detector post-processing on val: threshold %.2f, min area %d (F1 %.4f; "
-            "configured %.2f/%d: %s)",
-            threshold,
-            min_area,
-            scores[f"{threshold}/{min_area}"],
-            model.threshold,
-            model.min_area,
-            scores.get(f"{float(model.threshold)}/{int(model.min_area)}", "not in the grid"),
-        )
-        return {"point_threshold": threshold, "point_min_area": min_area, "val_det_F1": scores}
+        return calibrate_point_detector(model, self.cfg, self.val_set, probs)
 
     def detect_and_merge(self):
         k = self.selected_round()

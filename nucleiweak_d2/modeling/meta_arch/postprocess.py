@@ -7,6 +7,8 @@ from skimage import measure, segmentation
 
 __all__ = [
     "instances_from_foreground",
+    "point_components",
+    "points_from_components",
     "points_from_probability",
     "relabel_sequential",
     "remove_small_objects",
@@ -97,6 +99,46 @@ def fill_holes_per_object(label, keep_enclosed=False):
     return filled
 
 
+def point_components(prob, threshold=0.35):
+    """Every component of ``prob > threshold`` (8-connected): centroid and area.
+
+    Parameters
+    ----------
+    prob : numpy.ndarray
+        ``(H, W)`` float probabilities.
+    threshold : float
+        Pixels with ``prob > threshold`` are candidates.
+
+    Returns
+    -------
+    centres : numpy.ndarray
+        float64 ``(K, 2)`` centroids in (x, y) pixel-index coordinates.
+    areas : numpy.ndarray
+        float64 ``(K,)`` pixel counts.
+    """
+    prob = np.asarray(prob)
+    if prob.ndim != 2:
+        raise ValueError(f"probability map must be (H, W), got {prob.shape}")
+    label = measure.label(prob > threshold, connectivity=2)
+    n = int(label.max())
+    if n == 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    idx = np.arange(1, n + 1)
+    ones = np.ones(label.shape)
+    area = np.asarray(ndi.sum_labels(ones, label, idx), dtype=np.float64)
+    centres = np.asarray(ndi.center_of_mass(ones, label, idx), dtype=np.float64)
+    return centres.reshape(-1, 2)[:, ::-1].copy(), area
+
+
+def points_from_components(centres, areas, min_area=12, max_area=0):
+    """The centres of :func:`point_components` whose area is within ``[min_area, max_area]``
+    (``max_area <= 0``: no upper limit)."""
+    keep = areas >= min_area
+    if max_area > 0:
+        keep &= areas <= max_area
+    return centres[keep].reshape(-1, 2)
+
+
 def points_from_probability(prob, threshold=0.35, min_area=12, max_area=0):
     """Nucleus centres from a detection probability map (Qu et al.'s detection inference).
 
@@ -115,19 +157,4 @@ def points_from_probability(prob, threshold=0.35, min_area=12, max_area=0):
     numpy.ndarray
         float64 ``(K, 2)`` component centroids in (x, y) pixel-index coordinates.
     """
-    prob = np.asarray(prob)
-    if prob.ndim != 2:
-        raise ValueError(f"probability map must be (H, W), got {prob.shape}")
-    label = measure.label(prob > threshold, connectivity=2)
-    n = int(label.max())
-    if n == 0:
-        return np.zeros((0, 2))
-    idx = np.arange(1, n + 1)
-    area = ndi.sum_labels(np.ones(label.shape), label, idx)
-    keep = area >= min_area
-    if max_area > 0:
-        keep &= area <= max_area
-    if not keep.any():
-        return np.zeros((0, 2))
-    centres = np.asarray(ndi.center_of_mass(np.ones(label.shape), label, idx[keep]))
-    return centres[:, ::-1].astype(np.float64).reshape(-1, 2)
+    return points_from_components(*point_components(prob, threshold), min_area, max_area)
