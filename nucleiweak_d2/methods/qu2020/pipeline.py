@@ -10,7 +10,10 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`; each in ``OUTP
    trains E detectors, ``det_round<k>`` and ``det_round<k>_m<m>`` (seed ``SEED + k + 1000 m``),
    and their mean probability map (:class:`~nucleiweak_d2.modeling.meta_arch.
    NucleiWeakPointDetectorEnsemble`) gives the background, the val score and the points; the
-   last member's stage writes the round's background and val score.
+   last member's stage writes the round's background and val score. With
+   ``DET.CALIBRATE_EVAL`` each periodic val evaluation first chooses the detector's threshold
+   and minimum area on val (a deviation), so a round keeps its checkpoint by the F1 it will be
+   used at rather than at the fixed threshold.
 2. ``detect``: the last round's detector (or, with ``DET.SELECT_ROUND: best_val``, the round best
    on val) finds points on the training images; they are merged with the annotated points
    (annotated kept, a detection added only beyond r1 of all of them) into
