@@ -144,10 +144,8 @@ def points_from_probability(prob, threshold=0.35, min_area=12, max_area=0):
 
     Parameters
     ----------
-    prob : numpy.ndarray
-        ``(H, W)`` float probabilities.
-    threshold : float
-        Pixels with ``prob > threshold`` are candidates.
+    prob, threshold
+        As :func:`point_components`.
     min_area, max_area : int
         Components with fewer than ``min_area`` or more than ``max_area`` pixels are dropped
         (``max_area <= 0``: no upper limit).
