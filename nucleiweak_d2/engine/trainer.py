@@ -283,22 +283,29 @@ def calibrate_during_training(trainer, cfg, model, dataset_name):
     threshold forced by ``NUCLEIWEAK.UNET.FG_THRESHOLD``, and multi-process runs (the val
     outputs would have to be gathered) are left unchanged.
     """
-    from detectron2.utils import comm
-
     from .calibration import calibrate_on_dataset
 
     net = unwrap_model(model)
     if not hasattr(net, "fg_threshold") or float(getattr(net, "fg_threshold_override", -1)) > 0:
         return None
-    if comm.get_world_size() > 1:
-        logging.getLogger(__name__).warning(
-            "NUCLEIWEAK.UNET.CALIBRATE_EVAL is ignored with %d processes",
-            comm.get_world_size(),
-        )
+    if not _one_process("NUCLEIWEAK.UNET.CALIBRATE_EVAL"):
         return None
     return calibrate_on_dataset(
         net, cfg, dataset_name, _val_probabilities(trainer, cfg, net, dataset_name)
     )
+
+
+def _one_process(what):
+    """Whether the run has one process; else a warning that ``what`` (a val choice during
+    training, whose val outputs would have to be gathered) is ignored."""
+    from detectron2.utils import comm
+
+    if comm.get_world_size() == 1:
+        return True
+    logging.getLogger(__name__).warning(
+        "%s is ignored with %d processes", what, comm.get_world_size()
+    )
+    return False
 
 
 def _val_probabilities(trainer, cfg, net, dataset_name):
@@ -326,18 +333,12 @@ def calibrate_points_during_training(trainer, cfg, model, dataset_name):
     points, CPU config), so its kept checkpoint was close to chance. Models without a
     ``min_area`` attribute (not point detectors) and multi-process runs are left unchanged.
     """
-    from detectron2.utils import comm
-
     from .calibration import calibrate_point_detector
 
     net = unwrap_model(model)
     if not (hasattr(net, "min_area") and hasattr(net, "threshold")):
         return None
-    if comm.get_world_size() > 1:
-        logging.getLogger(__name__).warning(
-            "the detector's calibrated evaluation is ignored with %d processes",
-            comm.get_world_size(),
-        )
+    if not _one_process("NUCLEIWEAK.QU2020.DET.CALIBRATE_EVAL"):
         return None
     probs = _val_probabilities(trainer, cfg, net, dataset_name)
     return calibrate_point_detector(net, cfg, dataset_name, probs)

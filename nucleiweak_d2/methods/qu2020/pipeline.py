@@ -270,7 +270,7 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         if not (self.q.DET.CALIBRATE and self.val_set):
             return {}
         probs = self.infer(
-            c, model, self.val_set, lambda inp, out: out["prob"].half().cpu().float(), trainer
+            c, model, self.val_set, lambda inp, out: out["prob"].half().cpu(), trainer
         )
         if not probs:  # not the main process
             return {}
