@@ -200,6 +200,24 @@ def test_leaderboard_mean_std_over_seeds_latest_row_wins_and_published():
     assert references == [("classical", 0.41)] and len(points["aji_vs_cpu"]) == 2
 
 
+def test_detector_table_has_the_point_detectors_beside_table_ii():
+    """Qu et al.'s runs keep their detector's scores in ``extra.detection``: a table of its own
+    (mean ± std over seeds per split) beside the paper's Table II; rows without one add none."""
+    rows = []
+    for seed, f1 in [(0, 0.70), (1, 0.80)]:
+        row = _row("qu2020", 0.1, "0", seed, 0.45)
+        row["extra"] = {"detection": {"test": {"det_P": 0.9, "det_R": 0.6, "det_F1": f1}}}
+        rows.append(row)
+    text = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test", "testA"])
+    assert "## Point detectors" in text
+    line = next(x for x in text.splitlines() if x.startswith("| qu2020 | 0.1 | 0 | 0,1 | 0.9000"))
+    assert line.endswith("| 0.7500 ± 0.0707 | n/a | n/a | n/a |")
+    published = next(x for x in text.splitlines() if x.startswith("| published: Qu 2020, Tables"))
+    assert "| 0.8238 | 0.8328 | 0.8282 | n/a | n/a | n/a |" in published
+    plain = benchmarking.leaderboard([_row("qu2020", 0.1, "0", 0, 0.5)], "/d/monuseg_mo", ["test"])
+    assert "## Point detectors" not in plain
+
+
 def test_leaderboard_keeps_each_config_of_a_method_apart():
     """Two budgets of one method (two config files) get a row each, labelled by the file."""
     cheap = {"config_file": "configs/qu2020/R18_cpu.yaml"}

@@ -6,7 +6,15 @@ from pathlib import Path
 from .runs import read_results
 from .table import DECOMPOSITION, LEADERBOARD, PUBLISHED, RESULTS
 
-__all__ = ["COLUMNS", "STUDY_TABLES", "leaderboard", "plot_points", "write_plots", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "STUDY_TABLES",
+    "detector_table",
+    "leaderboard",
+    "plot_points",
+    "write_plots",
+    "write_report",
+]
 
 #: Columns of the leaderboard (NucleiEvaluator's names), in this order.
 COLUMNS = ("AJI", "Dice_obj", "pixel_F1", "PQ", "det_F1")
@@ -187,6 +195,7 @@ def leaderboard(rows, data, test_splits, decomposition=()):
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += _study_tables(groups, test_splits[0], data.name)
+    lines += detector_table(groups, test_splits, data.name)
     lines += decomposition_table(decomposition, data)
     published = [p for p in PUBLISHED if p["dataset"] == data.name]
     if published:
@@ -206,7 +215,7 @@ def leaderboard(rows, data, test_splits, decomposition=()):
         lines += [
             "",
             "det_F1 above is from the instance centres of the segmentation; Qu 2020's det_F1 is "
-            "its point detector's (Table II), which a qu2020 row keeps in `extra.detection`.",
+            "its point detector's (Table II), in the table of point detectors.",
             "",
         ]
     every = [r for g in groups.values() for r in g]
@@ -254,6 +263,58 @@ def decomposition_table(rows, data):
                 values = [r.get(key, {}).get("val", {}).get(m) for r in group]
                 cells.append(_cell(*_stats(values)))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+#: Metrics of a method's own point detector (a row's ``extra.detection``: ``{split: metrics}``).
+DETECTOR_COLUMNS = ("det_P", "det_R", "det_F1")
+
+
+def detector_table(groups, test_splits, dataset):
+    """Markdown lines of the point detectors of the rows that keep one in ``extra.detection``
+    (Qu et al.'s stage 1; none when no row does): precision, recall and F1 of the detected
+    points on each test split (mean ± std over seeds), then the published detection numbers on
+    ``dataset`` (a folder name). The leaderboard's ``det_F1`` is the segmentation's instead."""
+    chosen = [
+        (k, g)
+        for k, g in groups.items()
+        if any(isinstance(r.get("extra", {}).get("detection"), dict) for r in g)
+    ]
+    if not chosen:
+        return []
+    head = ["method", "ratio", "shift", "seeds"] + [
+        f"{split} {m}" for split in test_splits for m in DETECTOR_COLUMNS
+    ]
+    lines = [
+        "## Point detectors",
+        "",
+        "Points detected by a method's own detector (Qu et al.'s stage 1), matched to the "
+        "ground-truth centroids as in the paper's Table II; the segmentation's det_F1 above "
+        "counts the final instances' centres instead.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
+    for (label, ratio, shift), group in chosen:
+        cells = [label, _ratio_cell(ratio), shift or "n/a", _seeds_cell(group)]
+        for split in test_splits:
+            for m in DETECTOR_COLUMNS:
+                values = [
+                    r.get("extra", {}).get("detection", {}).get(split, {}).get(m) for r in group
+                ]
+                cells.append(_cell(*_stats(values)))
+        lines.append("| " + " | ".join(cells) + " |")
+    for p in PUBLISHED:
+        if p["dataset"] == dataset and all(m in p for m in DETECTOR_COLUMNS):
+            cells = [
+                f"published: {p['source']}",
+                _ratio_cell(p["ratio"]),
+                p["shift"] or "n/s",
+                "n/a",
+            ]
+            cells += [f"{p[m]:.4f}" for m in DETECTOR_COLUMNS]
+            cells += ["n/a"] * (len(head) - len(cells))
+            lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
