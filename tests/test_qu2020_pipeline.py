@@ -253,3 +253,25 @@ def test_old_pipeline_keys_say_where_they_went():
         setup_cfg(QUICK, ["NUCLEIWEAK.QU2020.DET.THRESHOLD", "0.5"])
     with pytest.raises(KeyError, match="constructor argument"):
         setup_cfg(QUICK, ["NUCLEIWEAK.QU2020.POINTS_FILE", "x.json"])
+
+
+def test_final_test_flips_reach_the_final_segmentor_alone(tiny_dataset, tmp_path, monkeypatch):
+    """SEG.FINAL_TEST_FLIPS: the calibrate stage and the scored model average over the flips;
+    the detectors and the training stages (their val evaluations) do not."""
+    flips = ["NUCLEIWEAK.QU2020.SEG.FINAL_TEST_FLIPS", "8"]
+    pipe = NucleiWeakQu2020Pipeline(_cfg(tmp_path, flips))
+    assert pipe.final_model()[0].NUCLEIWEAK.UNET.TEST_FLIPS == 8
+    assert pipe.seg_cfg()[0].NUCLEIWEAK.UNET.TEST_FLIPS == 1
+    assert pipe.crf_cfg()[0].NUCLEIWEAK.UNET.TEST_FLIPS == 1
+    assert pipe.det_cfg(0)[0].NUCLEIWEAK.UNET.TEST_FLIPS == 1
+    seen = {}
+    monkeypatch.setattr(pipe, "best_weights", lambda folder: str(folder / "model_best.pth"))
+    monkeypatch.setattr(
+        pipe,
+        "calibrate_threshold",
+        lambda c, weights, stage, trainer: seen.update(flips=c.NUCLEIWEAK.UNET.TEST_FLIPS),
+    )
+    pipe.calibrate()
+    assert seen == {"flips": 8}
+    plain = NucleiWeakQu2020Pipeline(_cfg(tmp_path))
+    assert plain.final_model()[0].NUCLEIWEAK.UNET.TEST_FLIPS == 1

@@ -105,6 +105,10 @@ def add_qu2020_config(cfg):
     # Choose the foreground threshold of the final model on val (stage "calibrate"; the paper
     # takes the argmax, i.e. 0.5, which a short CPU schedule leaves badly calibrated).
     _C.NUCLEIWEAK.QU2020.SEG.CALIBRATE_THRESHOLD = True
+    # Test-time flips (1, 2, 4 or 8) of the final segmentor alone: the calibrate stage's val
+    # choice and the scoring of the eval sets, not the detector or the val evaluations during
+    # training (a deviation; 0 keeps NUCLEIWEAK.UNET.TEST_FLIPS everywhere).
+    _C.NUCLEIWEAK.QU2020.SEG.FINAL_TEST_FLIPS = 0
 
     _C.NUCLEIWEAK.QU2020.LABEL = CN()
     # Colour feature of the cluster label: "kmeans" (Qu et al.: RGB / 10) or "adaptive" (Liu et

@@ -153,10 +153,18 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         """The last training stage: ``crf``, or ``seg`` when the CRF stage is skipped."""
         return "crf" if self.q.CRF.MAX_ITER > 0 else "seg"
 
+    def final_cfg(self):
+        """Config of the final segmentor (the last training stage's) with the test-time flips
+        of ``NUCLEIWEAK.QU2020.SEG.FINAL_TEST_FLIPS`` when set."""
+        c = self.stage_cfg(self.trained_stage(), SEG_ARCH)
+        if self.q.SEG.FINAL_TEST_FLIPS:
+            c.NUCLEIWEAK.UNET.TEST_FLIPS = int(self.q.SEG.FINAL_TEST_FLIPS)
+        return c
+
     def final_model(self):
         """The segmentor of the last stage; at test time it needs nothing an earlier stage wrote."""
         stage = self.trained_stage()
-        c = self.stage_cfg(stage, SEG_ARCH)
+        c = self.final_cfg()
         c.NUCLEIWEAK.COCO_EVAL = bool(
             self.cfg.NUCLEIWEAK.COCO_EVAL and self.cfg.NUCLEIWEAK.UNET.OUTPUT_INSTANCES
         )
@@ -328,11 +336,8 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         return {"weights": self.train(c, self.q.SEG.SELECT_METRIC, trainer)}
 
     def calibrate(self):
-        stage = self.trained_stage()
-        c = self.stage_cfg(stage, SEG_ARCH)
-        return self.calibrate_threshold(
-            c, self.best_weights(self.stage_dir(stage)), "calibrate", Trainer
-        )
+        weights = self.best_weights(self.stage_dir(self.trained_stage()))
+        return self.calibrate_threshold(self.final_cfg(), weights, "calibrate", Trainer)
 
     # ------------------------------------------------------------------ extra results
     def extra_evaluation(self, out_dir):
