@@ -100,6 +100,36 @@ def test_full_pipeline_two_iterations_per_stage(tiny_dataset):
     assert ev2["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
     assert (fresh / "metrics.json").is_file() and not (fresh / "detect").exists()
 
+    # eval sets sharing images (MoNuSeg's test = testA + testB): each image runs once
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from nucleiweak_d2.engine import shared_outputs
+
+    copy = "qu2020_smoke_test_copy"
+    if copy not in DatasetCatalog.list():
+        DatasetCatalog.register(copy, lambda: DatasetCatalog.get("qu2020_smoke_test"))
+        meta = dict(MetadataCatalog.get("qu2020_smoke_test").as_dict())
+        meta.pop("name")
+        MetadataCatalog.get(copy).set(**meta)
+    wrappers = []
+    real_init = shared_outputs.SharedImageOutputs.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        wrappers.append(self)
+
+    shared_outputs.SharedImageOutputs.__init__ = spy
+    try:
+        both = ["NUCLEIWEAK.EVAL_DATASETS", f"['qu2020_smoke_test', '{copy}']"]
+        ev3 = pipeline(_cfg(out, both), resume=False, eval_only=True).run()
+    finally:
+        shared_outputs.SharedImageOutputs.__init__ = real_init
+    scores = ev3["segmentation"]
+    assert scores[copy]["nuclei"] == scores["qu2020_smoke_test"]["nuclei"]
+    assert scores[copy]["nuclei"]["AJI"] == pytest.approx(seg["AJI"])
+    assert len(wrappers) == 1 and wrappers[0].calls == 1  # one test image, run once
+    assert wrappers[0].store == {}
+
     # --eval-only whose MODEL.WEIGHTS only initialises (lacks the head): refused, not scored
 
     state = torch.load(out / "model_final.pth", map_location="cpu")["model"]

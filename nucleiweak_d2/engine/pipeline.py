@@ -429,6 +429,19 @@ class StagedPipeline:
             model, trainer.build_test_loader(cfg, dataset), DatasetEvaluators(evaluators)
         )
 
+    @staticmethod
+    def shared_outputs(model, datasets):
+        """``model`` wrapped to run once per image that several of ``datasets`` (names) share
+        (:class:`~nucleiweak_d2.engine.shared_outputs.SharedImageOutputs`, e.g. MoNuSeg's test
+        = testA + testB); ``model`` itself when they share none."""
+        from detectron2.data import DatasetCatalog
+
+        from .shared_outputs import SharedImageOutputs
+
+        names = list(dict.fromkeys(d for d in datasets if d))
+        wrapped = SharedImageOutputs(model, [DatasetCatalog.get(d) for d in names])
+        return wrapped if wrapped.uses_left else model
+
     def calibrate_threshold(self, cfg, weights, stage, trainer=Trainer):
         """Calibrate a segmentor's foreground threshold on the val split (main process).
 
@@ -493,6 +506,7 @@ class StagedPipeline:
         cfg.defrost()
         cfg.OUTPUT_DIR = str(out_dir)
         model = self.prepare_eval_model(self.load_model(cfg, weights, trainer))
+        model = self.shared_outputs(model, self.eval_sets)
         results = {}
         for ds in self.eval_sets:
             folder = Path(out_dir) / ds

@@ -236,8 +236,10 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
         """
         c, trainer = self.spn_cfg()
         model = self.load_model(c, self.stage_info("spn")["weights"], trainer)
+        sets = list(dict.fromkeys([self.val_set, *self.eval_sets]))
+        model = self.shared_outputs(model, sets)
         metrics = {}
-        for ds in dict.fromkeys([self.val_set, *self.eval_sets]):
+        for ds in sets:
             if ds:
                 res = self.evaluate(c, model, ds, out_dir / ds, trainer)
                 if res:

@@ -345,8 +345,10 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         if self.eval_only or not (self.stage_dir("detect") / "stage_done.json").is_file():
             return {}
         c, trainer, model = self.detector(self.stage_info("detect")["round"])
+        sets = list(dict.fromkeys([self.val_set, *self.eval_sets]))
+        model = self.shared_outputs(model, sets)
         metrics = {}
-        for ds in dict.fromkeys([self.val_set, *self.eval_sets]):
+        for ds in sets:
             if ds:
                 res = self.evaluate(c, model, ds, out_dir / "detection" / ds, trainer)
                 metrics[ds] = {
