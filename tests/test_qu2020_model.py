@@ -75,6 +75,26 @@ def test_points_from_probability_centroids_and_area_limits():
     assert len(points_from_probability(prob, 0.35, 12, 0)) == 2
 
 
+def test_point_outputs_label_once_and_agree_with_points_from_probability():
+    """The detector's outputs: the points of :func:`points_from_probability` and the
+    8-connected components of the thresholded map (every component, small ones too)."""
+    from nucleiweak_d2.modeling.meta_arch.point_detector import point_outputs
+
+    prob = np.zeros((50, 50), dtype=np.float32)
+    prob[10:15, 20:25] = 0.9
+    prob[15, 25] = 0.9  # touches the first blob diagonally: one 8-connected component
+    prob[40:42, 40:42] = 0.9  # too small for a point, still a blob
+    prob[25:40, 0:15] = 0.9
+    out = point_outputs(torch.from_numpy(prob), 0.35, 12, 200)
+    expected = points_from_probability(prob, 0.35, 12, 200)
+    np.testing.assert_allclose(out["pred_points"].numpy(), expected, rtol=1e-6)
+    assert len(expected) == 1
+    assert out["instance_map"].max().item() == 3 and out["instance_map"][15, 25] != 0
+    assert out["instance_map"][15, 25] == out["instance_map"][12, 22]
+    empty = point_outputs(torch.zeros(8, 8), 0.35, 12, 0)
+    assert empty["pred_points"].shape == (0, 2) and empty["instance_map"].max().item() == 0
+
+
 def test_merge_points_keeps_annotated_and_far_detections():
     ann = np.array([[10, 10], [50, 50]])
     det = np.array([[12, 12], [21, 10], [22, 10], [80.4, 5.6]])

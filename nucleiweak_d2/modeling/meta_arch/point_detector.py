@@ -13,7 +13,7 @@ from skimage import measure
 
 from ...data.registry import register_alias
 from ..losses.mse import weighted_mse_loss
-from .postprocess import points_from_probability
+from .postprocess import label_components, points_from_components
 from .unet import UNetModelMixin
 
 __all__ = ["NucleiWeakUNetPointDetector", "NucleiWeakPointDetectorEnsemble", "point_outputs"]
@@ -113,9 +113,8 @@ class NucleiWeakUNetPointDetector(UNetModelMixin, SemanticSegmentor):
 def point_outputs(prob, threshold, min_area, max_area):
     """The detector's output dict of one ``(H, W)`` probability map (see
     :class:`NucleiWeakUNetPointDetector`)."""
-    prob_np = prob.cpu().numpy()
-    points = points_from_probability(prob_np, threshold, min_area, max_area)
-    blobs = measure.label(prob_np > threshold, connectivity=2)
+    blobs = measure.label(prob.cpu().numpy() > threshold, connectivity=2)
+    points = points_from_components(*label_components(blobs), min_area, max_area)
     return {
         "prob": prob,
         "pred_points": torch.as_tensor(points).float(),

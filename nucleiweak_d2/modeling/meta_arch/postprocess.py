@@ -7,6 +7,7 @@ from skimage import measure, segmentation
 
 __all__ = [
     "instances_from_foreground",
+    "label_components",
     "point_components",
     "points_from_components",
     "points_from_probability",
@@ -119,8 +120,13 @@ def point_components(prob, threshold=0.35):
     prob = np.asarray(prob)
     if prob.ndim != 2:
         raise ValueError(f"probability map must be (H, W), got {prob.shape}")
-    label = measure.label(prob > threshold, connectivity=2)
-    n = int(label.max())
+    return label_components(measure.label(prob > threshold, connectivity=2))
+
+
+def label_components(label):
+    """Centroids ``(K, 2)`` (x, y) and areas ``(K,)`` (float64) of the components 1..K of an
+    integer label map (e.g. the 8-connected labels :func:`point_components` makes)."""
+    n = int(label.max()) if label.size else 0
     if n == 0:
         return np.zeros((0, 2)), np.zeros(0)
     idx = np.arange(1, n + 1)
