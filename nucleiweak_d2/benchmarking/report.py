@@ -240,9 +240,8 @@ def decomposition_table(rows, data):
         for m in DECOMPOSITION_COLUMNS
         for who in ("model", "labels", "labels w/o points")
     ]
-    lines = [
-        "## Where the accuracy goes (val)",
-        "",
+    lines = _section(
+        "Where the accuracy goes (val)",
         "`--decompose`: each run's final model scored on val beside its method's pseudo-labels, "
         "built from the same ratio of val's points and post-processed like the network's output, "
         "scored as the prediction (what the network would reach by learning its labels "
@@ -251,10 +250,8 @@ def decomposition_table(rows, data):
         "100 %: the points do. The labels separate touching nuclei by the points' Voronoi "
         'edges; "w/o points" scores the label\'s nuclei as connected components, as the '
         "network must separate them at test time (n/a for rows written before it).",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|---" * len(head) + "|",
-    ]
+        head,
+    )
     for (label, ratio, _), group in groups.items():
         cells = [label, _ratio_cell(ratio), _seeds_cell(group)]
         for m in DECOMPOSITION_COLUMNS:
@@ -285,16 +282,13 @@ def detector_table(groups, test_splits, dataset):
     head = ["method", "ratio", "shift", "seeds"] + [
         f"{split} {m}" for split in test_splits for m in DETECTOR_COLUMNS
     ]
-    lines = [
-        "## Point detectors",
-        "",
+    lines = _section(
+        "Point detectors",
         "Points detected by a method's own detector (Qu et al.'s stage 1), matched to the "
         "ground-truth centroids as in the paper's Table II; the segmentation's det_F1 above "
         "counts the final instances' centres instead.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|---" * len(head) + "|",
-    ]
+        head,
+    )
     for (label, ratio, shift), group in chosen:
         cells = [label, _ratio_cell(ratio), shift or "n/a", _seeds_cell(group)]
         for split in test_splits:
@@ -318,6 +312,18 @@ def detector_table(groups, test_splits, dataset):
     return lines + [""]
 
 
+def _section(title, caption, head):
+    """The first lines of a table section: its title, caption and column header."""
+    return [
+        f"## {title}",
+        "",
+        caption,
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
+
+
 def _study_tables(groups, split, dataset):
     """Markdown lines of :data:`STUDY_TABLES` that have rows (mean ± std over seeds), each
     followed by the published entries of its methods on ``dataset`` (a folder name)."""
@@ -327,14 +333,7 @@ def _study_tables(groups, split, dataset):
         if not chosen:
             continue
         head = ["model", "ratio", "seeds", *columns, "CPU min"]
-        lines += [
-            f"## {title} ({split})",
-            "",
-            caption,
-            "",
-            "| " + " | ".join(head) + " |",
-            "|---" * len(head) + "|",
-        ]
+        lines += _section(f"{title} ({split})", caption, head)
         for (method, ratio, _), group in chosen:
             cells = [
                 method,
