@@ -79,7 +79,9 @@ def test_baseline_meta_arch_without_dilation_is_generalized_rcnn():
     cfg.MODEL.META_ARCHITECTURE = "NucleiWeakFeng2019BaselineRCNN"
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    assert model.state_dict().keys() == reference.state_dict().keys()
+    # the same weights; the stain buffers of NucleiWeakStainRCNN (method "none") added
+    keys = set(model.state_dict()) - {"stain_code", "stain_target"}
+    assert keys == set(reference.state_dict()) and int(model.stain_code) == 0
     with torch.no_grad():
         (a,), (b,) = reference(_image_input()), model(_image_input())
     assert len(a["instances"]) > 0

@@ -121,4 +121,6 @@ def test_quality_checks_leave_training_unchanged(synthetic_root, tmp_path):
     unannotated = sum(1 for a in records if not a["point_labeled"] and not a.get("iscrowd", 0))
     assert curve[0]["train"]["0.5"]["num_unannotated"] == unannotated > 0
     a, b = plain.model.state_dict(), checked.model.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    for k in a:  # the unfitted stain target buffer is NaN
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True)

@@ -23,6 +23,7 @@ from ..data import mapper as _mapper  # noqa: F401  (registers NucleiDatasetMapp
 from ..data.checks import check_disjoint_splits, check_training_points
 from ..data.registry import build_mapper
 from ..evaluation.evaluator import build_nuclei_evaluator
+from ..modeling.meta_arch.stain_input import model_normalises_stains
 
 __all__ = [
     "Trainer",
@@ -151,7 +152,14 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         """Detectron2's model, with :attr:`model_overrides`, in the channels_last memory format
-        when ``cfg.NUCLEIWEAK.TRAIN.CHANNELS_LAST``."""
+        when ``cfg.NUCLEIWEAK.TRAIN.CHANNELS_LAST``.
+
+        Raises
+        ------
+        ValueError
+            ``NUCLEIWEAK.DATA.STAIN_NORM`` on for a model that does not normalise its inference
+            inputs (:func:`~nucleiweak_d2.modeling.meta_arch.stain_input.model_normalises_stains`).
+        """
         if not cls.model_overrides:
             model = super().build_model(cfg)
         else:
@@ -160,6 +168,13 @@ class Trainer(DefaultTrainer):
             model.to(torch.device(cfg.MODEL.DEVICE))
             logging.getLogger(__name__).info(
                 "Model (with %s):\n%s", sorted(cls.model_overrides), model
+            )
+        stain = cfg.NUCLEIWEAK.DATA.STAIN_NORM.METHOD
+        if stain != "none" and not model_normalises_stains(model):
+            raise ValueError(
+                f"NUCLEIWEAK.DATA.STAIN_NORM.METHOD is {stain!r} but {type(model).__name__} "
+                "cannot normalise its test images (it would train on normalised colours and "
+                "be tested on raw ones): set it to 'none'"
             )
         if cfg.NUCLEIWEAK.TRAIN.CHANNELS_LAST:
             # 4-D weights become NHWC (the Parameter objects stay); a conv with NHWC weights

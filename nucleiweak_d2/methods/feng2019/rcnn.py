@@ -20,7 +20,10 @@ output mask by 3x3, the paper's post-processing (:mod:`.postprocess`).
 
 ``NucleiWeakFeng2019BaselineRCNN`` is ``GeneralizedRCNN`` plus that same ``DILATE_MASKS``
 option, so that the baselines of a comparison can get the paper's post-processing too; with
-the option off it is ``GeneralizedRCNN``.
+the option off it is ``GeneralizedRCNN``. Both derive from
+:class:`~nucleiweak_d2.modeling.meta_arch.rcnn.NucleiWeakStainRCNN`, which stain-normalises
+their eval-mode inputs when ``NUCLEIWEAK.DATA.STAIN_NORM`` is on (a recipe option, not in the
+paper).
 """
 
 from typing import Dict, List
@@ -31,6 +34,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
+from ...modeling.meta_arch.rcnn import NucleiWeakStainRCNN
 from .centerness import CenternessBoxHead
 from .postprocess import dilate_results
 
@@ -38,7 +42,7 @@ __all__ = ["NucleiWeakFeng2019RCNN", "NucleiWeakFeng2019BaselineRCNN"]
 
 
 @META_ARCH_REGISTRY.register()
-class NucleiWeakFeng2019RCNN(GeneralizedRCNN):
+class NucleiWeakFeng2019RCNN(NucleiWeakStainRCNN):
     """``GeneralizedRCNN`` + centerness/box head, blocked negatives and pseudo-box proposals.
 
     Parameters
@@ -241,7 +245,7 @@ class NucleiWeakFeng2019RCNN(GeneralizedRCNN):
 
 
 @META_ARCH_REGISTRY.register()
-class NucleiWeakFeng2019BaselineRCNN(GeneralizedRCNN):
+class NucleiWeakFeng2019BaselineRCNN(NucleiWeakStainRCNN):
     """``GeneralizedRCNN`` with the paper's 3x3 mask dilation as an option (the baselines).
 
     Parameters

@@ -12,11 +12,11 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList, Instances
 from scipy import ndimage as ndi
 
-from ...data.stain import StainNormalizer
 from ..backbone.fold_bn import fold_batchnorm, parameter_versions
 from ..backbone.hematoxylin import hematoxylin_channel
 from ..backbone.imagenet import imagenet_weights_from_cfg
 from ..backbone.tiling import sliding_window_apply
+from .stain_input import StainInputMixin, stain_args_from_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def instances_from_map(instance_map, prob):
     return inst
 
 
-class UNetModelMixin:
+class UNetModelMixin(StainInputMixin):
     """Building, preprocessing and (tiled) logits shared by the UNet meta-architectures.
 
     Listed before :class:`SemanticSegmentor` in the bases, so that the meta-architecture's
@@ -95,9 +95,9 @@ class UNetModelMixin:
     something else than :meth:`preprocess`'s image sets ``HEMATOXYLIN_INPUT_SUPPORTED = False``.
 
     Stain normalisation (``NUCLEIWEAK.DATA.STAIN_NORM``): the method and its fitted target are
-    persistent buffers (``stain_code``, ``stain_target``), so they are saved with the weights and
-    a checkpoint brings its own normalisation to evaluation, ``tools/predict.py`` and the API. In
-    eval mode :meth:`preprocess` normalises every input image (whole image, or each inference
+    persistent buffers (``stain_code``, ``stain_target``, :class:`.stain_input.StainInputMixin`),
+    so they are saved with the weights and a checkpoint brings its own normalisation to
+    evaluation, ``tools/predict.py`` and the API. In eval mode :meth:`preprocess` normalises every input image (whole image, or each inference
     tile of a slide) with :class:`~nucleiweak_d2.data.stain.StainNormalizer`; in training the
     mappers normalise the whole image before cropping, so the model does not. A checkpoint
     written before these buffers existed loads without normalisation, its old behaviour.
@@ -108,10 +108,6 @@ class UNetModelMixin:
     # Whether the logits are per-pixel class scores that a flip of the input flips and nothing
     # else changes (false for offsets or coordinate-aware embeddings): NUCLEIWEAK.UNET.TEST_FLIPS.
     FLIP_TTA_SUPPORTED = True
-    # Stain normalisation methods by buffer code.
-    STAIN_METHODS = StainNormalizer.METHODS
-    # Length of the stain target buffer (Macenko's 8 values; Reinhard uses the first 6).
-    STAIN_TARGET_SIZE = 8
 
     def __init__(
         self,
@@ -158,21 +154,7 @@ class UNetModelMixin:
                 f"{input_format!r}"
             )
         self.hematoxylin_input = bool(hematoxylin_input)
-        self.input_format = str(input_format)
-        if stain_method not in self.STAIN_METHODS:
-            raise ValueError(
-                f"stain normalisation must be one of {self.STAIN_METHODS}, got {stain_method!r}"
-            )
-        target = torch.full((self.STAIN_TARGET_SIZE,), float("nan"))
-        values = torch.as_tensor(list(stain_target), dtype=torch.float32).reshape(-1)
-        if len(values) > self.STAIN_TARGET_SIZE:
-            raise ValueError(f"stain target has {len(values)} values, at most 8 expected")
-        target[: len(values)] = values
-        self.register_buffer(
-            "stain_code", torch.tensor(self.STAIN_METHODS.index(stain_method)), persistent=True
-        )
-        self.register_buffer("stain_target", target, persistent=True)
-        self._stain_normalizer = None  # (code, target tuple, StainNormalizer), built lazily
+        self.init_stain_input(stain_method, stain_target, input_format)
         self.fast_cpu_inference = bool(fast_cpu_inference)
         self.tile, self.tile_overlap = int(tile), int(tile_overlap)
         if int(test_flips) not in FLIP_CHOICES:
@@ -222,45 +204,12 @@ class UNetModelMixin:
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "hematoxylin_input": hematoxylin,
             "input_format": cfg.INPUT.FORMAT,
-            "stain_method": cfg.NUCLEIWEAK.DATA.STAIN_NORM.METHOD,
-            "stain_target": list(cfg.NUCLEIWEAK.DATA.STAIN_NORM.TARGET),
+            **stain_args_from_cfg(cfg),
             "fast_cpu_inference": bool(unet.FAST_CPU_INFERENCE),
             "tile": unet.INFERENCE_TILE,
             "tile_overlap": unet.INFERENCE_OVERLAP,
             "test_flips": unet.TEST_FLIPS,
         }
-
-    def stain_normalizer(self):
-        """The :class:`StainNormalizer` of the buffers, or None (method "none").
-
-        Raises
-        ------
-        ValueError
-            A method without its fitted target (a model built for training, never trained).
-        """
-        code = int(self.stain_code)
-        if code == 0:
-            return None
-        method = self.STAIN_METHODS[code]
-        size = 6 if method == "reinhard" else 8
-        values = self.stain_target.detach().cpu()[:size]
-        if torch.isnan(values).any():
-            raise ValueError(
-                f"the model normalises stains ({method}) but has no fitted target: load trained "
-                "weights, or set NUCLEIWEAK.DATA.STAIN_NORM.TARGET"
-            )
-        key = (code, tuple(values.tolist()))
-        if self._stain_normalizer is None or self._stain_normalizer[:2] != key:
-            self._stain_normalizer = (*key, StainNormalizer(method, list(key[1])))
-        return self._stain_normalizer[2]
-
-    def _normalise_stain(self, image, normalizer):
-        """A ``(3, H, W)`` float image in 0..255 (``input_format`` order) stain-normalised."""
-        rgb = image[[2, 1, 0]] if self.input_format == "BGR" else image
-        array = rgb.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        out = torch.from_numpy(normalizer(np.ascontiguousarray(array))).permute(2, 0, 1)
-        out = out.to(device=image.device, dtype=image.dtype)
-        return out[[2, 1, 0]] if self.input_format == "BGR" else out
 
     def preprocess(self, batched_inputs):
         """Return ``(normalised ImageList, raw ImageList in [0, 1])``, both zero-padded.
@@ -270,10 +219,7 @@ class UNetModelMixin:
         With ``hematoxylin_input`` the normalised images carry a last channel, the standardised
         hematoxylin density of the raw image; the raw images keep their own channels.
         """
-        raw = [x["image"].to(self.device).float() for x in batched_inputs]
-        normalizer = None if self.training else self.stain_normalizer()
-        if normalizer is not None:
-            raw = [self._normalise_stain(x, normalizer) for x in raw]
+        raw = self.stain_normalised([x["image"].to(self.device).float() for x in batched_inputs])
         norm = [(x - self.pixel_mean) / self.pixel_std for x in raw]
         if getattr(self, "hematoxylin_input", False):
             norm = [
