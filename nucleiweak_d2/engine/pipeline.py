@@ -442,6 +442,24 @@ class StagedPipeline:
         wrapped = SharedImageOutputs(model, [DatasetCatalog.get(d) for d in names])
         return wrapped if wrapped.uses_left else model
 
+    def evaluate_scored_sets(self, cfg, model, out_dir, trainer=Trainer):
+        """:meth:`evaluate` ``model`` on val and every eval set (each once, the outputs of
+        images they share computed once, :meth:`shared_outputs`), into ``out_dir/<dataset>``.
+
+        Returns
+        -------
+        dict
+            ``{dataset: evaluation results}`` (main process; empty results are left out).
+        """
+        sets = [d for d in dict.fromkeys([self.val_set, *self.eval_sets]) if d]
+        model = self.shared_outputs(model, sets)
+        results = {}
+        for ds in sets:
+            res = self.evaluate(cfg, model, ds, Path(out_dir) / ds, trainer)
+            if res:
+                results[ds] = res
+        return results
+
     def calibrate_threshold(self, cfg, weights, stage, trainer=Trainer):
         """Calibrate a segmentor's foreground threshold on the val split (main process).
 

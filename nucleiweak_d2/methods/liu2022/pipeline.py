@@ -236,15 +236,8 @@ class NucleiWeakLiu2022Pipeline(StagedPipeline):
         """
         c, trainer = self.spn_cfg()
         model = self.load_model(c, self.stage_info("spn")["weights"], trainer)
-        sets = list(dict.fromkeys([self.val_set, *self.eval_sets]))
-        model = self.shared_outputs(model, sets)
-        metrics = {}
-        for ds in sets:
-            if ds:
-                res = self.evaluate(c, model, ds, out_dir / ds, trainer)
-                if res:
-                    metrics[ds] = dict(res.get("nuclei", {}))
-        return metrics
+        results = self.evaluate_scored_sets(c, model, out_dir, trainer)
+        return {ds: dict(res.get("nuclei", {})) for ds, res in results.items()}
 
     def select_t0(self):
         """Score the final model on val at every candidate ``T_0`` (``INFERENCE.T0_CANDIDATES``,

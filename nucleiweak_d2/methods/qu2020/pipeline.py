@@ -345,15 +345,11 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         if self.eval_only or not (self.stage_dir("detect") / "stage_done.json").is_file():
             return {}
         c, trainer, model = self.detector(self.stage_info("detect")["round"])
-        sets = list(dict.fromkeys([self.val_set, *self.eval_sets]))
-        model = self.shared_outputs(model, sets)
-        metrics = {}
-        for ds in sets:
-            if ds:
-                res = self.evaluate(c, model, ds, out_dir / "detection" / ds, trainer)
-                metrics[ds] = {
-                    m: v for m, v in res.get("nuclei", {}).items() if m.startswith("det_")
-                }
+        results = self.evaluate_scored_sets(c, model, out_dir / "detection", trainer)
+        metrics = {
+            ds: {m: v for m, v in res.get("nuclei", {}).items() if m.startswith("det_")}
+            for ds, res in results.items()
+        }
         return {"detection": metrics}
 
 
