@@ -379,6 +379,28 @@ def test_feng2019_models_plan_once_at_a_fixed_ratio(synthetic_root, tmp_path):
     assert len(keys) == 3 * 2 * 2 + 2
 
 
+def test_mask_trained_methods_get_no_shifted_runs_and_no_shifted_rows(synthetic_root, tmp_path):
+    configs = {
+        m: str(benchmarking.REPO / benchmarking.METHODS[m].config) for m in ("feng2019", "qu2020")
+    }
+    bench = benchmarking.Benchmark(synthetic_root, tmp_path, configs, ["test"])
+    assert bench.skipped_shifts == []
+    keys = [s.key() for s in bench.plan([1.0], ["0", "2-4", "6-8"], [0])]
+    assert keys == [["feng2019", 1.0, "0", 0]] + [
+        ["qu2020", 1.0, s, 0] for s in ("0", "2-4", "6-8")
+    ]
+    assert bench.skipped_shifts == ["feng2019"]
+    assert bench.plan([1.0], ["2-4"], [0]) == [benchmarking.RunSpec("qu2020", 1.0, "2-4", 0)]
+    bench.plan([1.0], ["0"], [0])
+    assert bench.skipped_shifts == []  # nothing asked, nothing skipped
+
+    rows = [_row("feng2019", 1.0, "0", 0, 0.47), _row("feng2019", 1.0, "2-4", 0, 0.47)]
+    rows.append(_row("qu2020", 1.0, "2-4", 0, 0.48))
+    text = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test"])
+    assert "| feng2019 | 1 | 0 |" in text and "| feng2019 | 1 | 2-4 |" not in text
+    assert "| qu2020 | 1 | 2-4 |" in text and "0 px rows stand for every shift" in text
+
+
 def test_feng2019_quick_runs_choose_the_score_threshold_on_val_and_crop(tmp_path):
     from detectron2.data import DatasetCatalog
 

@@ -190,6 +190,12 @@ def main(argv=None):
     )
     bench = Benchmark(data, out, configs, splits, args.opts, overwrite=args.overwrite)
     specs = bench.plan(ratios, shifts, seeds)
+    for method in bench.skipped_shifts:
+        print(
+            f"{method}: trains on masks, not points; its shifted runs would repeat the 0 px run "
+            "and are skipped",
+            flush=True,
+        )
     rows = read_results(out / "results.jsonl")
     todo = []
     for spec in specs:  # every check before the first run

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from .runs import read_results
-from .table import DECOMPOSITION, LEADERBOARD, PUBLISHED, RESULTS
+from .table import DECOMPOSITION, LEADERBOARD, METHODS, PUBLISHED, RESULTS
 
 __all__ = [
     "COLUMNS",
@@ -54,9 +54,14 @@ def _groups(rows, data):
     CPU budgets, or one config with and without an override): each keeps its own rows. A later
     row replaces an earlier one of the same run and name (wherever the config file was).
     A row holding an ablation of :data:`ABLATIONS` also counts as a row of ``<method>/<name>``.
+    Shifted rows of a method trained on masks (``point_shifts`` False in
+    :data:`~.table.METHODS`) are left out: they repeat its 0 px rows.
     """
     latest = {}
     for row in rows:
+        method = METHODS.get(row.get("method"))
+        if method is not None and not method.point_shifts and row.get("shift") not in ("0", None):
+            continue
         if row.get("data") == str(data):
             latest[json.dumps([row["key"], _run_name(row)])] = row
     for key, row in list(latest.items()):
@@ -167,7 +172,9 @@ def leaderboard(rows, data, test_splits, decomposition=()):
         "",
         f"Data `{data}`. Mean ± sample std over seeds (std omitted for one seed); every metric "
         "from NucleiEvaluator (docs/PROTOCOL.md); models selected on `val` only. Ratio, shift "
-        "and seed are n/a for methods that read no annotation.",
+        "and seed are n/a for methods that read no annotation. Feng et al.'s models train on "
+        "masks and read no point: a point shift leaves their training unchanged, so their 0 px "
+        "rows stand for every shift.",
         "",
     ]
     for split in test_splits:

@@ -126,6 +126,7 @@ class Benchmark:
         from ..data.folder import check_split_names
 
         self.data, self.out = Path(data).resolve(), Path(out).resolve()
+        self.skipped_shifts = []  # methods whose shifted runs plan() left out
         if not (self.data / "split.json").is_file():
             raise ValueError(
                 f"dataset folder {self.data} has no split.json (train/val/test splits)"
@@ -157,17 +158,28 @@ class Benchmark:
         return out
 
     def plan(self, ratios, shifts, seeds):
-        """The runs, in order: per method, every (ratio, shift, seed), or one without points."""
+        """The runs, in order: per method, every (ratio, shift, seed), or one without points.
+
+        A method trained on masks (``point_shifts`` False) gets no shifted run: its training
+        would repeat the unshifted run's; the methods whose shifted runs were left out are
+        in :attr:`skipped_shifts`.
+        """
         specs = []
+        self.skipped_shifts = []
+        labels = list(dict.fromkeys(shift_label(s) for s in shifts))
         for method in self.configs:
             if not METHODS[method].uses_points:
                 specs.append(RunSpec(method))
                 continue
+            method_shifts = labels
+            if not METHODS[method].point_shifts and labels != ["0"]:
+                method_shifts = [s for s in labels if s == "0"]
+                self.skipped_shifts.append(method)
             fixed = METHODS[method].fixed_ratio
             specs += [
-                RunSpec(method, float(r), shift_label(s), int(seed))
+                RunSpec(method, float(r), s, int(seed))
                 for r in ([fixed] if fixed is not None else ratios)
-                for s in shifts
+                for s in method_shifts
                 for seed in seeds
             ]
         return specs

@@ -7,6 +7,7 @@ Adding a method is one entry of :data:`METHODS`, e.g.::
         "configs/feng2019/mask_rcnn_R_18_FPN_partial.yaml",
         "configs/quick/feng2019_partial_instant_test.yaml",
         annotation="partial_mask",
+        point_shifts=False,
     ),
 
 A method whose config names no ``NUCLEIWEAK.PIPELINE`` is trained as one Detectron2 model
@@ -50,6 +51,11 @@ class BenchMethod:
         :func:`~nucleiweak_d2.methods.feng2019.crops.crop_fully_annotated`).
     uses_points : bool
         False: the method reads no annotation, so it runs once, not per ratio/shift/seed.
+    point_shifts : bool
+        False: the method trains on masks and reads no point (Feng et al.'s models), so a point
+        shift leaves its training unchanged (feng2019 at 100 %, 2-4 px, seed 0 repeated its
+        0 px run bit for bit, commit 8b4962d): its shifted runs are skipped
+        (:meth:`~.runs.Benchmark.plan`) and its 0 px rows stand for every shift.
     select_metric : str
         Val metric that selects the checkpoint of a method trained as one model (no pipeline).
     fixed_ratio : float or None
@@ -65,6 +71,7 @@ class BenchMethod:
     quick_config: str
     annotation: str = "points"
     uses_points: bool = True
+    point_shifts: bool = True
     select_metric: str = "nuclei/AJI"
     fixed_ratio: float = None
     label_kind: str = None
@@ -84,24 +91,28 @@ METHODS = {
         "configs/feng2019/R18_monuseg_cpu_partial.yaml",
         "configs/quick/feng2019_pipeline_partial_instant_test.yaml",
         annotation="partial_mask",
+        point_shifts=False,
     ),
     "feng2019_baseline": BenchMethod(  # plain Mask R-CNN on the same partial masks ("DH25")
         "nucleiweak_d2.methods.feng2019",
         "configs/feng2019/R18_monuseg_cpu_baseline.yaml",
         "configs/quick/feng2019_pipeline_baseline_instant_test.yaml",
         annotation="partial_mask",
+        point_shifts=False,
     ),
     "feng2019_baseline_crop": BenchMethod(  # fully annotated crops of the ratio's area
         "nucleiweak_d2.methods.feng2019",
         "configs/feng2019/R18_monuseg_cpu_baseline.yaml",
         "configs/quick/feng2019_pipeline_baseline_instant_test.yaml",
         annotation="crop_mask",
+        point_shifts=False,
     ),
     "feng2019_baseline_full": BenchMethod(  # every nucleus annotated ("DH100")
         "nucleiweak_d2.methods.feng2019",
         "configs/feng2019/R18_monuseg_cpu_baseline.yaml",
         "configs/quick/feng2019_pipeline_baseline_instant_test.yaml",
         annotation="partial_mask",
+        point_shifts=False,
         fixed_ratio=1.0,
     ),
     "qu2020": BenchMethod(
