@@ -95,6 +95,70 @@ def test_offsets_formed_after_augmentation_point_at_the_moved_centre(two_nuclei)
         np.testing.assert_allclose(ys + target[1, ys, xs], my, atol=1e-4)
 
 
+def test_warped_nuclei_keep_their_ids_and_the_outside_weighs_nothing(two_nuclei):
+    from nucleiweak_d2.data.transforms import AffineTransform
+    from nucleiweak_d2.methods.nam2023.mappers import NucleiWeakNam2023Mapper
+
+    shape, fg, centres, clicks, cells = two_nuclei
+    nuclei, found = shape_guided_targets(fg, clicks, cells)
+    nuclei[nuclei == 1] = 2**20  # a large id survives the float32 trip exactly
+    h, w = shape
+    # a 12-px shift to the right: the 12 left columns come from outside the image
+    tfm = T.TransformList([AffineTransform(h, w, [[1, 0, 12], [0, 1, 0]], h, w, seg_fill=2)])
+    mapper = NucleiWeakNam2023Mapper(True, augmentations=[])
+    moved, outside = mapper._move_nuclei(tfm, nuclei)
+    assert outside[:, :12].all() and not outside[:, 12:].any()
+    assert (moved[:, :12] == 0).all()
+    np.testing.assert_array_equal(moved[:, 12:], nuclei[:, : w - 12])
+    assert set(np.unique(moved)) == {0, 2, 2**20}
+    # without a warp the map is unchanged and nothing is outside
+    same, none = mapper._move_nuclei(T.TransformList([T.HFlipTransform(w)]), nuclei)
+    np.testing.assert_array_equal(same, nuclei[:, ::-1])
+    assert not none.any()
+
+
+def test_mapper_warps_offsets_with_the_outside_ignored(two_nuclei, tmp_path):
+    """With the recipe's rotation the offset targets still point at the moved centres, and
+    rotated-in corners weigh 0 in the offset loss (they were refused before)."""
+    import torch
+
+    from nucleiweak_d2.data.atomic import savez_compressed
+    from nucleiweak_d2.data.io import write_image
+    from nucleiweak_d2.data.transforms import RandomAffine
+    from nucleiweak_d2.methods.nam2023.mappers import NucleiWeakNam2023Mapper
+
+    shape, fg, centres, clicks, cells = two_nuclei
+    nuclei, found = shape_guided_targets(fg, clicks, cells)
+    image = np.full((*shape, 3), 220, np.uint8)
+    image[fg] = (90, 50, 140)
+    write_image(tmp_path / "img.png", image)
+    savez_compressed(tmp_path / "7.npz", nuclei=nuclei, centres=found)
+    record = {
+        "file_name": str(tmp_path / "img.png"),
+        "height": shape[0],
+        "width": shape[1],
+        "image_id": 7,
+        "annotations": [{"point": [int(x), int(y)], "point_labeled": True} for x, y in clicks],
+    }
+    rotate = [RandomAffine(affine=0.0, rotate=(30.0, 30.0))]  # a fixed 30-degree rotation
+    mapper = NucleiWeakNam2023Mapper(True, augmentations=rotate, targets_dir=str(tmp_path))
+    out = mapper(record)
+    weight, target = out["offset_weight"][0].numpy(), out["offset_target"].numpy()
+    tfm = T.AugmentationList(rotate)(T.AugInput(image))  # the same transform
+    moved, outside = mapper._move_nuclei(tfm, nuclei)
+    black = (out["image"].numpy() == 0).all(axis=0)  # wholly rotated in from outside
+    assert black.any() and outside[black].all()
+    assert (weight[outside] == 0).all() and (out["sem_seg"].numpy()[:, outside] == 2).all()
+    # every nucleus pixel still points at its moved centre
+    moved_centres = _move_points(tfm, found)
+    for k in (1, 2):
+        ys, xs = np.nonzero(moved == k)
+        assert len(ys) > 50 and (weight[ys, xs] == 1.0).all()
+        np.testing.assert_allclose(xs + target[0, ys, xs], moved_centres[k - 1, 0], atol=1e-4)
+        np.testing.assert_allclose(ys + target[1, ys, xs], moved_centres[k - 1, 1], atol=1e-4)
+    assert isinstance(out["center_target"], torch.Tensor)
+
+
 def test_center_target_peaks_and_tails_of_points_outside_the_crop():
     heat = center_target([[3.7, 4.2], [-2.0, 10.0], [50.0, 50.0]], (20, 20), radius=4.0)
     assert heat[4, 3] == 1.0 and heat.max() == 1.0

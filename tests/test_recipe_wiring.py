@@ -114,12 +114,13 @@ def test_warps_fill_each_map_with_its_own_meaning(tmp_path):
     assert (det["det_weight"][0].numpy()[outside] == 0).all()
 
 
-def test_nam2023_refuses_warps():
+def test_nam2023_takes_warps():
+    from nucleiweak_d2.data.transforms import RandomAffine
     from nucleiweak_d2.methods.nam2023.mappers import NucleiWeakNam2023Mapper
 
     cfg = setup_cfg("configs/quick/nam2023_instant_test.yaml", ["NUCLEIWEAK.DATA.AFFINE", "0.3"])
-    with pytest.raises(ValueError, match="cannot warp"):
-        NucleiWeakNam2023Mapper(cfg, True)
+    augs = NucleiWeakNam2023Mapper(cfg, True).augmentations.augs
+    assert any(isinstance(a, RandomAffine) and a.seg_fill == 2 for a in augs)
 
 
 def test_crop_at_points_centres_on_the_merged_points(tmp_path):

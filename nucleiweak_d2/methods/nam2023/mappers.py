@@ -13,7 +13,12 @@ Per training image:
 - with ``targets_dir`` (the pipeline's shape-guided targets of the current round,
   ``<image_id>.npz`` with ``nuclei`` and ``centres``): ``"offset_target"`` ``(2, H, W)`` and
   ``"offset_weight"`` ``(1, H, W)``, formed after augmentation from the moved nucleus map and
-  centres (:func:`~.targets.offset_target`).
+  centres (:func:`~.targets.offset_target`); pixels a warp brings in from outside the image
+  weigh 0.
+
+Warps (the recipe's affine, any-angle rotation and elastic deformation, not in the paper) move
+the label maps with the ignore fill, the centre map's points exactly, and the nucleus map with
+the outside marked (:meth:`NucleiWeakNam2023Mapper._move_nuclei`).
 
 At test time only the image is produced (annotations are kept for the evaluator).
 """
@@ -47,8 +52,11 @@ def _move_points(transforms, points):
 class NucleiWeakNam2023Mapper(CachedTargetsMapper):
     """Binary labels, centre map and (from round 0 on) offset targets; see the module docstring."""
 
-    # the label maps need the fill 2 (ignore) and the nuclei map 0: one warp cannot give both
-    SUPPORTS_WARPS = False
+    # Warps (affine, any-angle rotation, elastic) fill every moved map with SEG_FILL (2, the
+    # labels' ignore) outside the image; _put moves the nuclei map with its ids offset by
+    # _NUCLEI_OFFSET so that the fill marks the outside, where the offset loss weighs 0.
+    SUPPORTS_WARPS = True
+    _NUCLEI_OFFSET = CachedTargetsMapper.SEG_FILL + 1
 
     @configurable
     def __init__(
@@ -147,6 +155,20 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         with np.load(path) as z:
             return z["nuclei"], z["centres"]
 
+    def _move_nuclei(self, transforms, nuclei):
+        """``(moved nuclei map, outside mask)``: the ``(H, W)`` id map (0 = background) moved by
+        ``transforms`` (nearest neighbour), and where a warp brought in pixels from outside the
+        image (there the map is 0).
+
+        The map goes through the transforms as float32 (exact for ids < 2**24) with its ids
+        raised by :attr:`_NUCLEI_OFFSET`, so that the warps' fill (``SEG_FILL``) differs from
+        every id and from the background.
+        """
+        lifted = nuclei.astype(np.float32) + self._NUCLEI_OFFSET
+        moved = np.rint(transforms.apply_segmentation(lifted)).astype(np.int64)
+        outside = moved < self._NUCLEI_OFFSET
+        return np.where(outside, 0, moved - self._NUCLEI_OFFSET), outside
+
     def _put(self, d, maps, transforms, shape):
         """Add the targets of record ``d`` moved by ``transforms``.
 
@@ -159,13 +181,11 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         d["center_target"] = torch.as_tensor(center_target(points, shape, self.center_radius)[None])
         if self.targets_dir:
             nuclei, centres = self._offset_maps(d)
-            # float32 through the transforms (exact for ids < 2**24; resizing is nearest-neighbour)
-            nuclei = np.rint(transforms.apply_segmentation(nuclei.astype(np.float32))).astype(
-                np.int64
-            )
+            nuclei, outside = self._move_nuclei(transforms, nuclei)
             target, weight = offset_target(
                 nuclei, _move_points(transforms, centres), self.offset_background_weight
             )
+            weight[:, outside] = 0.0
             d["offset_target"], d["offset_weight"] = (
                 torch.as_tensor(target),
                 torch.as_tensor(weight),
