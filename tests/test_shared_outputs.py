@@ -71,3 +71,24 @@ def test_train_and_eval_mode_reach_the_model(training):
     model = SharedImageOutputs(base, [[_rec("a.png", 1)]] * 2)
     model.train(training)
     assert base.training is training
+
+
+def test_outputs_over_the_byte_budget_are_not_kept_and_run_again():
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    from nucleiweak_d2.engine.shared_outputs import output_bytes
+
+    inst = Instances((4, 5))
+    inst.pred_masks = BitMasks(torch.zeros(3, 4, 5, dtype=torch.bool))  # 60 bytes
+    inst.pred_boxes = Boxes(torch.zeros(3, 4))  # 48 bytes
+    assert output_bytes([{"instances": inst, "sem_seg": torch.zeros(2, 4, 5)}]) == 60 + 48 + 160
+
+    base = _Counting()  # each output: one float32 value, 4 bytes
+    union = [_rec("a.png", 1), _rec("b.png", 2), _rec("c.png", 3)]
+    model = SharedImageOutputs(base, [union, union], max_bytes=8)  # room for two outputs
+    first = [model([r])[0]["sem_seg"].item() for r in union]
+    assert len(model.store) == 2 and model.stored_bytes == 8  # c.png did not fit
+    second = [model([r])[0]["sem_seg"].item() for r in union]
+    assert first == second == [4.0, 8.0, 12.0]
+    assert base.ran == ["a.png", "b.png", "c.png", "c.png"]  # only c.png ran twice
+    assert model.store == {} and model.stored_bytes == 0
