@@ -462,3 +462,44 @@ def test_wang2024_quick_run_records_the_thresholds_chosen_on_val(tmp_path):
     }
     assert chosen["seg_threshold"] in (0.3, 0.5) and chosen["score_threshold"] in (0.05, 0.2)
     assert (out / row["run_dir"] / "model_final.yaml").is_file()
+
+
+def test_a_method_on_another_methods_points_plans_after_it_and_reads_its_file(
+    synthetic_root, tmp_path
+):
+    configs = {
+        m: str(benchmarking.REPO / benchmarking.METHODS[m].config) for m in ("nam2023_qu", "qu2020")
+    }
+    with pytest.raises(ValueError, match="add qu2020 to the benchmarked methods"):
+        benchmarking.Benchmark(synthetic_root, tmp_path, {"nam2023_qu": configs["nam2023_qu"]}, [])
+    bench = benchmarking.Benchmark(synthetic_root, tmp_path, configs, ["test"])
+    specs = bench.plan([0.1], ["0"], [0, 1])
+    assert [s.key() for s in specs] == [
+        ["qu2020", 0.1, "0", 0],
+        ["qu2020", 0.1, "0", 1],
+        ["nam2023_qu", 0.1, "0", 0],
+        ["nam2023_qu", 0.1, "0", 1],
+    ]
+    cfg, run_hash = bench.run_cfg(specs[3])
+    assert cfg.NUCLEIWEAK.NAM2023.POINTS_FILE == str(
+        tmp_path / "runs" / "qu2020_r0.1_s0_seed1" / "detect" / "points_merged.json"
+    )
+    # another qu2020 config makes another nam2023_qu run
+    other = benchmarking.Benchmark(
+        synthetic_root, tmp_path, configs, ["test"], ["qu2020:NUCLEIWEAK.QU2020.SEG.MAX_ITER", "7"]
+    )
+    other_cfg, other_hash = other.run_cfg(specs[3])
+    assert other_cfg.NUCLEIWEAK.NAM2023.POINTS_FILE == cfg.NUCLEIWEAK.NAM2023.POINTS_FILE
+    assert other_hash != run_hash
+
+
+def test_quick_run_of_pronet_on_the_points_of_qu_detector(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["--quick", "--methods", "nam2023_qu", "qu2020", "--out", str(out)]
+    assert run_cli(_tool().main, argv) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["key"][0] for r in rows] == ["qu2020", "nam2023_qu"]
+    merged = json.loads((out / rows[0]["run_dir"] / "detect" / "points_merged.json").read_text())
+    start = out / rows[1]["run_dir"] / "pseudo_labels" / "points_train.json"
+    assert json.loads(start.read_text()) == merged  # PROnet starts from Qu's merged points
+    assert 0.0 <= rows[1]["metrics"]["test"]["AJI"] <= 1.0

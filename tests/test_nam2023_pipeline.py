@@ -211,3 +211,65 @@ def test_schedule_checks_and_no_refinement_rounds(tiny_dataset):
     c = p.stage_cfg("round0")
     assert c.MODEL.WEIGHTS.endswith("warmup/model_final.pth") and c.SOLVER.MAX_ITER == 2
     assert c.TEST.EVAL_PERIOD == 2 and p.stage_cfg("warmup").TEST.EVAL_PERIOD == 0
+
+
+def _file_points(tiny_dataset):
+    """``{image_id: points}`` of the training images: the annotated points minus the last one
+    (a partial annotation) plus one made-up point each (a detection), and the records."""
+    from detectron2.data import DatasetCatalog
+
+    from nucleiweak_d2.data.records import record_points
+
+    records = DatasetCatalog.get("nam2023_smoke_train")
+    points = {}
+    for k, r in enumerate(records):
+        pts = record_points(r)[:-1].tolist()
+        points[str(r["image_id"])] = pts + [[5.4 + k, 7.6]]  # rounded to (5 + k, 8)
+    return points, records
+
+
+def test_points_file_replaces_the_annotated_points(tiny_dataset):
+    from nucleiweak_d2.data.records import cache_key
+
+    points, records = _file_points(tiny_dataset)
+    path = tiny_dataset / "completed.json"
+    path.write_text(json.dumps(points))
+    out = tiny_dataset / "completed_run"
+    cfg = _cfg(
+        out, ["NUCLEIWEAK.NAM2023.POINTS_FILE", str(path), "NUCLEIWEAK.NAM2023.EM.ROUNDS", "1"]
+    )
+    NucleiWeakNam2023Pipeline(cfg, resume=False, eval_only=False).run()
+    start = json.loads((out / "pseudo_labels" / "points_train.json").read_text())
+    for k, r in enumerate(records):
+        key = str(r["image_id"])
+        assert start[key][-1] == [5 + k, 8] and len(start[key]) == len(r["annotations"])
+        with np.load(out / "pseudo_labels" / "labels" / f"{cache_key(r)}.npz") as z:
+            cells = z["cells"]  # one Voronoi cell per starting point, made from the file's points
+        assert cells.max() == len(start[key]) - 1 and cells[8, 5 + k] == len(start[key]) - 1
+        refined = json.loads((out / "round1" / "points_train.json").read_text())[key]
+        assert len(refined) == len(start[key])  # the E-step moves the file's points
+    info = json.loads((out / "pseudo_labels" / "stage_done.json").read_text())["info"]
+    assert info["point_error"]["train"] is None  # not the annotations' points
+    assert info["point_error"]["val"]["n"] > 0
+
+
+def test_points_file_bad_input_is_one_clear_error(tiny_dataset):
+    points, records = _file_points(tiny_dataset)
+
+    def start(name, content):
+        path = tiny_dataset / name
+        if content is not None:
+            path.write_text(json.dumps(content))
+        cfg = _cfg(tiny_dataset / "bad_points", ["NUCLEIWEAK.NAM2023.POINTS_FILE", str(path)])
+        return NucleiWeakNam2023Pipeline(cfg).start_points(records)
+
+    with pytest.raises(FileNotFoundError, match="POINTS_FILE not found"):
+        start("absent.json", None)
+    first = str(records[0]["image_id"])
+    with pytest.raises(ValueError, match="no entry for 1 training image"):
+        start("missing.json", {k: v for k, v in points.items() if k != first})
+    with pytest.raises(ValueError, match="outside its 96x96 pixels"):
+        start("outside.json", {**points, first: [[96, 3]]})
+    with pytest.raises(ValueError, match="holds no point"):
+        start("empty.json", {k: [] for k in points})
+    assert start("good.json", points)[first][-1] == [5, 8]

@@ -139,6 +139,13 @@ class Benchmark:
             if not Path(config).is_file():
                 raise FileNotFoundError(f"config file of {method} not found: {config}")
             importlib.import_module(METHODS[method].module)
+        for method in configs:
+            source = METHODS[method].points_from
+            if source and source[0] not in configs:
+                raise ValueError(
+                    f"{method} trains on the points of {source[0]}'s runs: add {source[0]} to "
+                    "the benchmarked methods"
+                )
         self.configs, self.test_splits = dict(configs), list(test_splits)
         self.opts = {m: self._method_opts(opts, m) for m in configs}
         self.overwrite = bool(overwrite)
@@ -162,12 +169,13 @@ class Benchmark:
 
         A method trained on masks (``point_shifts`` False) gets no shifted run: its training
         would repeat the unshifted run's; the methods whose shifted runs were left out are
-        in :attr:`skipped_shifts`.
+        in :attr:`skipped_shifts`. A method that trains on another's points
+        (``points_from``) comes after the methods it reads.
         """
         specs = []
         self.skipped_shifts = []
         labels = list(dict.fromkeys(shift_label(s) for s in shifts))
-        for method in self.configs:
+        for method in sorted(self.configs, key=lambda m: METHODS[m].points_from is not None):
             if not METHODS[method].uses_points:
                 specs.append(RunSpec(method))
                 continue
@@ -232,10 +240,17 @@ class Benchmark:
         return {s: f"{prefix}_{s}" for s in splits}
 
     def run_cfg(self, spec):
-        """``(cfg, run hash)`` of a run; the hash covers the config, data folder and test splits."""
+        """``(cfg, run hash)`` of a run; the hash covers the config, data folder and test splits
+        (and the hash of the run whose points it reads, ``points_from``)."""
         from ..config import setup_cfg
         from ..engine.run_dir import config_hash, short_hash
 
+        source, source_hash = METHODS[spec.method].points_from, []
+        extra = []
+        if source:
+            method, file, key = source
+            src_cfg, src_hash = self.run_cfg(RunSpec(method, spec.ratio, spec.shift, spec.seed))
+            extra, source_hash = [key, str(Path(src_cfg.OUTPUT_DIR) / file)], [src_hash]
         *_, seed, tag = self._export_settings(spec)
         prefix = f"bench_{self.data.name}_{tag}"
         opts = [
@@ -250,8 +265,8 @@ class Benchmark:
             "SEED",
             str(seed),
         ]
-        cfg = setup_cfg(self.configs[spec.method], opts + self.opts[spec.method])
-        return cfg, short_hash([config_hash(cfg), str(self.data), self.test_splits])
+        cfg = setup_cfg(self.configs[spec.method], opts + extra + self.opts[spec.method])
+        return cfg, short_hash([config_hash(cfg), str(self.data), self.test_splits, *source_hash])
 
     def done(self, spec, run_hash, rows):
         """The row of ``spec`` with this hash in ``rows``, or None."""

@@ -64,6 +64,10 @@ class BenchMethod:
     label_kind : str or None
         A UNet method's pseudo-label rule of :mod:`.label_bound` (``--decompose`` scores those
         labels as the prediction on val beside the trained model); None: not decomposed.
+    points_from : tuple of str or None
+        ``(method, file, key)``: the method trains on points another method's run completes,
+        that method's run at the same ratio, shift and seed (planned first; it must be among
+        the benchmarked methods): the config ``key`` is set to ``file`` in that run's folder.
     """
 
     module: str
@@ -75,6 +79,7 @@ class BenchMethod:
     select_metric: str = "nuclei/AJI"
     fixed_ratio: float = None
     label_kind: str = None
+    points_from: tuple = None
 
 
 METHODS = {
@@ -132,6 +137,15 @@ METHODS = {
         "configs/nam2023/R18_monuseg_p100_cpu_recipe.yaml",
         "configs/quick/nam2023_instant_test.yaml",
         label_kind="nam2023",
+    ),
+    # PROnet on the points of Qu et al.'s detector: the annotated ones plus those detected by
+    # the qu2020 run of the same ratio, shift and seed (not in either paper: PROnet clicks every
+    # nucleus); at 100 % it is PROnet on the annotated points and the detector's extra finds
+    "nam2023_qu": BenchMethod(
+        "nucleiweak_d2.methods.nam2023",
+        "configs/nam2023/R18_monuseg_p100_cpu_recipe.yaml",
+        "configs/quick/nam2023_instant_test.yaml",
+        points_from=("qu2020", "detect/points_merged.json", "NUCLEIWEAK.NAM2023.POINTS_FILE"),
     ),
     "wang2024": BenchMethod(
         "nucleiweak_d2.methods.wang2024",

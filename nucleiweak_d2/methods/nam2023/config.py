@@ -94,3 +94,8 @@ def add_nam2023_config(cfg):
 
     # Metric (key in the evaluator's results) that selects the final checkpoint on val.
     _N.SELECT_METRIC = "nuclei/AJI"
+    # JSON {image_id: [[x, y], ...]} of the training images' starting points, replacing their
+    # annotated points for the labels, the centre map and the E-steps (not in the paper, which
+    # clicks every nucleus: with a partial annotation, e.g. Qu et al.'s detect/points_merged.json,
+    # the annotated points plus the detected ones); "" = the annotated points.
+    _N.POINTS_FILE = ""

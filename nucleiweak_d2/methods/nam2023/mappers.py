@@ -2,7 +2,8 @@
 
 Per training image:
 
-- ``"sem_seg"`` ``(2, H, W)`` long: the Voronoi and cluster labels of the *annotated* points
+- ``"sem_seg"`` ``(2, H, W)`` long: the Voronoi and cluster labels of the *annotated* points,
+  or of the starting points of ``label_points_file`` (the pipeline's ``NAM2023.POINTS_FILE``)
   (the paper keeps V and K from the clicks; only the centre map follows the refined points);
   computed once on the whole image with the Voronoi cells, cached in memory and in
   ``cache_dir/<image_id>.npz`` (``voronoi``, ``cluster``, ``cells``) by
@@ -48,6 +49,15 @@ def _move_points(transforms, points):
     return transforms.apply_coords(pts + 0.5) - 0.5
 
 
+def _read_points(path):
+    """``{str(image_id): [[x, y], ...]}`` of a points JSON file; None for "" (test time needs
+    only the image)."""
+    if not path:
+        return None
+    with open(path) as f:
+        return {str(k): v for k, v in json.load(f).items()}
+
+
 @NUCLEIWEAK_MAPPER_REGISTRY.register()
 class NucleiWeakNam2023Mapper(CachedTargetsMapper):
     """Binary labels, centre map and (from round 0 on) offset targets; see the module docstring."""
@@ -70,6 +80,7 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         offset_background_weight=1.0,
         erode_radius=7,
         points_file="",
+        label_points_file="",
         targets_dir="",
         **base,
     ):
@@ -89,6 +100,10 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         points_file : str
             JSON ``{image_id: [[x, y], ...]}`` of the current points, in annotation order;
             "" = the annotated points (the pipeline passes the refined points of the round).
+        label_points_file : str
+            JSON of the same form: the points the binary labels are built from; "" = the
+            annotated points (the pipeline passes its starting points with
+            ``NAM2023.POINTS_FILE``).
         targets_dir : str
             Folder of the shape-guided offset targets; "" = no offset targets (warm-up).
         **base
@@ -110,10 +125,8 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         self.center_radius = float(center_radius)
         self.offset_background_weight = float(offset_background_weight)
         self.targets_dir = str(targets_dir)
-        self.points_by_image = None
-        if points_file and is_train:  # test time needs only the image
-            with open(points_file) as f:
-                self.points_by_image = {str(k): v for k, v in json.load(f).items()}
+        self.points_by_image = _read_points(points_file) if is_train else None
+        self.label_points = _read_points(label_points_file) if is_train else None
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -144,7 +157,7 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         return self.cached_targets(record, image)
 
     def _targets(self, record, image):
-        return binary_labels(image, record_points(record), **self.label_args)
+        return binary_labels(image, record_points(record, self.label_points), **self.label_args)
 
     def _offset_maps(self, record):
         path = Path(self.targets_dir) / f"{cache_key(record)}.npz"

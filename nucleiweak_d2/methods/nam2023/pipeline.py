@@ -30,9 +30,17 @@ with a fresh optimiser):
 
 Each stage's ``info`` records the mean distance of the points to the true centres (``point -
 point_shift`` of the annotations) on train and val, and how many points moved.
+
+With ``NAM2023.POINTS_FILE`` (not in the paper) the training images start from the points of
+that file instead of their annotations: labels, centre map and E-steps all follow them. It lets
+PROnet, which the paper trains on a click per nucleus, learn from a partial annotation completed
+by a detector (Qu et al.'s ``detect/points_merged.json``: the annotated points plus the detected
+ones; the benchmark's ``nam2023_qu``). The train distances to the true centres are then not
+recorded (the points are not the annotations').
 """
 
 import logging
+from pathlib import Path
 
 import numpy as np
 from detectron2.data import DatasetCatalog
@@ -95,6 +103,9 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
     def trainer(self, k=None):
         """Trainer of the warm-up (``k`` None) or of round ``k`` (its points and offset targets)."""
         mapper = {"cache_dir": str(self.stage_dir("pseudo_labels") / "labels")}
+        if self.n.POINTS_FILE:  # labels and warm-up centre map from the starting points
+            start = str(self.points_file("train", 0))
+            mapper.update(label_points_file=start, points_file=start)
         if k is not None:
             mapper["points_file"] = str(self.points_file("train", k))
             if self.n.HEAD.OFFSET:  # the offset ablation has no offset loss to feed
@@ -166,17 +177,59 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
         logger.info("select_center: val %s %s -> %g", self.n.SELECT_METRIC, scores, best)
         return {"threshold": best, "scores": scores}
 
+    def start_points(self, records):
+        """``{str(image_id): [[x, y], ...]}``: the starting points of the training ``records``,
+        their annotated points or those of ``NAM2023.POINTS_FILE`` (checked: every image
+        present, every point inside its image, at least one point)."""
+        if not self.n.POINTS_FILE:
+            return {str(r["image_id"]): record_points(r).tolist() for r in records}
+        path = Path(self.n.POINTS_FILE)
+        if not path.is_file():
+            raise FileNotFoundError(f"NUCLEIWEAK.NAM2023.POINTS_FILE not found: {path}")
+        given = read_points_json(path)
+        missing = [str(r["image_id"]) for r in records if str(r["image_id"]) not in given]
+        if missing:
+            raise ValueError(
+                f"NUCLEIWEAK.NAM2023.POINTS_FILE {path} has no entry for {len(missing)} training "
+                f"image(s), e.g. {missing[:3]}"
+            )
+        points = {}
+        for r in records:
+            pts = given[str(r["image_id"])]
+            bad = (pts < 0).any(axis=1) | (pts[:, 0] >= r["width"]) | (pts[:, 1] >= r["height"])
+            if bad.any():
+                raise ValueError(
+                    f"NUCLEIWEAK.NAM2023.POINTS_FILE {path}: {int(bad.sum())} point(s) of image "
+                    f"{r['image_id']} outside its {r['width']}x{r['height']} pixels"
+                )
+            points[str(r["image_id"])] = pts.tolist()
+        if not any(points.values()):
+            raise ValueError(f"NUCLEIWEAK.NAM2023.POINTS_FILE {path} holds no point")
+        return points
+
+    def _point_error(self, split, points, records):
+        """:func:`~.points.point_error`; None for training points of ``POINTS_FILE`` (not the
+        annotations' points, so without a true centre each)."""
+        if split == "train" and self.n.POINTS_FILE:
+            return None
+        return point_error(points, records)
+
     def pseudo_labels(self):
         info = {"labels": str(self.stage_dir("pseudo_labels") / "labels"), "point_error": {}}
         if not comm.is_main_process():
             return info
         out = self.stage_dir("pseudo_labels")
-        mapper = self.trainer().build_mapper(self.stage_cfg("warmup"), True)
         palette = np.array([[0, 0, 0], [0, 255, 0], [255, 128, 0]], dtype=np.uint8)
         splits = {"train": DatasetCatalog.get(self.train_set), "val": self._val_records()}
-        for split, records in splits.items():
-            points = {str(r["image_id"]): record_points(r).tolist() for r in records}
+        start = {
+            "train": self.start_points(splits["train"]),
+            "val": {str(r["image_id"]): record_points(r).tolist() for r in splits["val"]},
+        }
+        for split, points in start.items():  # before the mapper, which reads the train file
             write_json(self.points_file(split, 0), points)
+        mapper = self.trainer().build_mapper(self.stage_cfg("warmup"), True)
+        for split, records in splits.items():
+            points = start[split]
             for record in records:
                 image = read_image(record["file_name"])
                 if split == "train":  # computes and caches the labels and cells
@@ -194,7 +247,7 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
                     )
                     savez_compressed(out / "val_cells" / f"{cache_key(record)}.npz", cells=cells)
             if records:
-                info["point_error"][split] = point_error(points, records)
+                info["point_error"][split] = self._point_error(split, points, records)
         logger.info(
             "pseudo_labels: distance of the annotated points to the true centres %s",
             info["point_error"],
@@ -264,7 +317,7 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
                 records = DatasetCatalog.get(self.train_set if split == "train" else self.val_set)
                 if k > 0:
                     write_json(self.points_file(split, k), points)
-                info["point_error"][split] = point_error(points, records)
+                info["point_error"][split] = self._point_error(split, points, records)
                 info["moved"][split] = moved
         logger.info(
             "%s: points moved %s; distance to the true centres %s",

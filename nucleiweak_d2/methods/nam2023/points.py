@@ -13,10 +13,13 @@ __all__ = ["read_points_json", "true_centres", "point_error"]
 
 
 def read_points_json(path):
-    """``{str(image_id): (N, 2) int64 array}`` from a points JSON file."""
+    """``{str(image_id): (N, 2) int64 array}`` from a points JSON file (rounded to pixels)."""
     with open(path) as f:
         data = json.load(f)
-    return {str(k): np.asarray(v, dtype=np.int64).reshape(-1, 2) for k, v in data.items()}
+    return {
+        str(k): np.round(np.asarray(v, dtype=np.float64).reshape(-1, 2)).astype(np.int64)
+        for k, v in data.items()
+    }
 
 
 def true_centres(record):
