@@ -503,3 +503,23 @@ def test_quick_run_of_pronet_on_the_points_of_qu_detector(tmp_path):
     start = out / rows[1]["run_dir"] / "pseudo_labels" / "points_train.json"
     assert json.loads(start.read_text()) == merged  # PROnet starts from Qu's merged points
     assert 0.0 <= rows[1]["metrics"]["test"]["AJI"] <= 1.0
+
+
+def test_plot_legend_wraps_long_config_labels_and_the_png_holds_it(tmp_path):
+    from PIL import Image
+
+    from nucleiweak_d2.benchmarking.report import legend_label, write_plots
+
+    label = "feng2019 (R18 " + " ".join(f"NUCLEIWEAK.DATA.KEY_{i}=0.05" for i in range(6)) + ")"
+    wrapped = legend_label(label)
+    assert wrapped.replace("\n", " ") == label  # every character kept
+    assert max(len(line) for line in wrapped.splitlines()) <= 60 and wrapped.count("\n") >= 2
+    cfg = {"config_file": "configs/feng2019/R18.yaml"}
+    over = {"opts": [x for i in range(6) for x in (f"NUCLEIWEAK.DATA.KEY_{i}", "0.05")]}
+    rows = [_row("feng2019", r, "0", 0, 0.4, cpu=r) | cfg for r in (0.1, 1.0)]
+    rows += [_row("feng2019", r, "0", 0, 0.45, cpu=r) | cfg | over for r in (0.1, 1.0)]
+    (png,) = [p for p in write_plots(rows, "/d/monuseg_mo", "test", tmp_path) if "cpu" in p.name]
+    width, _ = Image.open(png).size
+    # wider than the 9-inch figure (1080 px at 120 dpi): it grew to hold the legend, whose
+    # lines of <= 60 characters (not ~200) keep it narrow
+    assert 1100 < width < 1700

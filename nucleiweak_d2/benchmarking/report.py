@@ -1,6 +1,7 @@
 """``LEADERBOARD.md`` and plots from the rows of ``results.jsonl``."""
 
 import json
+import textwrap
 from pathlib import Path
 
 from .runs import read_results
@@ -389,6 +390,12 @@ def plot_points(rows, data, split):
     }, references
 
 
+def legend_label(label, width=60):
+    """``label`` wrapped on lines of at most ``width`` characters (a config with long
+    ``--opts`` keeps every character without widening the figure past its legend)."""
+    return textwrap.fill(label, width, break_on_hyphens=False)
+
+
 def write_plots(rows, data, split, out):
     """Write the PNGs with >= 2 points (methods without points: dashed lines); return their paths."""
     import matplotlib
@@ -417,7 +424,7 @@ def write_plots(rows, data, split, out):
                 color=plt.cm.tab20(i % 20),  # 20 colours, then a marker of its own
                 marker="osD^v"[i // 20 % 5],
                 capsize=3,
-                label=label,
+                label=legend_label(label),
                 linestyle="none" if name == "aji_vs_cpu" else "-",
             )
         if name != "aji_vs_cpu":
@@ -428,8 +435,9 @@ def write_plots(rows, data, split, out):
         ax.set_xlabel(xlabels[name])
         ax.set_ylabel(f"AJI ({split})")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-        fig.tight_layout()
-        fig.savefig(Path(out) / f"{name}.png", dpi=120)
+        # "tight": the saved figure grows to hold the labels and the whole legend beside the
+        # axes, which keep their width
+        fig.savefig(Path(out) / f"{name}.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(Path(out) / f"{name}.png")
     return written
