@@ -523,3 +523,25 @@ def test_plot_legend_wraps_long_config_labels_and_the_png_holds_it(tmp_path):
     # wider than the 9-inch figure (1080 px at 120 dpi): it grew to hold the legend, whose
     # lines of <= 60 characters (not ~200) keep it narrow
     assert 1100 < width < 1700
+
+
+def test_summary_has_the_default_configs_only_beside_the_classical_baseline():
+    from nucleiweak_d2.benchmarking.report import summary_table
+
+    default = {"config_file": "configs/qu2020/R18_monuseg_p10_cpu.yaml"}
+    rows = [_row("classical", None, None, None, 0.41) | {"config_file": "x/monuseg.yaml"}]
+    rows += [_row("qu2020", 0.1, "0", s, a) | default for s, a in ((0, 0.46), (1, 0.50))]
+    rows.append(_row("qu2020", 0.1, "0", 1, 0.48) | default)  # reruns seed 1: the last row wins
+    rows.append(_row("qu2020", 0.1, "2-4", 0, 0.99) | default)  # shifted: left out
+    rows.append(_row("qu2020", 1.0, "0", 0, 0.99) | {"config_file": "c/R18_cpu60.yaml"})
+    over = {"opts": ["SOLVER.MAX_ITER", "3"]}
+    rows.append(_row("qu2020", 1.0, "0", 1, 0.99) | default | over)  # an override: left out
+    lines = summary_table(rows, Path("/d/monuseg_mo"), "test")
+    table = [x for x in lines if x.startswith("| ") and not x.startswith("| method")]
+    assert table == [
+        "| classical | monuseg | n/a | n/a | 0.4100 |  | 1.00 |",
+        "| qu2020 | R18_monuseg_p10_cpu | 0.1 | 0,1 | 0.4700 ± 0.0141 | +0.0600 | 1.00 |",
+    ]
+    assert summary_table(rows, Path("/d/other"), "test") == []
+    text = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test"])
+    assert text.index("## Summary") < text.index("## test")

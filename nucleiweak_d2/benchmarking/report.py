@@ -13,6 +13,7 @@ __all__ = [
     "detector_table",
     "leaderboard",
     "plot_points",
+    "summary_table",
     "write_plots",
     "write_report",
 ]
@@ -153,6 +154,48 @@ def _published(method, dataset, ratio, shift, config=""):
     return [p for p in same if p.get("config") == want]
 
 
+def summary_table(rows, data, split):
+    """Markdown lines: each method's benchmark default config (:data:`~.table.METHODS`,
+    without ``--opts``) on unshifted points, per ratio, its AJI on ``split`` beside the
+    no-learning baseline's (``classical``); [] without such rows.
+
+    Rows of another config (a budget, an ablation, an override) are left out: this is what a
+    user running ``tools/benchmark.py`` with the defaults gets.
+    """
+    latest = {}
+    for row in rows:
+        spec = METHODS.get(row.get("method"))
+        if spec is None or row.get("data") != str(data) or row.get("shift") not in ("0", None):
+            continue
+        if _run_name(row) == Path(spec.config).stem:
+            latest[json.dumps(row["key"])] = row  # the last row of a run wins
+    groups = {}
+    for row in latest.values():
+        groups.setdefault((row["method"], row["ratio"]), []).append(row)
+    if not groups:
+        return []
+    base = groups.get(("classical", None))
+    base_aji = _metric(base, split, "AJI")[0] if base else None
+    head = ["method", "default config", "ratio", "seeds", "AJI", "AJI - classical", "CPU min"]
+    caption = (
+        f"`{split}`, mean ± std over seeds, unshifted points: each method under the config "
+        "`tools/benchmark.py` runs by default (benchmarking/table.py), beside the no-learning "
+        "baseline (hematoxylin, Otsu, watershed)."
+    )
+    lines = _section("Summary: default configs against the no-learning baseline", caption, head)
+    for (method, ratio), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        mean, std = _metric(group, split, "AJI")
+        margin = ""
+        if method != "classical" and mean is not None and base_aji is not None:
+            margin = f"{mean - base_aji:+.4f}"
+        config = Path(METHODS[method].config).stem
+        lines.append(
+            f"| {method} | {config} | {_ratio_cell(ratio)} | {_seeds_cell(group)} | "
+            f"{_cell(mean, std)} | {margin} | {_minutes_cell(group, 'cpu_min')} |"
+        )
+    return lines + [""]
+
+
 def leaderboard(rows, data, test_splits, decomposition=()):
     """Markdown of the runs on ``data``: a table per test split, published numbers, provenance;
     with ``decomposition`` rows (``decomposition.jsonl``), :func:`decomposition_table`."""
@@ -178,6 +221,7 @@ def leaderboard(rows, data, test_splits, decomposition=()):
         "rows stand for every shift.",
         "",
     ]
+    lines += summary_table(rows, data, test_splits[0])
     for split in test_splits:
         lines += [f"## {split}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for (method, ratio, shift), group in groups.items():
