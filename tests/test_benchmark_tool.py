@@ -393,6 +393,17 @@ def test_mask_trained_methods_get_no_shifted_runs_and_no_shifted_rows(synthetic_
     assert bench.plan([1.0], ["2-4"], [0]) == [benchmarking.RunSpec("qu2020", 1.0, "2-4", 0)]
     bench.plan([1.0], ["0"], [0])
     assert bench.skipped_shifts == []  # nothing asked, nothing skipped
+    # a mask-trained config that crops at the points reads them: no silent skip
+    crops = benchmarking.Benchmark(
+        synthetic_root,
+        tmp_path,
+        configs,
+        ["test"],
+        ["feng2019:NUCLEIWEAK.DATA.CROP_AT_POINTS", "0.5"],
+    )
+    with pytest.raises(ValueError, match="CROP_AT_POINTS 0.5"):
+        crops.plan([1.0], ["0", "2-4"], [0])
+    assert len(crops.plan([1.0], ["0"], [0])) == 2
 
     rows = [_row("feng2019", 1.0, "0", 0, 0.47), _row("feng2019", 1.0, "2-4", 0, 0.47)]
     rows.append(_row("qu2020", 1.0, "2-4", 0, 0.48))

@@ -181,6 +181,7 @@ class Benchmark:
                 continue
             method_shifts = labels
             if not METHODS[method].point_shifts and labels != ["0"]:
+                self._check_reads_no_point(method)
                 method_shifts = [s for s in labels if s == "0"]
                 self.skipped_shifts.append(method)
             fixed = METHODS[method].fixed_ratio
@@ -191,6 +192,21 @@ class Benchmark:
                 for seed in seeds
             ]
         return specs
+
+    def _check_reads_no_point(self, method):
+        """Refuse to skip the shifted runs of a mask-trained method whose config crops at the
+        annotated points (``NUCLEIWEAK.DATA.CROP_AT_POINTS`` > 0): a shift moves its crops."""
+        from ..config import setup_cfg
+
+        at_points = float(
+            setup_cfg(self.configs[method], self.opts[method]).NUCLEIWEAK.DATA.CROP_AT_POINTS
+        )
+        if at_points > 0:
+            raise ValueError(
+                f"{method} is benchmarked as trained on masks (no shifted runs), but its config "
+                f"crops at the annotated points (NUCLEIWEAK.DATA.CROP_AT_POINTS {at_points:g}), "
+                "so a point shift changes its training: set it to 0 or ask for shift 0 only"
+            )
 
     # ------------------------------------------------------------------ one run
     def _export_settings(self, spec):
