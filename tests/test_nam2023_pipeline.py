@@ -268,7 +268,7 @@ def test_points_file_bad_input_is_one_clear_error(tiny_dataset):
     first = str(records[0]["image_id"])
     with pytest.raises(ValueError, match="no entry for 1 training image"):
         start("missing.json", {k: v for k, v in points.items() if k != first})
-    with pytest.raises(ValueError, match="outside its 96x96 pixels"):
+    with pytest.raises(ValueError, match=r"\(96x96\) has 1 point outside it"):
         start("outside.json", {**points, first: [[96, 3]]})
     with pytest.raises(ValueError, match="holds no point"):
         start("empty.json", {k: [] for k in points})

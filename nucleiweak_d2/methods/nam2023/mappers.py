@@ -24,7 +24,6 @@ the outside marked (:meth:`NucleiWeakNam2023Mapper._move_nuclei`).
 At test time only the image is produced (annotations are kept for the evaluator).
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from ...data.records import cache_key, record_points
 from ...data.registry import NUCLEIWEAK_MAPPER_REGISTRY
 from .config import label_settings
 from .labels import binary_labels
+from .points import read_points_json
 from .targets import center_target, offset_target
 
 __all__ = ["NucleiWeakNam2023Mapper"]
@@ -47,15 +47,6 @@ def _move_points(transforms, points):
     if len(pts) == 0:
         return pts
     return transforms.apply_coords(pts + 0.5) - 0.5
-
-
-def _read_points(path):
-    """``{str(image_id): [[x, y], ...]}`` of a points JSON file; None for "" (test time needs
-    only the image)."""
-    if not path:
-        return None
-    with open(path) as f:
-        return {str(k): v for k, v in json.load(f).items()}
 
 
 @NUCLEIWEAK_MAPPER_REGISTRY.register()
@@ -125,8 +116,11 @@ class NucleiWeakNam2023Mapper(CachedTargetsMapper):
         self.center_radius = float(center_radius)
         self.offset_background_weight = float(offset_background_weight)
         self.targets_dir = str(targets_dir)
-        self.points_by_image = _read_points(points_file) if is_train else None
-        self.label_points = _read_points(label_points_file) if is_train else None
+        # test time needs only the image
+        self.points_by_image = read_points_json(points_file) if points_file and is_train else None
+        self.label_points = (
+            read_points_json(label_points_file) if label_points_file and is_train else None
+        )
 
     @classmethod
     def from_config(cls, cfg, is_train=True):

@@ -47,6 +47,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 
 from ...data.atomic import savez_compressed, write_json
+from ...data.checks import check_points_inside
 from ...data.io import read_image, write_image
 from ...data.records import cache_key, record_points
 from ...engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY, Stage, StagedPipeline
@@ -196,12 +197,12 @@ class NucleiWeakNam2023Pipeline(StagedPipeline):
         points = {}
         for r in records:
             pts = given[str(r["image_id"])]
-            bad = (pts < 0).any(axis=1) | (pts[:, 0] >= r["width"]) | (pts[:, 1] >= r["height"])
-            if bad.any():
-                raise ValueError(
-                    f"NUCLEIWEAK.NAM2023.POINTS_FILE {path}: {int(bad.sum())} point(s) of image "
-                    f"{r['image_id']} outside its {r['width']}x{r['height']} pixels"
-                )
+            check_points_inside(
+                pts,
+                (r["height"], r["width"]),
+                r["image_id"],
+                f"NUCLEIWEAK.NAM2023.POINTS_FILE {path}",
+            )
             points[str(r["image_id"])] = pts.tolist()
         if not any(points.values()):
             raise ValueError(f"NUCLEIWEAK.NAM2023.POINTS_FILE {path} holds no point")
