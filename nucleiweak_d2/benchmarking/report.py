@@ -162,16 +162,11 @@ def summary_table(rows, data, split):
     Rows of another config (a budget, an ablation, an override) are left out: this is what a
     user running ``tools/benchmark.py`` with the defaults gets.
     """
-    latest = {}
-    for row in rows:
-        spec = METHODS.get(row.get("method"))
-        if spec is None or row.get("data") != str(data) or row.get("shift") not in ("0", None):
-            continue
-        if _run_name(row) == Path(spec.config).stem:
-            latest[json.dumps(row["key"])] = row  # the last row of a run wins
     groups = {}
-    for row in latest.values():
-        groups.setdefault((row["method"], row["ratio"]), []).append(row)
+    for (_, ratio, shift), group in _groups(rows, data).items():  # the last row of a run wins
+        spec = METHODS.get(group[0]["method"])  # None for an ablation's rows
+        if spec and shift in ("0", None) and _run_name(group[0]) == Path(spec.config).stem:
+            groups[(group[0]["method"], ratio)] = group
     if not groups:
         return []
     base = groups.get(("classical", None))
