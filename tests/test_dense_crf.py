@@ -231,10 +231,12 @@ def test_cuda_matches_cpu():
     mask = nonblack_mask(image)
     results = []
     for device in ("cpu", "cuda"):
-        fg = prob.to(device).requires_grad_(True)
+        # a leaf of its own on each device (prob.to("cpu") is prob itself: marking it would make
+        # the CUDA copy a non-leaf without .grad, the error of this test's first CUDA run)
+        fg = prob.detach().to(device, copy=True).requires_grad_(True)
         loss = dense_crf_loss(fg, image.to(device), mask.to(device))
         loss.backward()
         assert loss.device.type == device and fg.grad.device.type == device
-        results.append((float(loss), fg.grad.cpu()))
+        results.append((float(loss.detach()), fg.grad.cpu()))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-4)
     assert rel_err(results[1][1], results[0][1]) <= 1e-4

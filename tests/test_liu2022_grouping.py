@@ -33,6 +33,23 @@ def test_same_grouping_as_sklearn_on_separated_blobs(seed):
     np.testing.assert_allclose(centres[order], ref_c, atol=1e-4)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cuda_tensors_group_as_on_the_cpu(seed):
+    """Regression: the climb's merge of seeds used a bool scatter_reduce, which CUDA lacks."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from sklearn.metrics import adjusted_rand_score
+
+    x, truth = blobs(seed)
+    cpu_labels, cpu_centres = mean_shift(torch.from_numpy(x), 1.5, sample_size=128)
+    labels, centres = mean_shift(torch.from_numpy(x).cuda(), 1.5, sample_size=128)
+    assert adjusted_rand_score(np.asarray(cpu_labels), np.asarray(labels)) == 1.0
+    assert adjusted_rand_score(truth, np.asarray(labels)) == 1.0
+    order, cpu_order = np.argsort(centres[:, 0]), np.argsort(cpu_centres[:, 0])
+    np.testing.assert_allclose(centres[order], cpu_centres[cpu_order], atol=1e-4)
+
+
 def bridges(seed, n_clusters=8, dim=16):
     """Compact clusters, a background cluster, and points spread along the segments between
     each cluster and the background (pixels between a nucleus and the background): there

@@ -83,9 +83,12 @@ def _climb(seeds, support, h, max_iter, tol):
         cur[active] = new
         done[active] = moved
         cur, inverse = torch.unique(cur, dim=0, return_inverse=True)
-        # a merged seed is done only when every seed merged into it is
-        done = torch.ones(len(cur), dtype=torch.bool, device=cur.device).scatter_reduce_(
-            0, inverse, done, reduce="amin"
+        # a merged seed is done only when every seed merged into it is (int32: CUDA's
+        # scatter_reduce has no bool kernel)
+        done = (
+            torch.ones(len(cur), dtype=torch.int32, device=cur.device)
+            .scatter_reduce_(0, inverse, done.int(), reduce="amin")
+            .bool()
         )
     return cur
 
