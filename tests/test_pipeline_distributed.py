@@ -78,7 +78,15 @@ def _resume_worker(tmp, out):
     torch.distributed.destroy_process_group()
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "cpu_children")
+
+
+@pytest.fixture
+def cpu_children(monkeypatch):
+    """The processes ``launch`` starts see no GPU: on a machine with CUDA, Detectron2's
+    ``launch`` would take one GPU per process (asserting that many exist) and NCCL instead of
+    gloo (the first run of this file on a one-GPU machine failed so)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ peak of the pytest process it was forked from (Linux keeps it across exec).
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,12 @@ def test_peak_memory_is_bounded_by_the_tile(tmp_path):
         text=True,
         timeout=300,
         cwd=str(REPO),
-        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        # the caller's PYTHONPATH kept (an environment that finds detectron2 through it)
+        env={
+            "OMP_NUM_THREADS": "1",
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        },
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
