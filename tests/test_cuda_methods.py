@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("detectron2")
@@ -48,20 +47,13 @@ def test_quick_benchmark_trains_and_scores_on_cuda(cuda_rows, method):
     assert weights, f"no model_final.pth under {row['run_dir']}"
 
 
-def _disks(shape, step=23, radius=6):
-    image = np.full((*shape, 3), 230, np.uint8)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    for cy in range(radius + 2, shape[0] - radius, step):
-        for cx in range(radius + 2, shape[1] - radius, step):
-            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = (90, 40, 150)
-    return image
-
-
 def test_unet_predictor_on_cuda_matches_cpu():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    from nucleiweak_d2.data.synthetic import synthesize_image
+
     config = REPO / "configs" / "quick" / "qu2020_instant_test.yaml"
-    image = _disks((96, 128))
+    image = synthesize_image((96, 128), seed=1)[0]
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
