@@ -3,12 +3,14 @@ same ``points_merged.json`` and metrics as one process.
 
 The Qu et al. pipeline is trained once in this process; in a copy of the run, the ``detect`` and
 ``eval`` stages are undone and rerun with ``resume=True`` in two processes started by
-Detectron2's ``launch`` (gloo without CUDA). The training stages (detector, pseudo-labels,
+:func:`nucleiweak_d2.engine.launch.launch` (Detectron2's ``launch``; gloo, the GPUs of a machine
+that has some hidden from the processes). The training stages (detector, pseudo-labels,
 segmentor) are reused, not retrained: only sharded inference, gathering and evaluation run in
 two processes.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -78,15 +80,7 @@ def _resume_worker(tmp, out):
     torch.distributed.destroy_process_group()
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "cpu_children")
-
-
-@pytest.fixture
-def cpu_children(monkeypatch):
-    """The processes ``launch`` starts see no GPU: on a machine with CUDA, Detectron2's
-    ``launch`` would take one GPU per process (asserting that many exist) and NCCL instead of
-    gloo (the first run of this file on a one-GPU machine failed so)."""
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +100,7 @@ def _metrics(run):
 
 
 def test_detect_and_eval_in_two_processes_match_one_process(tiny_dataset):
-    from detectron2.engine import launch
-
+    from nucleiweak_d2.engine.launch import launch
     from nucleiweak_d2.methods.qu2020 import NucleiWeakQu2020Pipeline
 
     one = tiny_dataset / "run_one_process"
@@ -143,7 +136,8 @@ def test_detect_and_eval_in_two_processes_match_one_process(tiny_dataset):
     }
     assert len(reused) >= 6  # det_round0, seg (models, records), pseudo-labels
 
-    launch(_resume_worker, 2, dist_url="auto", args=(str(tiny_dataset), str(two)))
+    # nucleiweak's launch: on a machine with GPUs too, the two processes run on the CPU (gloo)
+    launch(_resume_worker, 2, device="cpu", dist_url="auto", args=(str(tiny_dataset), str(two)))
 
     # the training stages were reused, only detect and eval ran (in two processes)
     assert {p: p.stat().st_mtime_ns for p in reused} == reused
@@ -248,7 +242,7 @@ def test_rerun_rule_in_two_processes_takes_the_same_branch_everywhere(tmp_path):
     """A process that starts a little later must not see another folder than the main process."""
     from datetime import timedelta
 
-    from detectron2.engine import launch
+    from nucleiweak_d2.engine.launch import launch
 
     old = tmp_path / "old_run"
     (old / "seg").mkdir(parents=True)
@@ -262,6 +256,7 @@ def test_rerun_rule_in_two_processes_takes_the_same_branch_everywhere(tmp_path):
         launch(
             _rerun_rule_worker,
             2,
+            device="cpu",
             dist_url="auto",
             args=(str(tmp_path),),
             timeout=timedelta(seconds=60),
@@ -297,3 +292,31 @@ def test_unwrap_model_returns_the_module_inside_ddp(tmp_path):
         assert unwrap_model(DistributedDataParallel(net)) is net
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _env_worker(folder):
+    """Writes what one process of a launch sees: its CUDA_VISIBLE_DEVICES and backend."""
+    import torch
+    from detectron2.utils import comm
+
+    seen = {
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "backend": torch.distributed.get_backend(),
+        "cuda": torch.cuda.is_available(),
+    }
+    (Path(folder) / f"rank{comm.get_rank()}.json").write_text(json.dumps(seen))
+    comm.synchronize()
+    torch.distributed.destroy_process_group()
+
+
+def test_launch_of_a_cpu_run_hides_the_gpus_from_its_processes(tmp_path, monkeypatch):
+    from nucleiweak_d2.engine.launch import hides_gpus, launch
+
+    assert hides_gpus("cpu", 2) and hides_gpus("cpu", 1, num_machines=2)
+    assert not hides_gpus("cpu", 1) and not hides_gpus("cuda", 2) and not hides_gpus("cuda:1", 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # restored after the launch
+    launch(_env_worker, 2, device="cpu", dist_url="auto", args=(str(tmp_path),))
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen == {"CUDA_VISIBLE_DEVICES": "", "backend": "gloo", "cuda": False}
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"

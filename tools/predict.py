@@ -57,7 +57,8 @@ files, weights) exits with code 2 and one ``error:`` line (``--debug``: the trac
 Several GPUs or machines: ``--num-gpus N`` (``--num-machines``, ``--machine-rank``,
 ``--dist-url``) start processes with Detectron2's ``launch``; the images are sharded between
 them (:func:`nucleiweak_d2.engine.predictor.shard_inputs`, balanced by file size), each
-image written by exactly one process.
+image written by exactly one process. With ``--device cpu`` (or a CPU config) the N processes
+run on the CPU (gloo), also on a machine with GPUs (:mod:`nucleiweak_d2.engine.launch`).
 
 Examples::
 
@@ -789,9 +790,9 @@ def main(argv=None):
         # bad weights or config are refused here, before any output
         run = run_shard(args, todo, predictor=build_predictor(args) if todo else None)
     else:
-        from detectron2.engine import launch
-
         from nucleiweak_d2.api import _predict_launch_worker
+        from nucleiweak_d2.config import setup_cfg
+        from nucleiweak_d2.engine.launch import launch
 
         # refuse bad weights once, before starting processes (on the CPU: the GPUs are theirs)
         build_predictor(argparse.Namespace(**{**vars(args), "device": "cpu"}))
@@ -799,6 +800,7 @@ def main(argv=None):
         launch(
             _predict_launch_worker,
             args.num_gpus,
+            device=args.device or setup_cfg(args.config_file, args.opts).MODEL.DEVICE,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,

@@ -17,12 +17,13 @@ Evaluate a trained model (any folder; nothing of a training run is overwritten):
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS out/qu/model_final.pth
 
 Several GPUs or machines: ``--num-gpus 4`` / ``--num-machines 2 --machine-rank 0 --dist-url ...``
-(Detectron2's ``launch``).
+(Detectron2's ``launch``); with ``MODEL.DEVICE cpu``, ``--num-gpus N`` starts N CPU processes
+(gloo), also on a machine with GPUs (:mod:`nucleiweak_d2.engine.launch`).
 """
 
 import sys
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -35,6 +36,7 @@ from nucleiweak_d2.engine import (
     resolve_output_dir,
     setup_loggers,
 )
+from nucleiweak_d2.engine.launch import launch
 from nucleiweak_d2.engine.predictor import load_trained_weights
 
 EPILOG = """\
@@ -103,12 +105,12 @@ def main(args):
 def cli(argv):
     args = build_parser().parse_args(argv)
     print("Command Line Args:", args)
-    setup_cfg(
-        args.config_file, args.opts
-    )  # bad config or option: one line before any process starts
+    # bad config or option: one line before any process starts
+    cfg = setup_cfg(args.config_file, args.opts)
     launch(
         main,
         args.num_gpus,
+        device=cfg.MODEL.DEVICE,  # a CPU run's processes see no GPU (gloo)
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
