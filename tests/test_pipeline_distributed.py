@@ -83,6 +83,24 @@ def _resume_worker(tmp, out):
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _launch(worker, args, **kwargs):
+    """nucleiweak's ``launch`` of ``worker`` in 2 CPU processes (gloo), started once more when a
+    process was killed by SIGABRT: torch's gloo start-up aborts now and then on this machine
+    ("terminate called without an active exception" before the worker's first line; seen in a
+    clean-clone CI run, and once in ~20 runs before), which says nothing of the code under test.
+    Any other failure, or a second abort, is raised."""
+    from torch.multiprocessing.spawn import ProcessExitedException
+
+    from nucleiweak_d2.engine.launch import launch
+
+    for attempt in range(2):
+        try:
+            return launch(worker, 2, device="cpu", dist_url="auto", args=args, **kwargs)
+        except ProcessExitedException as exc:
+            if attempt or exc.signal_name != "SIGABRT":
+                raise
+
+
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """5 synthetic 128x128 images: 2 train (50 % points) / 1 val / 2 test, so that two
@@ -100,7 +118,6 @@ def _metrics(run):
 
 
 def test_detect_and_eval_in_two_processes_match_one_process(tiny_dataset):
-    from nucleiweak_d2.engine.launch import launch
     from nucleiweak_d2.methods.qu2020 import NucleiWeakQu2020Pipeline
 
     one = tiny_dataset / "run_one_process"
@@ -137,7 +154,7 @@ def test_detect_and_eval_in_two_processes_match_one_process(tiny_dataset):
     assert len(reused) >= 6  # det_round0, seg (models, records), pseudo-labels
 
     # nucleiweak's launch: on a machine with GPUs too, the two processes run on the CPU (gloo)
-    launch(_resume_worker, 2, device="cpu", dist_url="auto", args=(str(tiny_dataset), str(two)))
+    _launch(_resume_worker, (str(tiny_dataset), str(two)))
 
     # the training stages were reused, only detect and eval ran (in two processes)
     assert {p: p.stat().st_mtime_ns for p in reused} == reused
@@ -242,8 +259,6 @@ def test_rerun_rule_in_two_processes_takes_the_same_branch_everywhere(tmp_path):
     """A process that starts a little later must not see another folder than the main process."""
     from datetime import timedelta
 
-    from nucleiweak_d2.engine.launch import launch
-
     old = tmp_path / "old_run"
     (old / "seg").mkdir(parents=True)
     (old / "nucleiweak_run.json").write_text(
@@ -253,14 +268,7 @@ def test_rerun_rule_in_two_processes_takes_the_same_branch_everywhere(tmp_path):
     (old / "model_final.pth").write_bytes(b"weights")
     failed = None
     try:
-        launch(
-            _rerun_rule_worker,
-            2,
-            device="cpu",
-            dist_url="auto",
-            args=(str(tmp_path),),
-            timeout=timedelta(seconds=60),
-        )
+        _launch(_rerun_rule_worker, (str(tmp_path),), timeout=timedelta(seconds=60))
     except Exception as exc:  # torch's ProcessRaisedException: the failed process's traceback
         failed = str(exc).strip().splitlines()[-1]
     # --overwrite: the run deleted, and every process passed the same barriers
@@ -310,12 +318,12 @@ def _env_worker(folder):
 
 
 def test_launch_of_a_cpu_run_hides_the_gpus_from_its_processes(tmp_path, monkeypatch):
-    from nucleiweak_d2.engine.launch import hides_gpus, launch
+    from nucleiweak_d2.engine.launch import hides_gpus
 
     assert hides_gpus("cpu", 2) and hides_gpus("cpu", 1, num_machines=2)
     assert not hides_gpus("cpu", 1) and not hides_gpus("cuda", 2) and not hides_gpus("cuda:1", 4)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # restored after the launch
-    launch(_env_worker, 2, device="cpu", dist_url="auto", args=(str(tmp_path),))
+    _launch(_env_worker, (str(tmp_path),))
     for rank in (0, 1):
         seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert seen == {"CUDA_VISIBLE_DEVICES": "", "backend": "gloo", "cuda": False}
