@@ -238,22 +238,30 @@ def bench_training(args):
     for name, extra, kw in train_variants(args):
         variants.append(TrainVariant(name, build_cfg(R18_CPU, opts + extra), **kw))
     if args.compile:
-        try:
-            with alarm(args.compile_timeout):
-                v = TrainVariant(
-                    "torch.compile",
-                    build_cfg(R18_CPU, opts),
-                    batch=args.batch,
-                    crop=args.crop,
-                    compile=True,
+        # torch.compile of the fp32 network and of the adopted options (channels_last + bf16)
+        for name, kw in (
+            ("torch.compile", {}),
+            ("compile+cl+bf16", dict(channels_last=True, bf16=True)),
+        ):
+            try:
+                with alarm(args.compile_timeout):
+                    start = time.perf_counter()
+                    v = TrainVariant(
+                        name,
+                        build_cfg(R18_CPU, opts),
+                        batch=args.batch,
+                        crop=args.crop,
+                        compile=True,
+                        **kw,
+                    )
+                    v.step()  # compiles forward and backward
+                    v.step()
+                print(
+                    f"{name}: built and first two steps (compilation) {time.perf_counter() - start:.1f} s"
                 )
-                start = time.perf_counter()
-                v.step()  # compiles forward and backward
-                v.step()
-            print(f"torch.compile: first steps (compilation) {time.perf_counter() - start:.1f} s")
-            variants.append(v)
-        except Exception as exc:  # noqa: BLE001  (any failure: skip the variant, say why)
-            print(f"torch.compile skipped: {type(exc).__name__}: {str(exc).splitlines()[0:1]}")
+                variants.append(v)
+            except Exception as exc:  # noqa: BLE001  (any failure: skip the variant, say why)
+                print(f"{name} skipped: {type(exc).__name__}: {str(exc).splitlines()[0:1]}")
     else:
         print("torch.compile skipped: --no-compile")
 
