@@ -556,3 +556,31 @@ def test_summary_has_the_default_configs_only_beside_the_classical_baseline():
     assert summary_table(rows, Path("/d/other"), "test") == []
     text = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test"])
     assert text.index("## Summary") < text.index("## test")
+
+
+def test_feng2019_quick_run_chooses_the_overlap_rule_with_the_threshold_on_val(tmp_path):
+    out = tmp_path / "bench"
+    opts = ["feng2019:NUCLEIWEAK.FENG2019.INSTANCE_OVERLAP_CANDIDATES", "[1.0, 0.3]"]
+    argv = ["--quick", "--methods", "feng2019", "--out", str(out), "--opts", *opts]
+    assert run_cli(_tool().main, argv) == 0
+    (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    info = json.loads((out / row["run_dir"] / "select_score" / "stage_done.json").read_text())
+    info = info["info"]
+    # every score candidate of the quick config with every overlap fraction, one inference
+    assert set(info["scores"]) == {f"{t}/mask_nms{o}" for t in ("0", "0.5") for o in ("1", "0.3")}
+    chosen = f"{info['threshold']:g}/mask_nms{info['overlap_thresh']:g}"
+    valid = [v for v in info["scores"].values() if v is not None]
+    assert info["overlap"] == "mask_nms" and (not valid or info["scores"][chosen] == max(valid))
+    inference = row["extra"]["inference"]
+    assert inference["from"] == "val (select_score)"
+    assert (inference["INSTANCE_OVERLAP"], inference["INSTANCE_OVERLAP_THRESH"]) == (
+        "mask_nms",
+        info["overlap_thresh"],
+    )
+    # the evaluated model's config carries the choice (tools/predict.py reads it)
+    from nucleiweak_d2.config import setup_cfg
+
+    cfg = setup_cfg(str(out / row["run_dir"] / "model_final.yaml"), [])
+    assert cfg.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP == "mask_nms"
+    assert cfg.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP_THRESH == info["overlap_thresh"]
+    assert cfg.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH == info["threshold"]

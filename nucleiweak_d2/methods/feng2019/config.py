@@ -50,6 +50,10 @@ def add_feng2019_config(cfg):
     # Pipeline: instance score thresholds (NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH) scored on val
     # after training, the best used on the eval sets; [] keeps INSTANCE_SCORE_THRESH.
     _F.INSTANCE_SCORE_CANDIDATES = []
+    # Pipeline: overlap fractions of the "mask_nms" rule (NUCLEIWEAK.EVAL.INSTANCE_OVERLAP_THRESH;
+    # 1.0 drops no mask: the map of the "score" rule) scored on val with every score candidate,
+    # the best pair used on the eval sets; [] keeps NUCLEIWEAK.EVAL.INSTANCE_OVERLAP(_THRESH).
+    _F.INSTANCE_OVERLAP_CANDIDATES = []
     # Pipeline, partial model only: every QUALITY_PERIOD iterations of the train stage (and after
     # the last) the pseudo-boxes on the training images are scored against the unannotated
     # training nuclei (train/pseudo_box_quality.jsonl, the stage info, metrics.json); 0 = never.

@@ -11,15 +11,19 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`, each in ``OUTP
    the partial model's pseudo-boxes on the training images are scored against the unannotated
    training nuclei during training (:class:`.quality_hook.PseudoBoxQualityHook`); the curve is
    in the stage's info and in ``metrics.json`` (``pseudo_box_quality``).
-2. ``select_score`` (with ``FENG2019.INSTANCE_SCORE_CANDIDATES``): the selected model is run
-   once on val and its instance map scored at every candidate instance score threshold
-   (``NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH``: masks scored below it are left out of the map);
-   the best (first on ties) is used on the eval sets. A Mask R-CNN returns every detection
-   above ``SCORE_THRESH_TEST`` (0.05); painted all together, low-score fragments and false
-   positives lower AJI, PQ and object precision by an amount that depends on each model's
-   calibration, so each model gets its own threshold, from val only (issue 17).
-3. ``eval``: the final model at that threshold on ``NUCLEIWEAK.EVAL_DATASETS`` (nuclei metrics,
-   and COCO segm/bbox AP with ``NUCLEIWEAK.COCO_EVAL``).
+2. ``select_score`` (with ``FENG2019.INSTANCE_SCORE_CANDIDATES`` or
+   ``FENG2019.INSTANCE_OVERLAP_CANDIDATES``): the selected model is run once on val and its
+   instance map scored at every candidate instance score threshold
+   (``NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH``: masks scored below it are left out of the map)
+   and, with overlap candidates, every overlap fraction of the ``mask_nms`` rule (a mask more
+   than that fraction covered by higher-scored ones is dropped); the best pair (first on ties)
+   is used on the eval sets. A Mask R-CNN returns every detection above ``SCORE_THRESH_TEST``
+   (0.05) after a box NMS; painted all together, low-score fragments, false positives and
+   second masks of one nucleus lower AJI, PQ and object precision by an amount that depends on
+   each model's calibration, so each model gets its own choice, from val only (issue 17). The
+   overlap choice is not in the paper (which does not say how its masks become one map).
+3. ``eval``: the final model with that post-processing on ``NUCLEIWEAK.EVAL_DATASETS``
+   (nuclei metrics, and COCO segm/bbox AP with ``NUCLEIWEAK.COCO_EVAL``).
 
 The same recipe as ``benchmarks/feng2019_monuseg.py`` (which adds equal-time budgets and a
 centerness threshold chosen on val), in the form ``tools/benchmark.py`` and
@@ -108,10 +112,11 @@ class NucleiWeakFeng2019Trainer(Trainer):
 
 @NUCLEIWEAK_PIPELINE_REGISTRY.register()
 class NucleiWeakFeng2019Pipeline(StagedPipeline):
-    """Train, choose the instance score threshold on val, evaluate; see the module docstring.
+    """Train, choose the instance post-processing on val, evaluate; see the module docstring.
 
     Configured by ``cfg.NUCLEIWEAK.FENG2019`` (``SELECT_METRIC``, ``ANCHOR_FROM_DATA``,
-    ``INSTANCE_SCORE_CANDIDATES``) and ``cfg.NUCLEIWEAK.EVAL.INSTANCE_*``.
+    ``INSTANCE_SCORE_CANDIDATES``, ``INSTANCE_OVERLAP_CANDIDATES``) and
+    ``cfg.NUCLEIWEAK.EVAL.INSTANCE_*``.
     """
 
     result_key = "segmentation"
@@ -143,7 +148,7 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
 
     def stages(self):
         stages = [Stage("train", self.training, seed_offset=0)]
-        if self.f.INSTANCE_SCORE_CANDIDATES:
+        if self.selects_postprocess():
             stages.append(Stage("select_score", self.select_score))
         return stages
 
@@ -158,49 +163,82 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
         return info
 
     def select_score(self):
-        """Val score of the selected model at every ``INSTANCE_SCORE_CANDIDATES`` value (one
-        inference) and the best one (the first on ties; without val, the config's)."""
-        fixed = float(self.cfg.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH)
+        """Val score of the selected model at every candidate post-processing (one inference):
+        each ``INSTANCE_SCORE_CANDIDATES`` value (else the config's threshold) with each
+        ``INSTANCE_OVERLAP_CANDIDATES`` fraction of the ``mask_nms`` rule (else the config's
+        rule), and the best (the first on ties; without val, the config's)."""
+        ev = self.cfg.NUCLEIWEAK.EVAL
+        fixed = self.configured_postprocess()
         if not self.val_set:
-            return {"threshold": fixed, "scores": {}}
+            return {**fixed, "scores": {}}
         c = self.stage_cfg()
         model = self.load_model(c, self.best_weights(self.stage_dir("train")))
-        evaluators = {}
-        for t in self.f.INSTANCE_SCORE_CANDIDATES:
-            ct = c.clone()
-            ct.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH = float(t)
-            folder = self.stage_dir("select_score") / f"t{float(t):g}"
-            evaluators[f"{float(t):g}"] = Trainer.build_evaluator(ct, self.val_set, str(folder))
+        evaluators, choices = {}, {}
+        for t in self.f.INSTANCE_SCORE_CANDIDATES or [ev.INSTANCE_SCORE_THRESH]:
+            for o in self.f.INSTANCE_OVERLAP_CANDIDATES or [None]:
+                ct = c.clone()
+                ct.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH = float(t)
+                name = f"{float(t):g}"
+                choice = {"threshold": float(t)}
+                if o is not None:
+                    ct.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP = "mask_nms"
+                    ct.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP_THRESH = float(o)
+                    name += f"/mask_nms{float(o):g}"
+                    choice.update(overlap="mask_nms", overlap_thresh=float(o))
+                folder = self.stage_dir("select_score") / name.replace("/", "_")
+                evaluators[name] = Trainer.build_evaluator(ct, self.val_set, str(folder))
+                choices[name] = {**fixed, **choice}
         results = inference_on_dataset(
             model, Trainer.build_test_loader(c, self.val_set), _ManyEvaluators(evaluators)
         )
         name, scores = first_best(results or {}, self.f.SELECT_METRIC)
-        best = float(name) if name is not None else fixed
-        logger.info("select_score: val %s %s -> %g", self.f.SELECT_METRIC, scores, best)
-        return {"threshold": best, "scores": scores}
+        best = choices[name] if name is not None else fixed
+        logger.info("select_score: val %s %s -> %s", self.f.SELECT_METRIC, scores, best)
+        return {**best, "scores": scores}
 
-    def chosen_threshold(self):
-        """``(instance score threshold, source)``: ``select_score``'s choice when this run has
-        it, else ``NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH``."""
+    def configured_postprocess(self):
+        """The instance score threshold and overlap rule of ``NUCLEIWEAK.EVAL``."""
+        ev = self.cfg.NUCLEIWEAK.EVAL
+        return {
+            "threshold": float(ev.INSTANCE_SCORE_THRESH),
+            "overlap": str(ev.INSTANCE_OVERLAP),
+            "overlap_thresh": float(ev.INSTANCE_OVERLAP_THRESH),
+        }
+
+    def selects_postprocess(self):
+        """Whether the ``select_score`` stage runs (any candidate list set)."""
+        return bool(self.f.INSTANCE_SCORE_CANDIDATES or self.f.INSTANCE_OVERLAP_CANDIDATES)
+
+    def chosen_postprocess(self):
+        """``(post-processing, source)``: ``select_score``'s choice (``threshold``, ``overlap``,
+        ``overlap_thresh``) when this run has it, else ``NUCLEIWEAK.EVAL``'s."""
         done = self.stage_dir("select_score") / "stage_done.json"
-        if self.f.INSTANCE_SCORE_CANDIDATES and done.is_file():
-            return float(self.stage_info("select_score")["threshold"]), "val (select_score)"
-        return float(self.cfg.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH), "config"
+        if self.selects_postprocess() and done.is_file():
+            info = self.stage_info("select_score")
+            # a stage of a run before the overlap candidates recorded the threshold alone
+            return {**self.configured_postprocess(), **info}, "val (select_score)"
+        return self.configured_postprocess(), "config"
 
     def final_model(self):
-        """The trained model at the chosen threshold; COCO AP as ``NUCLEIWEAK.COCO_EVAL`` says."""
+        """The trained model at the chosen post-processing; COCO AP as ``NUCLEIWEAK.COCO_EVAL``
+        says."""
         c = self.stage_cfg()
         c.NUCLEIWEAK.COCO_EVAL = bool(self.cfg.NUCLEIWEAK.COCO_EVAL)
-        c.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH = self.chosen_threshold()[0]
+        chosen = self.chosen_postprocess()[0]
+        c.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH = float(chosen["threshold"])
+        c.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP = str(chosen["overlap"])
+        c.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP_THRESH = float(chosen["overlap_thresh"])
         return c, Trainer, self.best_weights(self.stage_dir("train"))
 
     def extra_evaluation(self, out_dir):
         """The instance score threshold and the anchor the evaluation used, and their source."""
-        threshold, source = self.chosen_threshold()
+        chosen, source = self.chosen_postprocess()
         anchor, anchor_source = self.anchor_size()
         out = {
             "inference": {
-                "INSTANCE_SCORE_THRESH": threshold,
+                "INSTANCE_SCORE_THRESH": chosen["threshold"],
+                "INSTANCE_OVERLAP": chosen["overlap"],
+                "INSTANCE_OVERLAP_THRESH": chosen["overlap_thresh"],
                 "from": source,
                 "ANCHOR_SIZE": anchor,
                 "anchor_from": anchor_source,
