@@ -558,12 +558,45 @@ def test_summary_has_the_default_configs_only_beside_the_classical_baseline():
     assert text.index("## Summary") < text.index("## test")
 
 
-def test_feng2019_quick_run_chooses_the_overlap_rule_with_the_threshold_on_val(tmp_path):
+def test_feng2019_quick_run_averages_checkpoints_and_chooses_the_overlap_on_val(tmp_path):
+    import torch
+
     out = tmp_path / "bench"
     opts = ["feng2019:NUCLEIWEAK.FENG2019.INSTANCE_OVERLAP_CANDIDATES", "[1.0, 0.3]"]
+    opts += ["feng2019:NUCLEIWEAK.FENG2019.AVERAGE_CHECKPOINTS", "2"]
+    opts += ["feng2019:SOLVER.CHECKPOINT_PERIOD", "1"]
     argv = ["--quick", "--methods", "feng2019", "--out", str(out), "--opts", *opts]
     assert run_cli(_tool().main, argv) == 0
     (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    # the mean of the two periodic checkpoints, scored on val against the selected one
+    run = out / row["run_dir"]
+    avg = json.loads((run / "average" / "stage_done.json").read_text())["info"]
+    assert avg["averaged_from"] == ["model_0000000.pth", "model_0000001.pth"]
+    assert set(avg["scores"]) == {"selected", "average"}
+    valid = {k: v for k, v in avg["scores"].items() if v is not None}
+    if valid:  # ties go to the checkpoint train selected (model_final.pth: no eval period)
+        best = "selected" if valid.get("selected") == max(valid.values()) else "average"
+        expected = run / "average" / "model_average.pth"
+        if best == "selected":
+            expected = run / "train" / "model_final.pth"
+        assert avg["weights"] == str(expected)
+    a, b, mean = (
+        torch.load(p, map_location="cpu", weights_only=False)["model"]
+        for p in (
+            run / "train" / "model_0000000.pth",
+            run / "train" / "model_0000001.pth",
+            run / "average" / "model_average.pth",
+        )
+    )
+    key = next(  # a weight the second step changed (stain_target is NaN without a stain fit)
+        k
+        for k, v in mean.items()
+        if v.is_floating_point() and torch.isfinite(v).all() and not torch.equal(a[k], b[k])
+    )
+    assert torch.allclose(mean[key], (a[key].double() + b[key].double()).div(2).float())
+    final = torch.load(run / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    chosen = torch.load(avg["weights"], map_location="cpu", weights_only=False)["model"]
+    assert torch.equal(final[key], chosen[key])  # the next stages use the choice
     info = json.loads((out / row["run_dir"] / "select_score" / "stage_done.json").read_text())
     info = info["info"]
     # every score candidate of the quick config with every overlap fraction, one inference

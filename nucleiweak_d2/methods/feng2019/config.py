@@ -54,6 +54,10 @@ def add_feng2019_config(cfg):
     # 1.0 drops no mask: the map of the "score" rule) scored on val with every score candidate,
     # the best pair used on the eval sets; [] keeps NUCLEIWEAK.EVAL.INSTANCE_OVERLAP(_THRESH).
     _F.INSTANCE_OVERLAP_CANDIDATES = []
+    # Pipeline: after training, the mean weights of the last N periodic checkpoints
+    # (SOLVER.CHECKPOINT_PERIOD apart) replace the selected checkpoint when their val
+    # SELECT_METRIC is higher (weight averaging, not in the paper); 0 or 1 = off.
+    _F.AVERAGE_CHECKPOINTS = 0
     # Pipeline, partial model only: every QUALITY_PERIOD iterations of the train stage (and after
     # the last) the pseudo-boxes on the training images are scored against the unannotated
     # training nuclei (train/pseudo_box_quality.jsonl, the stage info, metrics.json); 0 = never.

@@ -11,7 +11,13 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`, each in ``OUTP
    the partial model's pseudo-boxes on the training images are scored against the unannotated
    training nuclei during training (:class:`.quality_hook.PseudoBoxQualityHook`); the curve is
    in the stage's info and in ``metrics.json`` (``pseudo_box_quality``).
-2. ``select_score`` (with ``FENG2019.INSTANCE_SCORE_CANDIDATES`` or
+2. ``average`` (with ``FENG2019.AVERAGE_CHECKPOINTS`` = N > 1; not in the paper): the mean
+   weights of the last N periodic checkpoints of ``train``
+   (:mod:`~nucleiweak_d2.engine.checkpoint_average`) and the selected checkpoint are scored on
+   val; the better one is the model of the next stages. On a 4-image val split the checkpoint
+   choice is close to chance (the val AJI swings 0.03-0.06 between evaluations), and the mean
+   of the late weights is steadier.
+3. ``select_score`` (with ``FENG2019.INSTANCE_SCORE_CANDIDATES`` or
    ``FENG2019.INSTANCE_OVERLAP_CANDIDATES``): the selected model is run once on val and its
    instance map scored at every candidate instance score threshold
    (``NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH``: masks scored below it are left out of the map)
@@ -22,7 +28,7 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`, each in ``OUTP
    second masks of one nucleus lower AJI, PQ and object precision by an amount that depends on
    each model's calibration, so each model gets its own choice, from val only (issue 17). The
    overlap choice is not in the paper (which does not say how its masks become one map).
-3. ``eval``: the final model with that post-processing on ``NUCLEIWEAK.EVAL_DATASETS``
+4. ``eval``: the final model with that post-processing on ``NUCLEIWEAK.EVAL_DATASETS``
    (nuclei metrics, and COCO segm/bbox AP with ``NUCLEIWEAK.COCO_EVAL``).
 
 The same recipe as ``benchmarks/feng2019_monuseg.py`` (which adds equal-time budgets and a
@@ -38,7 +44,13 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
 from detectron2.utils import comm
 
-from ...engine.pipeline import NUCLEIWEAK_PIPELINE_REGISTRY, Stage, StagedPipeline, first_best
+from ...engine.pipeline import (
+    NUCLEIWEAK_PIPELINE_REGISTRY,
+    Stage,
+    StagedPipeline,
+    broadcast_from_main,
+    first_best,
+)
 from ...engine.trainer import Trainer
 from .quality_hook import PseudoBoxQualityHook, read_quality_curve
 
@@ -148,6 +160,8 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
 
     def stages(self):
         stages = [Stage("train", self.training, seed_offset=0)]
+        if int(self.f.AVERAGE_CHECKPOINTS) > 1:
+            stages.append(Stage("average", self.average))
         if self.selects_postprocess():
             stages.append(Stage("select_score", self.select_score))
         return stages
@@ -162,6 +176,48 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
             info["pseudo_box_quality"] = curve
         return info
 
+    def average(self):
+        """The mean of the last ``AVERAGE_CHECKPOINTS`` periodic checkpoints of ``train``
+        (:mod:`~nucleiweak_d2.engine.checkpoint_average`, a deviation) scored on val against
+        the checkpoint ``train`` selected, at the configured post-processing; the better one
+        (the selected checkpoint on ties, and without val) is the model from here on."""
+        from ...engine.checkpoint_average import periodic_checkpoints, write_average
+
+        n = int(self.f.AVERAGE_CHECKPOINTS)
+        found = periodic_checkpoints(self.stage_dir("train"))
+        if len(found) < n:
+            raise ValueError(
+                f"FENG2019.AVERAGE_CHECKPOINTS is {n} but {self.stage_dir('train')} holds "
+                f"{len(found)} periodic checkpoints: lower it or SOLVER.CHECKPOINT_PERIOD"
+            )
+        selected = self.best_weights(self.stage_dir("train"))
+        averaged = str(self.stage_dir("average") / "model_average.pth")
+        if comm.is_main_process():
+            write_average(found[-n:], averaged)
+        comm.synchronize()
+        info = {"averaged_from": [p.name for p in found[-n:]], "weights": selected}
+        if not self.val_set:
+            return {**info, "scores": {}}
+        c = self.stage_cfg()
+        candidates = {"selected": selected, "average": averaged}
+        results = {
+            name: self.evaluate(
+                c, self.load_model(c, w), self.val_set, self.stage_dir("average") / name
+            )
+            for name, w in candidates.items()
+        }
+        name, scores = broadcast_from_main(first_best(results or {}, self.f.SELECT_METRIC))
+        logger.info("average: val %s %s -> %s", self.f.SELECT_METRIC, scores, name)
+        return {**info, "weights": candidates[name or "selected"], "scores": scores}
+
+    def model_weights(self):
+        """The trained model: the ``average`` stage's choice when this run has it, else the
+        checkpoint ``train`` selected on val."""
+        done = self.stage_dir("average") / "stage_done.json"
+        if int(self.f.AVERAGE_CHECKPOINTS) > 1 and done.is_file():
+            return self.stage_info("average")["weights"]
+        return self.best_weights(self.stage_dir("train"))
+
     def select_score(self):
         """Val score of the selected model at every candidate post-processing (one inference):
         each ``INSTANCE_SCORE_CANDIDATES`` value (else the config's threshold) with each
@@ -172,7 +228,7 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
         if not self.val_set:
             return {**fixed, "scores": {}}
         c = self.stage_cfg()
-        model = self.load_model(c, self.best_weights(self.stage_dir("train")))
+        model = self.load_model(c, self.model_weights())
         evaluators, choices = {}, {}
         for t in self.f.INSTANCE_SCORE_CANDIDATES or [ev.INSTANCE_SCORE_THRESH]:
             for o in self.f.INSTANCE_OVERLAP_CANDIDATES or [None]:
@@ -228,7 +284,7 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
         c.NUCLEIWEAK.EVAL.INSTANCE_SCORE_THRESH = float(chosen["threshold"])
         c.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP = str(chosen["overlap"])
         c.NUCLEIWEAK.EVAL.INSTANCE_OVERLAP_THRESH = float(chosen["overlap_thresh"])
-        return c, Trainer, self.best_weights(self.stage_dir("train"))
+        return c, Trainer, self.model_weights()
 
     def extra_evaluation(self, out_dir):
         """The instance score threshold and the anchor the evaluation used, and their source."""
