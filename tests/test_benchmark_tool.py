@@ -558,7 +558,7 @@ def test_summary_has_the_default_configs_only_beside_the_classical_baseline():
     assert text.index("## Summary") < text.index("## test")
 
 
-def test_feng2019_quick_run_averages_checkpoints_and_chooses_the_overlap_on_val(tmp_path):
+def test_feng2019_quick_run_averages_checkpoints_and_chooses_the_overlap_on_val(tmp_path, capsys):
     import torch
 
     out = tmp_path / "bench"
@@ -597,6 +597,16 @@ def test_feng2019_quick_run_averages_checkpoints_and_chooses_the_overlap_on_val(
     final = torch.load(run / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     chosen = torch.load(avg["weights"], map_location="cpu", weights_only=False)["model"]
     assert torch.equal(final[key], chosen[key])  # the next stages use the choice
+    # benchmarks/feng2019_rescore_run.py re-scores the run with the same mean of checkpoints
+    rescore = load_script(
+        "feng2019_rescore_run", TOOL.parents[1] / "benchmarks" / "feng2019_rescore_run.py"
+    )
+    assert rescore.main([str(run), "--average", "2", "--data", row["data"]]) == 0
+    printed = capsys.readouterr().out
+    assert "mean of model_0000000.pth, model_0000001.pth" in printed
+    assert printed.count("<- val best") == 1
+    assert rescore.main([str(run), "--average", "5", "--data", row["data"]]) == 2
+    assert "holds 2 periodic checkpoints" in capsys.readouterr().err
     info = json.loads((out / row["run_dir"] / "select_score" / "stage_done.json").read_text())
     info = info["info"]
     # every score candidate of the quick config with every overlap fraction, one inference
