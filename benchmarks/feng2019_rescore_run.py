@@ -52,7 +52,7 @@ def main(argv=None):
     import torch
 
     from nucleiweak_d2.api import load_predictor
-    from nucleiweak_d2.engine.checkpoint_average import average_state_dicts, periodic_checkpoints
+    from nucleiweak_d2.engine.checkpoint_average import load_average, periodic_checkpoints
     from nucleiweak_d2.evaluation.ground_truth import gt_label_map
     from nucleiweak_d2.evaluation.metrics import aji
     from nucleiweak_d2.evaluation.outputs import output_instance_map
@@ -69,8 +69,7 @@ def main(argv=None):
                 f"error: {run / 'train'} holds {len(found)} periodic checkpoints", file=sys.stderr
             )
             return 2
-        sds = [torch.load(p, map_location="cpu", weights_only=False)["model"] for p in found]
-        pred.model.load_state_dict(average_state_dicts(sds))
+        pred.model.load_state_dict(load_average(found))
         source = "mean of " + ", ".join(p.name for p in found)
     grid = [(o, t) for o in OVERLAPS for t in SCORE_THRESHOLDS]
     scores = {}

@@ -196,14 +196,15 @@ def main(argv=None):
         cache = Path(args.cache) / str(i) if args.cache else run / "instance_rules"
         cache_maps(run, cache, root, splits)
         caches.append(cache)
-    groups = [(str(r), [c]) for r, c in zip(runs, caches)]
+    # (label, run whose detector gives the markers, caches averaged, rules scored)
+    groups = [(str(r), r, [c], args.rules) for r, c in zip(runs, caches)]
     if args.ensemble and len(runs) > 1:
-        groups.append(("mean of the runs' maps (distance rule only)", caches))
+        label = "mean of the runs' maps (distance rule only)"
+        groups.append((label, runs[0], caches, ["distance"]))
     print(f"{'run':<60} {'rule':<14} {'val choice':<14} {'val AJI':>7} {'test AJI':>8}")
-    for label, group in groups:
-        _, pt, pa = detector_stages(runs[0] if len(group) > 1 else Path(label))
+    for label, run, group, keep in groups:
+        _, pt, pa = detector_stages(run)
         families = rules(pt, pa)
-        keep = ["distance"] if len(group) > 1 else args.rules
         families = {f: families[f] for f in keep}
         data = load(group, root, splits)
         for family, (name, v, t) in score(data, families).items():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["periodic_checkpoints", "average_state_dicts", "write_average"]
+__all__ = ["periodic_checkpoints", "average_state_dicts", "load_average", "write_average"]
 
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
 
@@ -73,13 +73,32 @@ def average_state_dicts(state_dicts):
     return out
 
 
+def load_average(paths):
+    """The mean (:func:`average_state_dicts`) of the ``"model"`` weights of the Detectron2
+    checkpoints ``paths`` (str or Path; dicts with ``"model"``, as Detectron2's ``Checkpointer``
+    writes them).
+
+    Raises
+    ------
+    ValueError
+        A file without a ``"model"`` entry, or weights that do not match.
+    """
+    state_dicts = []
+    for p in paths:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise ValueError(f"{p} is not a Detectron2 checkpoint (no 'model' entry)")
+        state_dicts.append(ckpt["model"])
+    return average_state_dicts(state_dicts)
+
+
 def write_average(paths, out):
-    """Average the ``"model"`` weights of the Detectron2 checkpoints ``paths`` into ``out``.
+    """Write the mean of the checkpoints ``paths`` (:func:`load_average`) to ``out``.
 
     Parameters
     ----------
     paths : list of str or Path
-        Checkpoints written by Detectron2's ``Checkpointer`` (a dict with ``"model"``).
+        Checkpoints written by Detectron2's ``Checkpointer``.
     out : str or Path
         The file written (``{"model": mean, "averaged_from": [file names]}``), loadable by
         ``DetectionCheckpointer`` and ``MODEL.WEIGHTS``.
@@ -90,17 +109,10 @@ def write_average(paths, out):
         ``out``.
     """
     paths = [Path(p) for p in paths]
-    state_dicts = []
-    for p in paths:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-        if not isinstance(ckpt, dict) or "model" not in ckpt:
-            raise ValueError(f"{p} is not a Detectron2 checkpoint (no 'model' entry)")
-        state_dicts.append(ckpt["model"])
+    mean = load_average(paths)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    torch.save(
-        {"model": average_state_dicts(state_dicts), "averaged_from": [p.name for p in paths]}, tmp
-    )
+    torch.save({"model": mean, "averaged_from": [p.name for p in paths]}, tmp)
     tmp.replace(out)
     return out
