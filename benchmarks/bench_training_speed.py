@@ -227,6 +227,11 @@ def train_variants(args):
         ("channels_last+bf16", [], dict(batch=b, crop=c, channels_last=True, bf16=True)),
         ("threads 2", [], dict(batch=b, crop=c, threads=2)),
         ("decoder half", ["NUCLEIWEAK.UNET.DECODER_CHANNELS", half], dict(batch=b, crop=c)),
+        (
+            "cl+bf16+decoder half",
+            ["NUCLEIWEAK.UNET.DECODER_CHANNELS", half],
+            dict(batch=b, crop=c, channels_last=True, bf16=True),
+        ),
         (f"crop {args.crop_big}", [], dict(batch=b, crop=args.crop_big)),
         (f"batch {2 * b}", [], dict(batch=2 * b, crop=c)),
     ]

@@ -542,7 +542,8 @@ def test_summary_has_the_default_configs_only_beside_the_classical_baseline():
     default = {"config_file": "configs/qu2020/R18_monuseg_p10_cpu.yaml"}
     rows = [_row("classical", None, None, None, 0.41) | {"config_file": "x/monuseg.yaml"}]
     rows += [_row("qu2020", 0.1, "0", s, a) | default for s, a in ((0, 0.46), (1, 0.50))]
-    rows.append(_row("qu2020", 0.1, "0", 1, 0.48) | default)  # reruns seed 1: the last row wins
+    rerun = {"commit": "0123456789abcdef-dirty"}
+    rows.append(_row("qu2020", 0.1, "0", 1, 0.48) | default | rerun)  # the last row wins
     rows.append(_row("qu2020", 0.1, "2-4", 0, 0.99) | default)  # shifted: left out
     rows.append(_row("qu2020", 1.0, "0", 0, 0.99) | {"config_file": "c/R18_cpu60.yaml"})
     over = {"opts": ["SOLVER.MAX_ITER", "3"]}
@@ -550,8 +551,9 @@ def test_summary_has_the_default_configs_only_beside_the_classical_baseline():
     lines = summary_table(rows, Path("/d/monuseg_mo"), "test")
     table = [x for x in lines if x.startswith("| ") and not x.startswith("| method")]
     assert table == [
-        "| classical | monuseg | n/a | n/a | 0.4100 |  | 1.00 |",
-        "| qu2020 | R18_monuseg_p10_cpu | 0.1 | 0,1 | 0.4700 ± 0.0141 | +0.0600 | 1.00 |",
+        "| classical | monuseg | n/a | n/a | 0.4100 |  | 1.00 | abc |",
+        "| qu2020 | R18_monuseg_p10_cpu | 0.1 | 0,1 | 0.4700 ± 0.0141 | +0.0600 | 1.00 | "
+        "abc,0123456* |",
     ]
     assert summary_table(rows, Path("/d/other"), "test") == []
     text = benchmarking.leaderboard(rows, "/d/monuseg_mo", ["test"])

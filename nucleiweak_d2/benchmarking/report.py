@@ -133,6 +133,20 @@ def _seeds_cell(group):
     return ",".join(str(r["seed"]) for r in group if r["seed"] is not None) or "n/a"
 
 
+def _commits_cell(group):
+    """The group's commits, 7 characters each (``*``: a dirty tree), once each, in row order.
+
+    The summary shows them because a config file keeps its name when its content changes: rows
+    of one label can come from different versions of the same default config."""
+    seen = []
+    for row in group:
+        commit = str(row.get("commit") or "?")
+        cell = commit.split("-")[0][:7] + ("*" if commit.endswith("-dirty") else "")
+        if cell not in seen:
+            seen.append(cell)
+    return ",".join(seen)
+
+
 def _minutes_cell(group, key):
     """Mean of ``key`` (``"wall_min"`` or ``"cpu_min"``) over the group's rows, 2 decimals."""
     return f"{_stats([r[key] for r in group])[0]:.2f}"
@@ -172,10 +186,12 @@ def summary_table(rows, data, split):
     base = groups.get(("classical", None))
     base_aji = _metric(base, split, "AJI")[0] if base else None
     head = ["method", "default config", "ratio", "seeds", "AJI", "AJI - classical", "CPU min"]
+    head.append("commits")
     caption = (
         f"`{split}`, mean ± std over seeds, unshifted points: each method under the config "
         "`tools/benchmark.py` runs by default (benchmarking/table.py), beside the no-learning "
-        "baseline (hematoxylin, Otsu, watershed)."
+        "baseline (hematoxylin, Otsu, watershed). A config keeps its name when it changes: the "
+        "commits column says which version each row ran."
     )
     lines = _section("Summary: default configs against the no-learning baseline", caption, head)
     for (method, ratio), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
@@ -186,7 +202,8 @@ def summary_table(rows, data, split):
         config = Path(METHODS[method].config).stem
         lines.append(
             f"| {method} | {config} | {_ratio_cell(ratio)} | {_seeds_cell(group)} | "
-            f"{_cell(mean, std)} | {margin} | {_minutes_cell(group, 'cpu_min')} |"
+            f"{_cell(mean, std)} | {margin} | {_minutes_cell(group, 'cpu_min')} | "
+            f"{_commits_cell(group)} |"
         )
     return lines + [""]
 
