@@ -305,3 +305,24 @@ def test_final_test_flips_reach_the_final_segmentor_alone(tiny_dataset, tmp_path
     assert seen == {"flips": 8}
     plain = NucleiWeakQu2020Pipeline(_cfg(tmp_path))
     assert plain.final_model()[0].NUCLEIWEAK.UNET.TEST_FLIPS == 1
+
+
+def test_segmentation_model_opts_reach_the_segmentation_stages_alone(tmp_path):
+    """SEG.MODEL_OPTS: the seg, crf and final configs get the overrides, the detectors keep the
+    base model; odd lists and the pipeline's own keys are refused."""
+    wide = ["MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.STEM_OUT_CHANNELS", "64"]
+    base = NucleiWeakQu2020Pipeline(_cfg(tmp_path)).det_cfg(0)[0].MODEL.RESNETS
+    pipe = NucleiWeakQu2020Pipeline(_cfg(tmp_path, ["NUCLEIWEAK.QU2020.SEG.MODEL_OPTS", str(wide)]))
+    for c in (pipe.seg_cfg()[0], pipe.crf_cfg()[0], pipe.final_model()[0]):
+        assert (c.MODEL.RESNETS.RES2_OUT_CHANNELS, c.MODEL.RESNETS.STEM_OUT_CHANNELS) == (64, 64)
+        assert c.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 2
+    det = pipe.det_cfg(0)[0].MODEL.RESNETS
+    assert (det.RES2_OUT_CHANNELS, det.STEM_OUT_CHANNELS) == (
+        base.RES2_OUT_CHANNELS,
+        base.STEM_OUT_CHANNELS,
+    )
+    assert base.RES2_OUT_CHANNELS != 64
+    for bad in (["MODEL.RESNETS.DEPTH"], ["NUCLEIWEAK.QU2020.SEG.MAX_ITER", "5"]):
+        opts = ["NUCLEIWEAK.QU2020.SEG.MODEL_OPTS", str(bad)]
+        with pytest.raises(ValueError, match="MODEL_OPTS"):
+            NucleiWeakQu2020Pipeline(_cfg(tmp_path, opts)).seg_cfg()

@@ -109,6 +109,10 @@ def add_qu2020_config(cfg):
     # choice and the scoring of the eval sets, not the detector or the val evaluations during
     # training (a deviation; 0 keeps NUCLEIWEAK.UNET.TEST_FLIPS everywhere).
     _C.NUCLEIWEAK.QU2020.SEG.FINAL_TEST_FLIPS = 0
+    # Config overrides [KEY, VALUE, ...] of the segmentation stages alone (seg, crf, calibrate
+    # and the final model), e.g. a wider segmentor than the detector (a deviation: the paper
+    # uses one ResNet-34 for both); [] keeps the detector's model.
+    _C.NUCLEIWEAK.QU2020.SEG.MODEL_OPTS = []
 
     _C.NUCLEIWEAK.QU2020.LABEL = CN()
     # Colour feature of the cluster label: "kmeans" (Qu et al.: RGB / 10) or "adaptive" (Liu et
