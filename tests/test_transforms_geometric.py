@@ -21,6 +21,8 @@ from nucleiweak_d2.data.transforms import (  # noqa: E402
     RandomElastic,
     RandomRot90,
     RandomScale,
+    RandomScaledCrop,
+    ResizeCropTransform,
     Rot90Transform,
     build_nuclei_augmentation,
 )
@@ -318,8 +320,7 @@ def test_build_default_unchanged_and_options():
     augs = build_nuclei_augmentation(cfg, True)
     # with warps, a region of 1.45 x the crop is cut first (at points), warped, then centre-cropped
     assert [type(a) for a in augs] == [
-        RandomScale,
-        RandomCropAtPoints,
+        RandomScaledCrop,
         RandomAffine,
         RandomElastic,
         T.RandomFlip,
@@ -328,12 +329,17 @@ def test_build_default_unchanged_and_options():
         CenterCrop,
     ]
     crop = tuple(cfg.NUCLEIWEAK.DATA.CROP_SIZE)
-    assert augs[1].crop_size == tuple(int(np.ceil(1.45 * v)) for v in crop)
-    assert augs[1].prob_at_point == 0.5 and augs[-1].crop_size == crop
-    assert augs[2].affine == 0.3 and augs[2].rotate == (0.0, 360.0)
-    assert augs[3].prob == 0.5 and augs[3].alpha == 50.0 and augs[3].sigma == 6.0
+    cut = augs[0].crop
+    assert type(cut) is RandomCropAtPoints and augs[0].scale.min_scale == 0.8
+    assert cut.crop_size == tuple(int(np.ceil(1.45 * v)) for v in crop)
+    assert cut.prob_at_point == 0.5 and augs[-1].crop_size == crop
+    assert augs[1].affine == 0.3 and augs[1].rotate == (0.0, 360.0)
+    assert augs[2].prob == 0.5 and augs[2].alpha == 50.0 and augs[2].sigma == 6.0
     cfg.NUCLEIWEAK.DATA.ROTATE_ANY = False
-    assert build_nuclei_augmentation(cfg, True)[2].rotate == (0.0, 0.0)
+    assert build_nuclei_augmentation(cfg, True)[1].rotate == (0.0, 0.0)
+    cfg.NUCLEIWEAK.DATA.RESIZE_SCALE = [1.0, 1.0]  # no scale: the cut alone
+    assert type(build_nuclei_augmentation(cfg, True)[0]) is RandomCropAtPoints
+    cfg.NUCLEIWEAK.DATA.RESIZE_SCALE = [0.8, 1.25]
     # crops at points without warps: the crop itself is placed at points
     cfg.NUCLEIWEAK.DATA.AFFINE, cfg.NUCLEIWEAK.DATA.ELASTIC.PROB = 0.0, 0.0
     assert type(build_nuclei_augmentation(cfg, True)[-1]) is RandomCropAtPoints
@@ -357,3 +363,71 @@ def test_build_default_unchanged_and_options():
                 assert aug_input.sem_seg[int(y), int(x)] == i
         assert set(np.unique(aug_input.sem_seg)) <= set(range(len(centres) + 1)) | {2}
         np.testing.assert_allclose(aug_input.points, tfms.apply_coords(pts.copy()), atol=1e-9)
+
+
+# ----------------------------------------------------------------- resize + crop in one step
+
+
+def _two_steps(t):
+    resize, crop = t.steps()
+    return lambda a, interp=None: crop.apply_image(resize.apply_image(a, interp))
+
+
+def test_resize_crop_transform_matches_resize_then_crop():
+    """Same pixels as ResizeTransform + CropTransform up to PIL's rounding (uint8), exactly for
+    float maps and coordinates; the (h, w, 1) shape is kept; a crop outside is refused."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    lab = (rng.random((300, 280)) < 0.5).astype(np.uint8) * 2
+    lab[100:200, 50:150] = 1
+    dist = rng.random((300, 280)).astype(np.float32)
+    for new_h, new_w, x0, y0, cw, ch in ((360, 336, 40, 70, 101, 99), (240, 224, 0, 3, 224, 97)):
+        t = ResizeCropTransform(300, 280, new_h, new_w, x0, y0, cw, ch)
+        ref = _two_steps(t)
+        out = t.apply_image(rgb)
+        assert out.shape == (ch, cw, 3) and out.dtype == np.uint8 and out.flags.writeable
+        diff = np.abs(out.astype(int) - ref(rgb).astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.25  # fixed-point rounding, not a shift
+        seg = t.apply_segmentation(lab)
+        assert set(np.unique(seg)) <= {0, 1, 2} and (seg == ref(lab, Image.NEAREST)).mean() > 0.98
+        assert t.apply_image(lab[:, :, None]).shape == (ch, cw, 1)
+        np.testing.assert_array_equal(t.apply_segmentation(dist), ref(dist, Image.NEAREST))
+        np.testing.assert_array_equal(t.apply_image(dist), ref(dist))
+        pts = rng.uniform(0, 280, (20, 2))
+        resize, crop = t.steps()
+        expected = crop.apply_coords(resize.apply_coords(pts.copy()))
+        np.testing.assert_allclose(t.apply_coords(pts.copy()), expected, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="does not fit"):
+        ResizeCropTransform(300, 280, 240, 224, 200, 0, 50, 50)
+
+
+@pytest.mark.parametrize("at_points", [0.5, 0.0])
+def test_random_scaled_crop_draws_what_scale_then_crop_draw(at_points):
+    """A seed gives RandomScaledCrop the scale and window of RandomScale then the crop, and the
+    points move alike (the crop at points reads the resized points)."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (400, 380, 3), dtype=np.uint8)
+    points = rng.uniform(0, 380, (30, 2))
+    cut = (
+        RandomCropAtPoints((150, 140), prob_at_point=at_points)
+        if at_points
+        else T.RandomCrop("absolute", (150, 140))
+    )
+    for seed in range(12):
+        np.random.seed(seed)
+        ref = T.AugInput(img.copy()) if not at_points else NucleiAugInput(img.copy(), points=points)
+        tfms = T.AugmentationList([RandomScale(0.8, 1.25), cut])(ref)
+        np.random.seed(seed)
+        new = T.AugInput(img.copy()) if not at_points else NucleiAugInput(img.copy(), points=points)
+        (t,) = T.AugmentationList([RandomScaledCrop(0.8, 1.25, cut)])(new).transforms
+        resize, crop = tfms.transforms
+        assert (t.new_h, t.new_w) == (resize.new_h, resize.new_w)
+        assert (t.x0, t.y0, t.cw, t.ch) == (crop.x0, crop.y0, crop.w, crop.h)
+        assert new.image.shape == ref.image.shape
+        assert np.abs(new.image.astype(int) - ref.image.astype(int)).max() <= 2
+        if at_points:
+            np.testing.assert_allclose(new.points, ref.points, rtol=0, atol=1e-9)
+    with pytest.raises(TypeError, match="RandomCropAtPoints or RandomCrop"):
+        RandomScaledCrop(0.8, 1.25, CenterCrop((10, 10)))
