@@ -142,6 +142,21 @@ def test_crop_at_points_centres_on_the_merged_points(tmp_path):
         assert (vor == 1).any()  # the crop holds a point (Voronoi label 1 at the point)
 
 
+def test_crop_at_points_survives_the_random_scale_and_the_warps(tmp_path):
+    """Regression: with a random scale and warps the scale and the cut are one augmentation
+    (RandomScaledCrop); the mapper must still hand it the points (it once saw no
+    RandomCropAtPoints in the list and cropped uniformly)."""
+    rec, _ = _record(tmp_path, size=(300, 300), points=((40, 250),))
+    opts = ["NUCLEIWEAK.DATA.CROP_SIZE", "[24,24]", "NUCLEIWEAK.DATA.CROP_AT_POINTS", "1.0"]
+    opts += ["NUCLEIWEAK.DATA.AFFINE", "0.3", "NUCLEIWEAK.DATA.ROTATE_ANY", "True"]
+    cfg = _cfg(opts + ["NUCLEIWEAK.DATA.RESIZE_SCALE", "[0.8, 1.25]"])
+    mapper = NucleiWeakQu2020SegMapper(cfg, True)
+    assert mapper._wants_points
+    np.random.seed(0)
+    hits = sum(bool((mapper(rec)["sem_seg"][0].numpy() == 1).any()) for _ in range(20))
+    assert hits >= 15  # a uniform 35 px cut of the 300 px image holds the point ~1 % of the time
+
+
 # ----------------------------------------------------------------- model
 def _segmentor(opts=()):
     from nucleiweak_d2.engine.trainer import Trainer

@@ -22,7 +22,7 @@ from .records import cache_key, record_points
 from .registry import NUCLEIWEAK_MAPPER_REGISTRY
 from .rle import paint_rles
 from .stain import StainJitter, StainNormalizer
-from .transforms import NucleiAugInput, RandomCropAtPoints, build_nuclei_augmentation
+from .transforms import NucleiAugInput, build_nuclei_augmentation
 
 __all__ = ["NucleiDatasetMapper", "CachedTargetsMapper", "build_stain_steps"]
 
@@ -60,8 +60,9 @@ def build_stain_steps(cfg, is_train):
 
 
 def _wants_points(augmentations):
-    """Whether an augmentation reads the points (a crop placed at annotated points)."""
-    return any(isinstance(a, RandomCropAtPoints) for a in augmentations)
+    """Whether an augmentation reads the points (a crop placed at annotated points, alone or
+    after a random scale: its ``reads_points``)."""
+    return any(getattr(a, "reads_points", False) for a in augmentations)
 
 
 @NUCLEIWEAK_MAPPER_REGISTRY.register()

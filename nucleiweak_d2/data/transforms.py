@@ -201,6 +201,11 @@ class RandomScaledCrop(T.Augmentation):
         self.scale = RandomScale(min_scale, max_scale)
         self._init(locals())
 
+    @property
+    def reads_points(self):
+        """Whether its crop is placed at the annotated points (see ``RandomCropAtPoints``)."""
+        return isinstance(self.crop, RandomCropAtPoints)
+
     def __call__(self, aug_input):
         tfm = self.get_transform(aug_input.image, getattr(aug_input, "points", None))
         aug_input.transform(tfm)
@@ -599,6 +604,9 @@ class RandomCropAtPoints(T.Augmentation):
     jitter : float
         Largest offset of the crop centre from the point, as a fraction of the crop size.
     """
+
+    #: the mappers pass the annotated points to an augmentation list holding one that reads them
+    reads_points = True
 
     def __init__(self, crop_size, prob_at_point=0.5, jitter=0.25):
         super().__init__()
