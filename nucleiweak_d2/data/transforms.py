@@ -133,8 +133,9 @@ class ResizeCropTransform(Transform):
     A uint8 array (an RGB image, a label map) is resampled on the crop alone (PIL's ``resize``
     with the crop's source ``box``), about 20x less work than resizing a whole 1000 x 1000
     tile for a 279 x 279 crop. The output pixels have the same source positions as those of
-    the two steps; PIL's rounding differs (bilinear: at most 2 grey levels on ~1 % of the
-    pixels; nearest: a pixel centre that falls on a source pixel edge may take the neighbour).
+    the two steps; PIL's fixed-point rounding differs (bilinear: at most 2 grey levels, on 1-12
+    % of the pixels; nearest: a pixel centre that falls on a source pixel edge may take the
+    neighbour).
     Any other dtype goes through the two steps (exact). Coordinates are moved exactly as by the
     two steps, polygons are clipped to the crop as by ``CropTransform``.
     """
