@@ -52,7 +52,7 @@ def main(argv=None):
     import torch
 
     from nucleiweak_d2.api import load_predictor
-    from nucleiweak_d2.engine.checkpoint_average import load_average, periodic_checkpoints
+    from nucleiweak_d2.engine.checkpoint_average import last_periodic_checkpoints, load_average
     from nucleiweak_d2.evaluation.ground_truth import gt_label_map
     from nucleiweak_d2.evaluation.metrics import aji
     from nucleiweak_d2.evaluation.outputs import output_instance_map
@@ -63,11 +63,10 @@ def main(argv=None):
     pred = load_predictor(run / "model_final.yaml", run / "model_final.pth", opts=opts)
     source = "model_final.pth"
     if args.average > 1:
-        found = periodic_checkpoints(run / "train")[-args.average :]
-        if len(found) < args.average:
-            print(
-                f"error: {run / 'train'} holds {len(found)} periodic checkpoints", file=sys.stderr
-            )
+        try:
+            found = last_periodic_checkpoints(run / "train", args.average)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
         pred.model.load_state_dict(load_average(found))
         source = "mean of " + ", ".join(p.name for p in found)

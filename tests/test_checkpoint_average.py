@@ -6,6 +6,7 @@ import torch
 
 from nucleiweak_d2.engine.checkpoint_average import (
     average_state_dicts,
+    last_periodic_checkpoints,
     periodic_checkpoints,
     write_average,
 )
@@ -49,6 +50,10 @@ def test_periodic_checkpoints_in_iteration_order_without_best_and_final(tmp_path
         "model_0000999.pth",
     ]
     assert periodic_checkpoints(tmp_path / "missing") == []
+    assert [p.name for p in last_periodic_checkpoints(tmp_path, 1)] == ["model_0000999.pth"]
+    assert len(last_periodic_checkpoints(tmp_path, 2)) == 2
+    with pytest.raises(ValueError, match="holds 2 periodic checkpoints, fewer than 3"):
+        last_periodic_checkpoints(tmp_path, 3)
 
 
 def test_write_average_round_trip_and_refuses_a_file_without_model(tmp_path):

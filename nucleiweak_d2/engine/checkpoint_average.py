@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["periodic_checkpoints", "average_state_dicts", "load_average", "write_average"]
+__all__ = [
+    "periodic_checkpoints",
+    "last_periodic_checkpoints",
+    "average_state_dicts",
+    "load_average",
+    "write_average",
+]
 
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
 
@@ -29,6 +35,14 @@ def periodic_checkpoints(folder):
         if m:
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+def last_periodic_checkpoints(folder, n):
+    """The last ``n`` of :func:`periodic_checkpoints`; ValueError when ``folder`` holds fewer."""
+    found = periodic_checkpoints(folder)
+    if len(found) < n:
+        raise ValueError(f"{folder} holds {len(found)} periodic checkpoints, fewer than {n}")
+    return found[len(found) - n :]
 
 
 def average_state_dicts(state_dicts):

@@ -181,21 +181,22 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
         (:mod:`~nucleiweak_d2.engine.checkpoint_average`, a deviation) scored on val against
         the checkpoint ``train`` selected, at the configured post-processing; the better one
         (the selected checkpoint on ties, and without val) is the model from here on."""
-        from ...engine.checkpoint_average import periodic_checkpoints, write_average
+        from ...engine.checkpoint_average import last_periodic_checkpoints, write_average
 
         n = int(self.f.AVERAGE_CHECKPOINTS)
-        found = periodic_checkpoints(self.stage_dir("train"))
-        if len(found) < n:
+        try:
+            found = last_periodic_checkpoints(self.stage_dir("train"), n)
+        except ValueError as exc:
             raise ValueError(
-                f"FENG2019.AVERAGE_CHECKPOINTS is {n} but {self.stage_dir('train')} holds "
-                f"{len(found)} periodic checkpoints: lower it or SOLVER.CHECKPOINT_PERIOD"
-            )
+                f"FENG2019.AVERAGE_CHECKPOINTS is {n} but {exc}: lower it or "
+                "SOLVER.CHECKPOINT_PERIOD"
+            ) from None
         selected = self.best_weights(self.stage_dir("train"))
         averaged = str(self.stage_dir("average") / "model_average.pth")
         if comm.is_main_process():
-            write_average(found[-n:], averaged)
+            write_average(found, averaged)
         comm.synchronize()
-        info = {"averaged_from": [p.name for p in found[-n:]], "weights": selected}
+        info = {"averaged_from": [p.name for p in found], "weights": selected}
         if not self.val_set:
             return {**info, "scores": {}}
         c = self.stage_cfg()
@@ -206,7 +207,7 @@ class NucleiWeakFeng2019Pipeline(StagedPipeline):
             )
             for name, w in candidates.items()
         }
-        name, scores = broadcast_from_main(first_best(results or {}, self.f.SELECT_METRIC))
+        name, scores = broadcast_from_main(first_best(results, self.f.SELECT_METRIC))
         logger.info("average: val %s %s -> %s", self.f.SELECT_METRIC, scores, name)
         return {**info, "weights": candidates[name or "selected"], "scores": scores}
 
