@@ -214,7 +214,7 @@ class RandomScaledCrop(T.Augmentation):
 
     def _window(self, shape, points):
         shape_only = np.empty((*shape, 0), dtype=np.uint8)  # the crops read the shape alone
-        if isinstance(self.crop, RandomCropAtPoints):
+        if self.reads_points:
             return self.crop.get_transform(shape_only, points)
         return self.crop.get_transform(shape_only)
 
@@ -699,8 +699,6 @@ def build_nuclei_augmentation(cfg, is_train, seg_fill=2):
     augs = []
     lo, hi = data.RESIZE_SCALE
     scale = (lo, hi) != (1.0, 1.0)
-    if scale:
-        augs.append(RandomScale(lo, hi))
     crop = None
     if len(data.CROP_SIZE) == 2 and min(data.CROP_SIZE) > 0:
         crop = tuple(int(v) for v in data.CROP_SIZE)
@@ -715,10 +713,10 @@ def build_nuclei_augmentation(cfg, is_train, seg_fill=2):
             if at_points > 0
             else T.RandomCrop("absolute", region)
         )
-        if scale:  # resample the region alone (same draws as the scale, then the cut)
-            augs[-1] = RandomScaledCrop(lo, hi, cut)
-        else:
-            augs.append(cut)
+        # with a random scale, resample the region alone (same draws as the scale, then the cut)
+        augs.append(RandomScaledCrop(lo, hi, cut) if scale else cut)
+    elif scale:
+        augs.append(RandomScale(lo, hi))
     affine = float(data.AFFINE)
     if affine > 0 or data.ROTATE_ANY:
         rotate = (0.0, 360.0) if data.ROTATE_ANY else (0.0, 0.0)

@@ -86,6 +86,13 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
                 "NUCLEIWEAK.QU2020.DET.SELECT_ROUND must be 'last' or 'best_val', "
                 f"got {self.q.DET.SELECT_ROUND!r}"
             )
+        opts = list(self.q.SEG.MODEL_OPTS)
+        if len(opts) % 2 or any(k.startswith("NUCLEIWEAK.QU2020.") for k in opts[::2]):
+            raise ValueError(
+                "NUCLEIWEAK.QU2020.SEG.MODEL_OPTS must be KEY VALUE pairs outside "
+                f"NUCLEIWEAK.QU2020, got {opts}"
+            )
+        cfg.clone().merge_from_list(opts)  # an unknown key fails here, before any training
 
     # ------------------------------------------------------------------ stage configs
     def stage_cfg(self, stage, arch):
@@ -96,13 +103,7 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
             c.NUCLEIWEAK.MAPPER = DET_MAPPER
             c.SOLVER.MAX_ITER, c.SOLVER.BASE_LR = self.q.DET.MAX_ITER, self.q.DET.BASE_LR
         else:
-            opts = list(self.q.SEG.MODEL_OPTS)
-            if len(opts) % 2 or any(k.startswith("NUCLEIWEAK.QU2020.") for k in opts[::2]):
-                raise ValueError(
-                    "NUCLEIWEAK.QU2020.SEG.MODEL_OPTS must be KEY VALUE pairs outside "
-                    f"NUCLEIWEAK.QU2020, got {opts}"
-                )
-            c.merge_from_list(opts)
+            c.merge_from_list(list(self.q.SEG.MODEL_OPTS))
             c.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2
             c.NUCLEIWEAK.MAPPER = SEG_MAPPER
             c.SOLVER.MAX_ITER, c.SOLVER.BASE_LR = self.q.SEG.MAX_ITER, self.q.SEG.BASE_LR
