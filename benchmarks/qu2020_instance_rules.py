@@ -45,6 +45,8 @@ def detector_stages(run):
     """Stage folders of the detectors the ``detect`` stage used, and its threshold/min area."""
     info = json.loads((run / "detect" / "stage_done.json").read_text())["info"]
     k = info["round"]
+    if k is None:
+        raise ValueError(f"{run} trained no detector (NUCLEIWEAK.QU2020.DET.ENABLED False)")
     stages = [run / f"det_round{k}"] + sorted(run.glob(f"det_round{k}_m*"))
     return stages, info.get("point_threshold", 0.35), info.get("point_min_area", 12)
 

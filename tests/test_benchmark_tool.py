@@ -504,6 +504,25 @@ def test_a_method_on_another_methods_points_plans_after_it_and_reads_its_file(
     assert other_hash != run_hash
 
 
+def test_qu2020_at_every_point_trains_no_detector_unless_the_opts_say_so(synthetic_root, tmp_path):
+    """Qu et al.'s 100 % results are "without the detection": the benchmark's runs at ratio 1
+    take ``all_points_opts``; other ratios do not, and ``--opts`` still wins."""
+    config = str(benchmarking.REPO / benchmarking.METHODS["qu2020"].config)
+    bench = benchmarking.Benchmark(synthetic_root, tmp_path, {"qu2020": config}, ["test"])
+    full, partial = bench.plan([1.0, 0.1], ["0"], [0])
+    assert not bench.run_cfg(full)[0].NUCLEIWEAK.QU2020.DET.ENABLED
+    assert bench.run_cfg(partial)[0].NUCLEIWEAK.QU2020.DET.ENABLED
+    assert bench._identity(full, "h")["opts"] == []  # the rows keep the config's name
+    forced = benchmarking.Benchmark(
+        synthetic_root,
+        tmp_path,
+        {"qu2020": config},
+        ["test"],
+        ["NUCLEIWEAK.QU2020.DET.ENABLED", "True"],
+    )
+    assert forced.run_cfg(full)[0].NUCLEIWEAK.QU2020.DET.ENABLED
+
+
 def test_quick_run_of_pronet_on_the_points_of_qu_detector(tmp_path):
     out = tmp_path / "bench"
     argv = ["--quick", "--methods", "nam2023_qu", "qu2020", "--out", str(out)]

@@ -326,3 +326,29 @@ def test_segmentation_model_opts_reach_the_segmentation_stages_alone(tmp_path):
         opts = ["NUCLEIWEAK.QU2020.SEG.MODEL_OPTS", str(bad)]
         with pytest.raises(ValueError, match="MODEL_OPTS"):
             NucleiWeakQu2020Pipeline(_cfg(tmp_path, opts)).seg_cfg()
+
+
+def test_without_detection_the_segmentation_learns_from_the_annotated_points(tiny_dataset):
+    """DET.ENABLED False (every nucleus clicked; Qu et al.'s 100 % results): no detection round,
+    ``points_merged.json`` holds each training image's annotated points, no detector metrics."""
+    from detectron2.data import DatasetCatalog
+
+    from nucleiweak_d2.data.records import record_points
+
+    out = tiny_dataset / "no_detection"
+    opts = ["NUCLEIWEAK.QU2020.DET.ENABLED", "False", "NUCLEIWEAK.QU2020.CRF.MAX_ITER", "0"]
+    pipe = NucleiWeakQu2020Pipeline(_cfg(out, opts))
+    assert [s.name for s in pipe.stages()][0] == "detect"
+    result = pipe.run()
+    assert not list(out.glob("det_round*"))
+    merged = json.loads((out / "detect" / "points_merged.json").read_text())
+    expected = {
+        str(r["image_id"]): record_points(r).astype(int).tolist()
+        for r in DatasetCatalog.get("qu2020_smoke_train")
+    }
+    assert merged == expected and all(expected.values())
+    info = json.loads((out / "detect" / "stage_done.json").read_text())["info"]
+    assert info["round"] is None and info["added_detections"] == 0
+    assert info["annotated_points"] == sum(len(v) for v in expected.values())
+    assert "detection" not in result
+    assert 0.0 <= result["segmentation"]["qu2020_smoke_test"]["nuclei"]["AJI"] <= 1.0

@@ -257,7 +257,8 @@ class Benchmark:
 
     def run_cfg(self, spec):
         """``(cfg, run hash)`` of a run; the hash covers the config, data folder and test splits
-        (and the hash of the run whose points it reads, ``points_from``)."""
+        (and the hash of the run whose points it reads, ``points_from``). A run at ratio 1 also
+        takes the method's ``all_points_opts`` (before ``--opts``, which may override them)."""
         from ..config import setup_cfg
         from ..engine.run_dir import config_hash, short_hash
 
@@ -267,6 +268,8 @@ class Benchmark:
             method, file, key = source
             src_cfg, src_hash = self.run_cfg(RunSpec(method, spec.ratio, spec.shift, spec.seed))
             extra, source_hash = [key, str(Path(src_cfg.OUTPUT_DIR) / file)], [src_hash]
+        if spec.ratio == 1.0:
+            extra += list(METHODS[spec.method].all_points_opts)
         *_, seed, tag = self._export_settings(spec)
         prefix = f"bench_{self.data.name}_{tag}"
         opts = [

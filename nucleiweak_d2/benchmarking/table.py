@@ -68,6 +68,9 @@ class BenchMethod:
         ``(method, file, key)``: the method trains on points another method's run completes,
         that method's run at the same ratio, shift and seed (planned first; it must be among
         the benchmarked methods): the config ``key`` is set to ``file`` in that run's folder.
+    all_points_opts : tuple of str
+        ``KEY VALUE`` overrides of the method's runs at ratio 1 (every nucleus clicked), where
+        its paper runs it differently (Qu et al.: no detector); the rows keep the config's name.
     """
 
     module: str
@@ -80,6 +83,7 @@ class BenchMethod:
     fixed_ratio: float = None
     label_kind: str = None
     points_from: tuple = None
+    all_points_opts: tuple = ()
 
 
 METHODS = {
@@ -125,6 +129,8 @@ METHODS = {
         "configs/qu2020/R18_monuseg_p10_cpu.yaml",
         "configs/quick/qu2020_instant_test.yaml",
         label_kind="qu2020",
+        # "all ground-truth (100%) points without the detection" (Qu et al., Figs. 8-9)
+        all_points_opts=("NUCLEIWEAK.QU2020.DET.ENABLED", "False"),
     ),
     "liu2022": BenchMethod(
         "nucleiweak_d2.methods.liu2022",
@@ -142,7 +148,7 @@ METHODS = {
     ),
     # PROnet on the points of Qu et al.'s detector: the annotated ones plus those detected by
     # the qu2020 run of the same ratio, shift and seed (not in either paper: PROnet clicks every
-    # nucleus); at 100 % it is PROnet on the annotated points and the detector's extra finds
+    # nucleus); at 100 % qu2020 trains no detector, so these are the annotated points alone
     "nam2023_qu": BenchMethod(
         "nucleiweak_d2.methods.nam2023",
         "configs/nam2023/R18_monuseg_p100_cpu_recipe_long.yaml",

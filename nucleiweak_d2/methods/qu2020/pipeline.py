@@ -17,7 +17,9 @@ Stages (a :class:`~nucleiweak_d2.engine.pipeline.StagedPipeline`; each in ``OUTP
 2. ``detect``: the last round's detector (or, with ``DET.SELECT_ROUND: best_val``, the round best
    on val) finds points on the training images; they are merged with the annotated points
    (annotated kept, a detection added only beyond r1 of all of them) into
-   ``points_merged.json``.
+   ``points_merged.json``. With ``DET.ENABLED`` False (every nucleus clicked: Qu et al.'s
+   100 % results are "without the detection") no detection round runs and this stage writes
+   the annotated points alone.
 3. ``pseudo_labels``: Voronoi and cluster labels of every training image (cache + previews).
 4. ``seg`` (seed ``SEED + 100``): segmentation training on both labels
    (``alpha L_vor + (1 - alpha) L_cluster``).
@@ -75,6 +77,7 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
     def __init__(self, cfg, *, resume=False, eval_only=False):
         super().__init__(cfg, resume=resume, eval_only=eval_only)
         self.q = cfg.NUCLEIWEAK.QU2020
+        self.detection = bool(self.q.DET.ENABLED)
         self.rounds = int(self.q.DET.ROUNDS)
         self.members = int(self.q.DET.ENSEMBLE)
         if self.members < 1:
@@ -188,7 +191,7 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
                 lambda k=k, m=m: self.detection_round(k, m),
                 seed_offset=k + 1000 * m,
             )
-            for k in range(self.rounds + 1)
+            for k in range(self.rounds + 1 if self.detection else 0)
             for m in range(self.members)
         ]
         stages += [
@@ -293,6 +296,10 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         return calibrate_point_detector(model, self.cfg, self.val_set, probs)
 
     def detect_and_merge(self):
+        from detectron2.utils import comm
+
+        if not self.detection:
+            return self._merge({}, {"round": None}, comm.is_main_process())
         k = self.selected_round()
         c, trainer, model = self.round_detector(k)
         calib = broadcast_from_main(self.calibrate_detector(c, model, trainer))
@@ -301,8 +308,17 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         detected = self.infer(
             c, model, self.train_set, lambda inp, out: out["pred_points"].cpu().numpy(), trainer
         )
-        info = {"round": k, **calib}
         if detected:  # main process
+            write_json(
+                self.stage_dir("detect") / "points_detected.json",
+                {k: v.tolist() for k, v in detected.items()},
+            )
+        return self._merge(detected, {"round": k, **calib}, bool(detected))
+
+    def _merge(self, detected, info, main):
+        """Write ``points_merged.json`` (on the main process): each training image's annotated
+        points, then its ``detected`` points beyond r1 of all of them; ``info`` plus counts."""
+        if main:
             merged, n_ann, n_det = {}, 0, 0
             for record in DatasetCatalog.get(self.train_set):
                 key = str(record["image_id"])
@@ -312,12 +328,13 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
                 pts[:, 1] = pts[:, 1].clip(0, record["height"] - 1)
                 merged[key] = pts.tolist()
                 n_ann, n_det = n_ann + len(ann), n_det + len(pts) - len(ann)
-            out = self.stage_dir("detect")
-            write_json(out / "points_detected.json", {k: v.tolist() for k, v in detected.items()})
-            write_json(out / "points_merged.json", merged)
+            write_json(self.stage_dir("detect") / "points_merged.json", merged)
             info.update(annotated_points=n_ann, added_detections=n_det)
             logger.info(
-                "detect: %d annotated points, %d detections added (round %d)", n_ann, n_det, k
+                "detect: %d annotated points, %d detections added (round %s)",
+                n_ann,
+                n_det,
+                info["round"],
             )
         return info
 
@@ -350,7 +367,11 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
     # ------------------------------------------------------------------ extra results
     def extra_evaluation(self, out_dir):
         """Detection P/R/F1 of the selected detector on val and the eval sets (training runs)."""
-        if self.eval_only or not (self.stage_dir("detect") / "stage_done.json").is_file():
+        if (
+            self.eval_only
+            or not self.detection
+            or not (self.stage_dir("detect") / "stage_done.json").is_file()
+        ):
             return {}
         c, trainer, model = self.detector(self.stage_info("detect")["round"])
         results = self.evaluate_scored_sets(c, model, out_dir / "detection", trainer)
