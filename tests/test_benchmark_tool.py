@@ -558,7 +558,7 @@ def test_plot_legend_wraps_long_config_labels_and_the_png_holds_it(tmp_path):
 def test_summary_has_the_default_configs_only_beside_the_classical_baseline():
     from nucleiweak_d2.benchmarking.report import summary_table
 
-    default = {"config_file": "configs/qu2020/R18_monuseg_p10_cpu.yaml"}
+    default = {"config_file": "configs/qu2020/R18_monuseg_p10_cpu_det3x1200.yaml"}
     rows = [_row("classical", None, None, None, 0.41) | {"config_file": "x/monuseg.yaml"}]
     rows += [_row("qu2020", 0.1, "0", s, a) | default for s, a in ((0, 0.46), (1, 0.50))]
     rerun = {"commit": "0123456789abcdef-dirty"}
@@ -571,7 +571,7 @@ def test_summary_has_the_default_configs_only_beside_the_classical_baseline():
     table = [x for x in lines if x.startswith("| ") and not x.startswith("| method")]
     assert table == [
         "| classical | monuseg | n/a | n/a | 0.4100 |  | 1.00 | abc |",
-        "| qu2020 | R18_monuseg_p10_cpu | 0.1 | 0,1 | 0.4700 ± 0.0141 | +0.0600 | 1.00 | "
+        "| qu2020 | R18_monuseg_p10_cpu_det3x1200 | 0.1 | 0,1 | 0.4700 ± 0.0141 | +0.0600 | 1.00 | "
         "abc,0123456* |",
     ]
     assert summary_table(rows, Path("/d/other"), "test") == []
