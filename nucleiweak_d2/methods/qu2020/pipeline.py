@@ -40,6 +40,7 @@ import logging
 
 import numpy as np
 from detectron2.data import DatasetCatalog
+from detectron2.utils import comm
 
 from ...data.atomic import write_json
 from ...data.io import read_image, write_image
@@ -296,10 +297,8 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         return calibrate_point_detector(model, self.cfg, self.val_set, probs)
 
     def detect_and_merge(self):
-        from detectron2.utils import comm
-
         if not self.detection:
-            return self._merge({}, {"round": None}, comm.is_main_process())
+            return self._merge({}, {"round": None})
         k = self.selected_round()
         c, trainer, model = self.round_detector(k)
         calib = broadcast_from_main(self.calibrate_detector(c, model, trainer))
@@ -308,17 +307,17 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         detected = self.infer(
             c, model, self.train_set, lambda inp, out: out["pred_points"].cpu().numpy(), trainer
         )
-        if detected:  # main process
+        if comm.is_main_process():  # ``infer`` gathers every image's points there
             write_json(
                 self.stage_dir("detect") / "points_detected.json",
                 {k: v.tolist() for k, v in detected.items()},
             )
-        return self._merge(detected, {"round": k, **calib}, bool(detected))
+        return self._merge(detected, {"round": k, **calib})
 
-    def _merge(self, detected, info, main):
+    def _merge(self, detected, info):
         """Write ``points_merged.json`` (on the main process): each training image's annotated
         points, then its ``detected`` points beyond r1 of all of them; ``info`` plus counts."""
-        if main:
+        if comm.is_main_process():
             merged, n_ann, n_det = {}, 0, 0
             for record in DatasetCatalog.get(self.train_set):
                 key = str(record["image_id"])
@@ -339,8 +338,6 @@ class NucleiWeakQu2020Pipeline(StagedPipeline):
         return info
 
     def pseudo_labels(self):
-        from detectron2.utils import comm
-
         c, trainer = self.seg_cfg()
         if comm.is_main_process():
             mapper = trainer.build_mapper(c, True)  # computes and caches the labels of each image
